@@ -1,0 +1,289 @@
+//! Consistent Overhead Byte Stuffing (Cheshire and Baker, 1999), streaming in both
+//! directions and over caller-owned memory.
+//!
+//! Written here rather than taken from a crate because it is the product: the decoder has to
+//! fuse unstuffing with the frame-size bound, resynchronisation at the delimiter, error
+//! counting and chunk-at-a-time input, and the encoder has to stuff a frame that is not
+//! contiguous in memory (header, payload and CRC) without staging it whole.
+
+/// The largest code byte: a block of 254 data bytes with no implicit zero after it.
+const MAX_CODE: u8 = 0xFF;
+
+/// Encodes the concatenation of `pieces` (without delimiter), handing each finished block to
+/// `emit` as its code byte followed by its data bytes.
+///
+/// The output is canonical: a frame whose last block is a full 254-byte block ends with a
+/// `0x01` code byte (the encoding of the implicit final zero that is then dropped).
+pub(crate) fn encode_blocks<E>(
+    pieces: &[&[u8]],
+    mut emit: impl FnMut(&[u8]) -> Result<(), E>,
+) -> Result<(), E> {
+    // block[0] is the code byte; block[1..code] the data.
+    let mut block = [0u8; 255];
+    let mut code: u8 = 1;
+    for piece in pieces {
+        let mut rest: &[u8] = piece;
+        while !rest.is_empty() {
+            let room = usize::from(MAX_CODE - code);
+            let window = &rest[..room.min(rest.len())];
+            let (run, ends_in_zero) = match memchr::memchr(0, window) {
+                Some(i) => (i, true),
+                None => (window.len(), false),
+            };
+            let start = usize::from(code);
+            block[start..start + run].copy_from_slice(&window[..run]);
+            // run < room <= 254, so the sum stays within u8.
+            code += run as u8;
+            rest = &rest[run + usize::from(ends_in_zero)..];
+            if ends_in_zero || code == MAX_CODE {
+                block[0] = code;
+                emit(&block[..usize::from(code)])?;
+                code = 1;
+            }
+        }
+    }
+    block[0] = code;
+    emit(&block[..usize::from(code)])
+}
+
+/// Where the unstuffer is within a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+enum Mode {
+    /// Between frames: nothing of the next frame has arrived yet.
+    Idle,
+    /// The next byte is a code byte; `zero` says whether the block before it ends in an
+    /// implicit zero that must be written if another block follows.
+    Code { zero: bool },
+    /// Inside a block, `left` data bytes still to come; `zero` as above, for this block.
+    Data { left: u8, zero: bool },
+    /// Skipping the rest of a rejected frame up to its delimiter.
+    Discard,
+}
+
+/// What [`Unstuffer::feed`] stopped at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Event {
+    /// Input exhausted within a frame or between frames.
+    NeedMore,
+    /// A delimiter ended a frame of this many decoded bytes, now at the start of the buffer.
+    Frame(usize),
+    /// The frame does not fit the buffer; the rest of it will be skipped.
+    TooLong,
+    /// A delimiter arrived in the middle of a block: the frame was cut short.
+    Truncated,
+}
+
+/// The COBS decoding state. It holds no buffer: the caller passes its buffer to each call,
+/// so one copy of this code serves decoders of every size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub(crate) struct Unstuffer {
+    mode: Mode,
+    len: usize,
+}
+
+impl Unstuffer {
+    pub(crate) const fn new() -> Self {
+        Unstuffer {
+            mode: Mode::Idle,
+            len: 0,
+        }
+    }
+
+    /// Whether a frame has started and not yet ended (or is being discarded).
+    pub(crate) fn in_frame(&self) -> bool {
+        self.mode != Mode::Idle
+    }
+
+    /// Unstuffs bytes from the front of `input` into `buf` until an event.
+    ///
+    /// Returns the event and how many bytes of `input` it consumed. Every call consumes at
+    /// least one byte unless `input` is empty, so a caller's loop always terminates.
+    pub(crate) fn feed(&mut self, buf: &mut [u8], input: &[u8]) -> (Event, usize) {
+        let mut pos = 0;
+        while pos < input.len() {
+            match self.mode {
+                Mode::Discard => match memchr::memchr(0, &input[pos..]) {
+                    Some(i) => {
+                        pos += i + 1;
+                        self.reset();
+                    }
+                    None => pos = input.len(),
+                },
+                Mode::Data { left, zero } => {
+                    let avail = &input[pos..];
+                    let window = &avail[..usize::from(left).min(avail.len())];
+                    let run = memchr::memchr(0, window).unwrap_or(window.len());
+                    if run > 0 {
+                        let Some(dst) = buf.get_mut(self.len..self.len + run) else {
+                            self.mode = Mode::Discard;
+                            return (Event::TooLong, pos);
+                        };
+                        dst.copy_from_slice(&window[..run]);
+                        self.len += run;
+                        pos += run;
+                        // run <= left, a u8.
+                        let left = left - run as u8;
+                        self.mode = if left == 0 {
+                            Mode::Code { zero }
+                        } else {
+                            Mode::Data { left, zero }
+                        };
+                    }
+                    if run < window.len() {
+                        // A delimiter inside a block: this frame is cut short, and the
+                        // delimiter starts the next one.
+                        pos += 1;
+                        self.reset();
+                        return (Event::Truncated, pos);
+                    }
+                }
+                Mode::Idle | Mode::Code { .. } => {
+                    let byte = input[pos];
+                    pos += 1;
+                    if byte == 0 {
+                        let was = self.mode;
+                        let len = self.len;
+                        self.reset();
+                        if was == Mode::Idle {
+                            // Back-to-back delimiters: an empty frame, ignored.
+                            continue;
+                        }
+                        return (Event::Frame(len), pos);
+                    }
+                    if let Mode::Code { zero: true } = self.mode {
+                        let Some(slot) = buf.get_mut(self.len) else {
+                            self.mode = Mode::Discard;
+                            return (Event::TooLong, pos);
+                        };
+                        *slot = 0;
+                        self.len += 1;
+                    }
+                    let zero = byte != MAX_CODE;
+                    self.mode = if byte == 1 {
+                        Mode::Code { zero }
+                    } else {
+                        Mode::Data {
+                            left: byte - 1,
+                            zero,
+                        }
+                    };
+                }
+            }
+        }
+        (Event::NeedMore, pos)
+    }
+
+    fn reset(&mut self) {
+        *self = Self::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode_vec(data: &[u8], out: &mut [u8]) -> usize {
+        let mut n = 0;
+        encode_blocks::<()>(&[data], |b| {
+            out[n..n + b.len()].copy_from_slice(b);
+            n += b.len();
+            Ok(())
+        })
+        .unwrap();
+        n
+    }
+
+    fn roundtrip(data: &[u8]) {
+        let mut enc = [0u8; 1200];
+        let n = encode_vec(data, &mut enc);
+        assert!(!enc[..n].contains(&0), "encoded bytes hold no zero");
+        assert!(n <= data.len() + data.len() / 254 + 1);
+        enc[n] = 0;
+        let mut buf = [0u8; 1024];
+        let mut u = Unstuffer::new();
+        let (ev, used) = u.feed(&mut buf, &enc[..=n]);
+        assert_eq!((ev, used), (Event::Frame(data.len()), n + 1));
+        assert_eq!(&buf[..data.len()], data);
+    }
+
+    #[test]
+    fn wikipedia_examples_encode_as_published() {
+        // The examples of the COBS article, delimiter omitted.
+        let cases: &[(&[u8], &[u8])] = &[
+            (&[0x00], &[0x01, 0x01]),
+            (&[0x00, 0x00], &[0x01, 0x01, 0x01]),
+            (&[0x00, 0x11, 0x00], &[0x01, 0x02, 0x11, 0x01]),
+            (&[0x11, 0x22, 0x00, 0x33], &[0x03, 0x11, 0x22, 0x02, 0x33]),
+            (&[0x11, 0x22, 0x33, 0x44], &[0x05, 0x11, 0x22, 0x33, 0x44]),
+            (&[0x11, 0x00, 0x00, 0x00], &[0x02, 0x11, 0x01, 0x01, 0x01]),
+        ];
+        for (data, want) in cases {
+            let mut out = [0u8; 16];
+            let n = encode_vec(data, &mut out);
+            assert_eq!(&out[..n], *want, "encoding {data:02x?}");
+            roundtrip(data);
+        }
+    }
+
+    #[test]
+    fn full_blocks_round_trip_at_every_boundary() {
+        let data: [u8; 1000] = core::array::from_fn(|i| (i % 255 + 1) as u8);
+        for len in [0, 1, 253, 254, 255, 507, 508, 509, 762, 1000] {
+            roundtrip(&data[..len]);
+        }
+        // 254 non-zero bytes: one full block, then the canonical 0x01.
+        let mut out = [0u8; 300];
+        let n = encode_vec(&data[..254], &mut out);
+        assert_eq!((out[0], out[255], n), (0xFF, 0x01, 256));
+    }
+
+    #[test]
+    fn pieces_encode_like_their_concatenation() {
+        let data: [u8; 600] = core::array::from_fn(|i| (i * 7 % 13) as u8);
+        let mut whole = [0u8; 700];
+        let n = encode_vec(&data, &mut whole);
+        for cut in [0, 1, 13, 254, 255, 599, 600] {
+            let mut parts = [0u8; 700];
+            let mut m = 0;
+            encode_blocks::<()>(&[&data[..cut], &data[cut..]], |b| {
+                parts[m..m + b.len()].copy_from_slice(b);
+                m += b.len();
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(&parts[..m], &whole[..n], "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn delimiter_inside_a_block_truncates_and_starts_next_frame() {
+        let mut buf = [0u8; 16];
+        let mut u = Unstuffer::new();
+        let (ev, used) = u.feed(&mut buf, &[0x05, 0x11, 0x22, 0x00, 0x02, 0x33, 0x00]);
+        assert_eq!((ev, used), (Event::Truncated, 4));
+        let (ev, used) = u.feed(&mut buf, &[0x02, 0x33, 0x00]);
+        assert_eq!((ev, used), (Event::Frame(1), 3));
+        assert_eq!(buf[0], 0x33);
+    }
+
+    #[test]
+    fn too_long_discards_to_the_delimiter() {
+        let mut buf = [0u8; 2];
+        let mut u = Unstuffer::new();
+        let (ev, used) = u.feed(&mut buf, &[0x05, 1, 2, 3, 4, 0x00, 0x02, 9, 0x00]);
+        assert_eq!((ev, used), (Event::TooLong, 1));
+        let (ev, used) = u.feed(&mut buf, &[1, 2, 3, 4, 0x00, 0x02, 9, 0x00][..]);
+        assert_eq!((ev, used), (Event::Frame(1), 8));
+        assert_eq!(buf[0], 9);
+    }
+
+    #[test]
+    fn empty_frames_between_delimiters_are_ignored() {
+        let mut buf = [0u8; 4];
+        let mut u = Unstuffer::new();
+        assert_eq!(u.feed(&mut buf, &[0, 0, 0]), (Event::NeedMore, 3));
+        assert!(!u.in_frame());
+    }
+}

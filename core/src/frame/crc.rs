@@ -1,0 +1,63 @@
+//! CRC-32C (Castagnoli), the frame trailer's checksum.
+//!
+//! Parameters (the `CRC-32/ISCSI` entry of the CRC catalogue): width 32, polynomial
+//! `0x1EDC6F41` (reflected `0x82F63B78`), initial value `0xFFFFFFFF`, input and output
+//! reflected, final XOR `0xFFFFFFFF`; check value (the CRC of ASCII `"123456789"`)
+//! `0xE3069283`.
+//!
+//! Why CRC-32C rather than the Ethernet CRC-32: at the frame sizes Tether uses it keeps a
+//! Hamming distance of 6 up to 5,243 bits (655 bytes), against 268 bits for CRC-32/IEEE
+//! (Koopman, "32-Bit Cyclic Redundancy Codes for Internet Applications", 2002), and it is
+//! what iSCSI, SCTP and ext4 chose for the same reason. It is computed by the well-kept
+//! `crc` crate: a 1 KiB byte table by default, a 16 KiB slicing-by-16 table with the
+//! `fast-crc` feature (the host's choice).
+
+#[cfg(feature = "fast-crc")]
+type Lanes = crc::Table<16>;
+#[cfg(not(feature = "fast-crc"))]
+type Lanes = crc::Table<1>;
+
+static CASTAGNOLI: crc::Crc<u32, Lanes> = crc::Crc::<u32, Lanes>::new(&crc::CRC_32_ISCSI);
+
+/// The CRC-32C of `bytes`.
+///
+/// ```
+/// assert_eq!(tether_core::frame::crc32c(b"123456789"), 0xE306_9283);
+/// ```
+pub fn crc32c(bytes: &[u8]) -> u32 {
+    CASTAGNOLI.checksum(bytes)
+}
+
+/// An incremental CRC-32C over several pieces, e.g. a header and a payload that are not
+/// contiguous in memory.
+#[derive(Clone)]
+pub struct Crc32c(crc::Digest<'static, u32, Lanes>);
+
+impl Crc32c {
+    /// Starts a new checksum.
+    pub fn new() -> Self {
+        Self(CASTAGNOLI.digest())
+    }
+
+    /// Feeds more bytes.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    /// The CRC-32C of everything fed so far.
+    pub fn finalize(self) -> u32 {
+        self.0.finalize()
+    }
+}
+
+impl Default for Crc32c {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl core::fmt::Debug for Crc32c {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("Crc32c")
+    }
+}

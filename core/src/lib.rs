@@ -1,0 +1,57 @@
+//! Tether's protocol core: the part that runs on the microcontroller and on the host alike.
+//!
+//! `tether-core` is `#![no_std]`, allocates nothing and never panics on input. It turns a
+//! byte stream (a UART, a TCP socket, an RFCOMM channel) into whole, checked frames and back.
+//! The wire format is specified normatively in `PROTOCOL.md` at the root of the repository;
+//! this crate is its reference implementation, and its tests check the spec's test vectors.
+//!
+//! ```text
+//!  firmware / host application
+//!         │ frames: Header + payload
+//!  ┌──────▼───────────────────────────────────────────────┐
+//!  │ core::frame  header view/Repr, CRC-32C, COBS,         │  no_std, no alloc,
+//!  │              streaming decoder with resync + stats    │  no clock, no IO
+//!  └──────▲───────────────────────────────────────────────┘
+//!         │ bytes in / bytes out (any chunking)
+//!  embedded-io Write, or the caller's own buffers
+//! ```
+//!
+//! The link layer (handshake, acknowledgements, credit, resume) builds on [`frame`]; it is
+//! not part of this release yet.
+//!
+//! # Example
+//!
+//! Encode a frame into a buffer and decode it from a stream that arrives one byte at a time:
+//!
+//! ```
+//! use tether_core::frame::{self, Decoder, Header, Kind};
+//!
+//! let header = Header { kind: Kind::Data, seq: 7, ..Header::default() };
+//! let mut wire = [0u8; frame::max_encoded_len(5)];
+//! let n = frame::encode(&header, b"hello", &mut wire)?;
+//!
+//! // The caller owns the decoder's storage; its length bounds the frame size.
+//! let mut decoder = Decoder::new([0u8; frame::raw_len(64)]);
+//! let mut got = None;
+//! for byte in wire[..n].chunks(1) {
+//!     let mut input = byte;
+//!     while let Some(result) = decoder.decode(&mut input) {
+//!         let f = result.expect("a clean stream decodes");
+//!         got = Some((f.header, f.payload.len()));
+//!     }
+//! }
+//! assert_eq!(got, Some((header, 5)));
+//! assert_eq!(decoder.stats().frames, 1);
+//! # Ok::<(), frame::EncodeError>(())
+//! ```
+//!
+//! # Features
+//! - `fast-crc`: a 16 KiB slicing-by-16 CRC table (the default is a 1 KiB byte table, sized
+//!   for microcontrollers). The host enables it.
+//! - `defmt`: `defmt::Format` on every public type, for firmware that logs with defmt.
+#![no_std]
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod frame;
