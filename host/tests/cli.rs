@@ -1,0 +1,96 @@
+//! The `tether` binary as a user runs it: `encode` piped into `decode`, the spec's vectors
+//! dissected, and clear errors.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+fn tether(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tether starts");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin)
+        .expect("stdin written");
+    child.wait_with_output().expect("tether ends")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn encoded_frames_decode_back_with_their_fields() {
+    let a = tether(&["encode", "--seq", "7"], b"temperature,21.5");
+    assert!(a.status.success(), "{}", text(&a.stderr));
+    let b = tether(
+        &["encode", "--kind", "ack", "--ack", "7", "--credit", "4"],
+        b"",
+    );
+    let c = tether(&["encode", "--seq", "8"], b"bytes\x01\x00");
+    let stream = [a.stdout, b.stdout, c.stdout].concat();
+    assert_eq!(
+        stream.iter().filter(|&&x| x == 0).count(),
+        3,
+        "three delimiters"
+    );
+
+    let out = tether(&["decode"], &stream);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "DATA seq=7 len=16 payload=\"temperature,21.5\"\n\
+         ACK seq=0 ack=7 credit=4 len=0 payload=\"\"\n\
+         DATA seq=8 len=7 payload=\"bytes\\x01\\x00\"\n"
+    );
+    assert!(text(&out.stderr).contains("3 frames, 0 dropped"));
+}
+
+#[test]
+fn decode_reports_dropped_frames_and_exits_1() {
+    let good = tether(&["encode", "--payload", "ok"], b"").stdout;
+    let mut corrupt = good.clone();
+    // The 'o' of the payload: wire ends with 'o', 'k', four CRC bytes and the delimiter.
+    let at = corrupt.len() - 7;
+    assert_eq!(corrupt[at], b'o');
+    corrupt[at] ^= 0x40;
+    let stream = [b"noise\x00".as_slice(), &corrupt, &good].concat();
+    let out = tether(&["decode"], &stream);
+    assert_eq!(out.status.code(), Some(1));
+    let lines: Vec<String> = text(&out.stdout).lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(lines[0].starts_with("dropped: broken COBS"), "{lines:?}");
+    assert!(lines[1].starts_with("dropped: CRC mismatch"), "{lines:?}");
+    assert_eq!(lines[2], "DATA seq=0 len=2 payload=\"ok\"");
+}
+
+#[test]
+fn decode_enforces_max_payload_and_flags_a_trailing_partial_frame() {
+    let big = tether(&["encode", "--payload", "0123456789"], b"").stdout;
+    let small = tether(&["encode", "--payload", "01"], b"").stdout;
+    let stream = [&big[..], &small[..], &small[..3]].concat();
+    let out = tether(&["decode", "--max-payload", "4"], &stream);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).starts_with("dropped: frame longer"));
+    assert!(text(&out.stderr).contains("ended inside a frame"));
+}
+
+#[test]
+fn unreadable_input_is_a_clear_error_with_exit_2() {
+    let out = tether(&["decode", "/nonexistent/capture.bin"], b"");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("cannot read /nonexistent/capture.bin"));
+}
+
+#[test]
+fn oversized_payload_is_refused_with_exit_2() {
+    let out = tether(&["encode"], &vec![b'x'; 65_536]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("exceeds the maximum of 65535"));
+}

@@ -1,0 +1,285 @@
+#!/usr/bin/env python3
+"""Tether frame layer 1: a second, independent implementation (standard library only).
+
+Written from PROTOCOL.md alone, without reading the Rust implementation, as an
+interoperability check: CRC-32C, COBS and the receiver rules of section 5, checked against
+every ```tether-vector block of section 7 plus self-checks derived from the spec text.
+Usage: frame_ref.py [PATH/TO/PROTOCOL.md]
+"""
+import contextlib
+import random
+import struct
+import sys
+from collections import namedtuple
+from pathlib import Path
+
+HEADER, TRAILER, MIN_RAW, MAX_RAW = 14, 4, 18, 65553
+HEADER_FMT = "<BBIIHH"              # kind flags seq ack credit len, little-endian (2)
+KINDS = range(0x01, 0x08)           # HELLO .. CLOSE (2.1)
+RESERVED_FLAGS = 0xFE               # every flag bit but ACK (0x01), 2.2
+COUNTER = {"too-long": "too_long", "cobs": "cobs_errors", "too-short": "header_errors",
+           "crc": "crc_errors", "unknown-kind": "header_errors",
+           "reserved-flags": "header_errors", "length-mismatch": "header_errors"}
+COUNTERS = ("too_long", "cobs_errors", "header_errors", "crc_errors", "frames")
+
+
+def crc32c(data: bytes) -> int:
+    """Bitwise reflected CRC-32C (CRC-32/ISCSI), section 3."""
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+
+def raw_frame(kind, flags, seq, ack, credit, payload, length=None) -> bytes:
+    """Header + payload + CRC, unvalidated (so tests can build bad frames)."""
+    length = len(payload) if length is None else length
+    body = struct.pack(HEADER_FMT, kind, flags, seq, ack, credit, length) + bytes(payload)
+    return body + struct.pack("<I", crc32c(body))
+
+
+def cobs_encode(raw: bytes) -> bytes:
+    """Canonical COBS of section 4.1, delimiter included."""
+    out = bytearray([0]); code_at = 0; code = 1
+    for b in raw:
+        if b == 0:
+            out[code_at] = code; code_at = len(out); out.append(0); code = 1
+        else:
+            out.append(b); code += 1
+            if code == 0xFF:
+                out[code_at] = code; code_at = len(out); out.append(0); code = 1
+    out[code_at] = code
+    out.append(0)
+    return bytes(out)
+
+
+def encode(kind, flags, seq, ack, credit, payload) -> bytes:
+    if kind not in KINDS or flags & RESERVED_FLAGS or len(payload) > 0xFFFF:
+        raise ValueError("a sender MUST NOT send reserved kinds/flags or len > 65535")
+    return cobs_encode(raw_frame(kind, flags, seq, ack, credit, payload))
+
+
+Frame = namedtuple("Frame", "kind flags seq ack credit payload crc raw")
+
+
+class Decoder:
+    """Streaming receiver (section 5). feed() returns a list of events, each a Frame
+    or an error reason string; counters are named as in the section 5 table."""
+
+    def __init__(self, max_raw: int = MAX_RAW):
+        if not MIN_RAW <= max_raw <= MAX_RAW:
+            raise ValueError("M must be 18..65553")
+        self.m = max_raw
+        self.counters = dict.fromkeys(COUNTERS, 0)
+        self.discarding = False     # after too_long: skip up to and including the next 0x00
+        self._reset()
+
+    def _reset(self):
+        self.buf = bytearray()
+        self.remaining = 0          # data bytes still expected in the current block
+        self.pending_zero = False   # last block had c < 0xFF: a 0x00 follows if a block follows
+        self.started = False        # any byte since the last delimiter
+
+    def _drop(self, reason, events):
+        self.counters[COUNTER[reason]] += 1
+        events.append(reason)
+
+    def _push(self, b, events) -> bool:
+        if len(self.buf) >= self.m:         # frame would exceed M: known now
+            self._drop("too-long", events)
+            self._reset(); self.discarding = True
+            return False
+        self.buf.append(b); return True
+
+    def feed(self, chunk: bytes) -> list:
+        events = []
+        for b in chunk:
+            if self.discarding:
+                self.discarding = b != 0
+            elif b == 0:
+                if self.remaining:
+                    self._drop("cobs", events)          # 0x00 inside a block
+                elif self.started:
+                    self._finish(bytes(self.buf), events)
+                self._reset()                           # empty frames: ignored silently
+            elif self.remaining:                        # data byte
+                if self._push(b, events):
+                    self.remaining -= 1
+            else:                                       # code byte: a new block follows
+                self.started = True
+                if self.pending_zero and not self._push(0, events):
+                    continue
+                self.remaining, self.pending_zero = b - 1, b < 0xFF
+        return events
+
+    def _finish(self, raw, events):
+        if len(raw) < MIN_RAW:
+            return self._drop("too-short", events)
+        (crc,) = struct.unpack("<I", raw[-TRAILER:])   # the last 4 bytes, whatever len says
+        if crc32c(raw[:-TRAILER]) != crc:
+            return self._drop("crc", events)
+        kind, flags, seq, ack, credit, length = struct.unpack_from(HEADER_FMT, raw)
+        if kind not in KINDS:
+            return self._drop("unknown-kind", events)
+        if flags & RESERVED_FLAGS:
+            return self._drop("reserved-flags", events)
+        if length != len(raw) - MIN_RAW:
+            return self._drop("length-mismatch", events)
+        self.counters["frames"] += 1
+        events.append(Frame(kind, flags, seq, ack, credit, raw[HEADER:-TRAILER], crc, raw))
+
+
+# ---------------------------------------------------------------- vectors ----
+def parse_vectors(text: str) -> list:
+    vectors, cur, key = [], None, None
+    for line in text.splitlines():
+        if cur is None:
+            if line.strip() == "```tether-vector":
+                cur, key = {}, None
+        elif line.strip() == "```":
+            vectors.append(cur); cur = None
+        elif line[:1].isspace() and key:
+            cur[key] += " " + line.strip()          # continuation of a byte string
+        elif line.strip():
+            key, _, value = line.partition(":")
+            key = key.strip(); cur[key] = value.strip()
+    for v in vectors:
+        for k, val in v.items():
+            if k in ("kind", "flags", "seq", "ack", "credit", "crc"):
+                v[k] = int(val, 16)                 # written 0x..
+            elif k in ("payload", "raw", "wire"):
+                v[k] = b"" if val == "(empty)" else bytes.fromhex(val)
+    return vectors
+
+
+def decode_all(wire, m=MAX_RAW, chunks=()):
+    """Feed wire in the given chunk sizes (the rest in one piece); events, counters."""
+    d, events, i = Decoder(m), [], 0
+    for n in chunks:
+        events += d.feed(wire[i:i + n]); i += n
+    return events + d.feed(wire[i:]), d.counters
+
+
+def check_vector(v) -> str | None:
+    wire = v["wire"]
+    if "error" not in v:
+        enc = encode(v["kind"], v["flags"], v["seq"], v["ack"], v["credit"], v["payload"])
+        if enc != wire:
+            return f"encode gives {enc.hex(' ')}"
+        if crc32c(v["raw"][:-TRAILER]) != v["crc"]:
+            return "crc is not the CRC-32C of raw"
+    for how, chunks in (("whole", ()), ("bytewise", [1] * len(wire))):
+        events, counters = decode_all(wire, chunks=chunks)
+        if "error" in v:
+            if (events != [v["error"]] or sum(counters.values()) != 1
+                    or counters[COUNTER[v["error"]]] != 1):
+                return f"{how}: got {events!r}, counters {counters}"
+            continue
+        if len(events) != 1 or not isinstance(events[0], Frame):
+            return f"{how}: got {events!r}, want one frame"
+        for k in ("kind", "flags", "seq", "ack", "credit", "payload", "crc", "raw"):
+            if getattr(events[0], k) != v[k]:
+                return f"{how}: {k} = {getattr(events[0], k)!r}, want {v[k]!r}"
+    return None
+
+
+# ------------------------------------------------------------ self-checks ----
+def self_checks():
+    """Checks derived from the spec text; returns [(name, function)]."""
+    RNG = random.Random(20240601)
+
+    def expect(events, want):
+        got = [e if isinstance(e, str) else ("frame", e.payload) for e in events]
+        assert got == want, f"got {got!r:.200}, want {want!r:.200}"
+
+    def check_crc_check_value():
+        assert crc32c(b"123456789") == 0xE3069283
+
+    def check_round_trip_random_chunks():
+        stream, sent = bytearray(), []
+        for i in range(300):
+            p = bytes(RNG.choice([0, 0, RNG.randrange(256)]) if i % 3 == 0 else RNG.randrange(256)
+                      for _ in range(RNG.randint(0, 1000)))
+            fields = (RNG.choice(KINDS), RNG.randint(0, 1), RNG.getrandbits(32),
+                      RNG.getrandbits(32), RNG.getrandbits(16), p)
+            w, r = encode(*fields), HEADER + len(p) + TRAILER
+            assert len(w) <= r + r // 254 + 2 and 0 not in w[:-1]
+            stream += b"\x00" * RNG.randint(0, 2) + w; sent.append(fields)
+        chunks = [RNG.randint(1, 700) for _ in range(len(stream))]
+        events, counters = decode_all(bytes(stream), chunks=chunks)
+        got = [e if isinstance(e, str) else (e.kind, e.flags, e.seq, e.ack, e.credit, e.payload)
+               for e in events]
+        assert got == sent and counters["frames"] == len(sent) == sum(counters.values())
+
+    def check_too_long_then_good():
+        events, c = decode_all(encode(4, 0, 0, 0, 0, b"x" * 50) + encode(6, 0, 0, 0, 0, b"ok"), 28)
+        expect(events, ["too-long", ("frame", b"ok")])
+        assert c["too_long"] == 1 and c["frames"] == 1
+        # too_long is known before the 0x00 inside the block: one drop, counted as too_long
+        events, c = decode_all(b"\xff" + b"a" * 30 + b"\x00" + encode(2, 0, 0, 0, 0, b""), 20)
+        expect(events, ["too-long", ("frame", b"")])
+
+    def check_m_boundary():
+        for p in (b"", b"\x00" * 9, bytes(range(1, 237)), bytes(range(1, 250)) + b"\x00"):
+            w, r = encode(4, 1, 7, 8, 9, p), HEADER + len(p) + TRAILER
+            expect(decode_all(w, r)[0], [("frame", p)])        # exactly M bytes is accepted
+            if r > MIN_RAW:
+                expect(decode_all(w, r - 1)[0], ["too-long"])
+        w = encode(5, 1, 1, 2, 3, b"abc")    # + an extra empty block: raw + 00, 22 bytes
+        expect(decode_all(w[:-1] + b"\x01\x00" + w, 21)[0], ["too-long", ("frame", b"abc")])
+        expect(decode_all(w[:-1] + b"\x01\x00", 22)[0], ["crc"])
+
+    def check_non_canonical_trailing_01():
+        p = bytes(range(1, 255)) * 2 + bytes(range(1, 237))      # raw = 3 * 254, no zeros
+        w = encode(4, 1, 0x01020304, 0x05060708, 0x090A, p)
+        assert w[-2:] == b"\x01\x00" and w[-3] != 0
+        expect(decode_all(w[:-2] + b"\x00")[0], [("frame", p)])
+
+    def check_resync_after_cobs_error():
+        good = encode(7, 0, 0, 0, 0, b"bye")
+        expect(decode_all(b"\x05ab\x00" + good)[0], ["cobs", ("frame", b"bye")])
+        expect(decode_all(good[5:] + good)[0][-1:], [("frame", b"bye")])   # joined mid-stream
+
+    def check_empty_and_tiny_frames():
+        events, c = decode_all(b"\x00\x00" + encode(6, 0, 0, 0, 0, b"") + b"\x00\x00\x01\x00")
+        expect(events, [("frame", b""), "too-short"])
+        assert c == {"too_long": 0, "cobs_errors": 0, "header_errors": 1, "crc_errors": 0,
+                     "frames": 1}
+
+    def check_order_crc_kind_flags_len():
+        bad = bytearray(raw_frame(0x09, 0xFE, 0, 0, 0, b"zz", length=5)); bad[-1] ^= 1
+        expect(decode_all(cobs_encode(bytes(bad)))[0], ["crc"])
+        expect(decode_all(cobs_encode(raw_frame(0, 0xFE, 0, 0, 0, b"zz", 5)))[0], ["unknown-kind"])
+        expect(decode_all(cobs_encode(raw_frame(4, 3, 0, 0, 0, b"zz", 5)))[0], ["reserved-flags"])
+
+    def check_sender_rules():                   # MUST NOT send reserved kinds or flags
+        for kind, flags, p in ((0, 0, b""), (8, 0, b""), (4, 2, b""), (4, 0, bytes(65536))):
+            with contextlib.suppress(ValueError):
+                raise AssertionError(f"encode accepted {encode(kind, flags, 0, 0, 0, p)!r:.40}")
+
+    return [("self-check " + n[6:], f) for n, f in locals().items() if n.startswith("check_")]
+
+
+def main() -> int:
+    path = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parents[2]
+                / "PROTOCOL.md")
+    vectors = parse_vectors(path.read_text(encoding="utf-8"))
+    tests = [(v.get("name", "?"), lambda v=v: check_vector(v)) for v in vectors]
+    tests += self_checks()
+    tests += [] if vectors else [("vectors", lambda: f"no tether-vector blocks in {path}")]
+    failed = 0
+    for name, fn in tests:
+        try:
+            why = fn()
+        except Exception as e:
+            why = f"{type(e).__name__}: {e}"
+        failed += why is not None
+        print(f"ok {name}" if why is None else f"FAIL {name}: {why}")
+    print(f"{len(tests) - failed} passed, {failed} failed")
+    return 0 if failed == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
