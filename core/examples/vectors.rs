@@ -69,9 +69,27 @@ fn raw(h: &Header, payload: &[u8]) -> Vec<u8> {
 }
 
 fn valid(name: &str, h: Header, payload: &[u8]) {
+    valid_with(name, h, payload, None, None);
+}
+
+/// A valid vector decoded with receiver limit `max`, and optionally with a non-canonical
+/// `wire` that only decoding is checked against.
+fn valid_with(
+    name: &str,
+    h: Header,
+    payload: &[u8],
+    max: Option<usize>,
+    wire_override: Option<&[u8]>,
+) {
     let raw = raw(&h, payload);
     println!("```tether-vector");
     println!("name:    {name}");
+    if let Some(m) = max {
+        println!("max:     {m}");
+    }
+    if wire_override.is_some() {
+        println!("decode-only: yes");
+    }
     println!("kind:    0x{:02x}", h.kind as u8);
     println!("flags:   0x{:02x}", h.flags.bits());
     println!("seq:     0x{:08x}", h.seq);
@@ -90,13 +108,21 @@ fn valid(name: &str, h: Header, payload: &[u8]) {
         u32::from_le_bytes(raw[raw.len() - 4..].try_into().unwrap())
     );
     println!("raw:     {}", hex(&raw));
-    println!("wire:    {}", hex(&wire(&h, payload)));
+    let canonical = wire(&h, payload);
+    println!("wire:    {}", hex(wire_override.unwrap_or(&canonical)));
     println!("```\n");
 }
 
 fn invalid(name: &str, error: &str, wire: &[u8]) {
+    invalid_with(name, error, wire, None);
+}
+
+fn invalid_with(name: &str, error: &str, wire: &[u8], max: Option<usize>) {
     println!("```tether-vector");
     println!("name:    {name}");
+    if let Some(m) = max {
+        println!("max:     {m}");
+    }
     println!("error:   {error}");
     println!("wire:    {}", hex(wire));
     println!("```\n");
@@ -116,11 +142,10 @@ fn main() {
         credit: 4,
     };
     valid("data-16", data, b"tether record 01");
-    valid(
-        "data-zeros",
-        Header { seq: 2, ..data },
-        &[0x00, 0x11, 0x00, 0x00, 0x22, 0x00],
-    );
+    // Decoded with M equal to its raw length: a frame of exactly M bytes is accepted.
+    let zeros = [0x00, 0x11, 0x00, 0x00, 0x22, 0x00];
+    let m = Some(OVERHEAD + zeros.len());
+    valid_with("data-zeros", Header { seq: 2, ..data }, &zeros, m, None);
     let dense = Header {
         kind: Kind::Data,
         flags: Flags::ACK,
@@ -139,6 +164,16 @@ fn main() {
         .find(|h| !raw(h, &two).contains(&0))
         .expect("some sequence number works");
     valid("data-two-full-blocks", exact, &two);
+    // The same frame without the canonical final 0x01: receivers accept it too.
+    let mut short_form = wire(&exact, &two);
+    short_form.remove(short_form.len() - 2);
+    valid_with(
+        "data-two-full-blocks-without-final-01",
+        exact,
+        &two,
+        None,
+        Some(&short_form),
+    );
 
     // Invalid frames. Each is COBS-correct unless the name says otherwise.
     let good = raw(&data, b"tether record 01");
@@ -166,6 +201,9 @@ fn main() {
         "too-short",
         &manual_cobs(&good[..OVERHEAD - 1]),
     );
+    invalid("empty-raw-frame", "too-short", &[0x01, 0x00]);
+    // data-16 is 34 raw bytes; a receiver with M = 33 drops it.
+    invalid_with("too-long", "too-long", &cobs(&good), Some(good.len() - 1));
 }
 
 fn refill(raw: &mut [u8]) {

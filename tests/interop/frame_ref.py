@@ -4,7 +4,13 @@
 Written from PROTOCOL.md alone, without reading the Rust implementation, as an
 interoperability check: CRC-32C, COBS and the receiver rules of section 5, checked against
 every ```tether-vector block of section 7 plus self-checks derived from the spec text.
-Usage: frame_ref.py [PATH/TO/PROTOCOL.md]
+Usage:
+  frame_ref.py [PATH/TO/PROTOCOL.md]     check the vectors and run the self-checks
+  frame_ref.py decode M < WIRE           one line per event: "frame KIND FLAGS SEQ ACK CREDIT
+                                         PAYLOAD_HEX" (decimal numbers) or "drop REASON"
+  frame_ref.py encode < LINES > WIRE     the reverse: "KIND FLAGS SEQ ACK CREDIT PAYLOAD_HEX"
+                                         lines in, concatenated frames out
+The last two let the Rust test suite exchange byte streams with this implementation.
 """
 import contextlib
 import random
@@ -149,6 +155,8 @@ def parse_vectors(text: str) -> list:
         for k, val in v.items():
             if k in ("kind", "flags", "seq", "ack", "credit", "crc"):
                 v[k] = int(val, 16)                 # written 0x..
+            elif k == "max":
+                v[k] = int(val)                     # decimal M
             elif k in ("payload", "raw", "wire"):
                 v[k] = b"" if val == "(empty)" else bytes.fromhex(val)
     return vectors
@@ -164,14 +172,18 @@ def decode_all(wire, m=MAX_RAW, chunks=()):
 
 def check_vector(v) -> str | None:
     wire = v["wire"]
+    m = v.get("max", MAX_RAW)
     if "error" not in v:
         enc = encode(v["kind"], v["flags"], v["seq"], v["ack"], v["credit"], v["payload"])
-        if enc != wire:
+        if v.get("decode-only") == "yes":
+            if enc == wire:
+                return "a decode-only vector's wire should be non-canonical"
+        elif enc != wire:
             return f"encode gives {enc.hex(' ')}"
         if crc32c(v["raw"][:-TRAILER]) != v["crc"]:
             return "crc is not the CRC-32C of raw"
     for how, chunks in (("whole", ()), ("bytewise", [1] * len(wire))):
-        events, counters = decode_all(wire, chunks=chunks)
+        events, counters = decode_all(wire, m=m, chunks=chunks)
         if "error" in v:
             if (events != [v["error"]] or sum(counters.values()) != 1
                     or counters[COUNTER[v["error"]]] != 1):
@@ -262,7 +274,31 @@ def self_checks():
     return [("self-check " + n[6:], f) for n, f in locals().items() if n.startswith("check_")]
 
 
+def decode_stdin(m: int) -> int:
+    d = Decoder(m)
+    for ev in d.feed(sys.stdin.buffer.read()):
+        if isinstance(ev, Frame):
+            print(f"frame {ev.kind} {ev.flags} {ev.seq} {ev.ack} {ev.credit} {ev.payload.hex()}")
+        else:
+            print(f"drop {ev}")
+    return 0
+
+
+def encode_stdin() -> int:
+    out = bytearray()
+    for line in sys.stdin.read().splitlines():
+        kind, flags, seq, ack, credit, *payload = line.split()
+        out += encode(int(kind), int(flags), int(seq), int(ack), int(credit),
+                      bytes.fromhex(payload[0] if payload else ""))
+    sys.stdout.buffer.write(bytes(out))
+    return 0
+
+
 def main() -> int:
+    if sys.argv[1:2] == ["decode"]:
+        return decode_stdin(int(sys.argv[2]))
+    if sys.argv[1:2] == ["encode"]:
+        return encode_stdin()
     path = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parents[2]
                 / "PROTOCOL.md")
     vectors = parse_vectors(path.read_text(encoding="utf-8"))

@@ -5,10 +5,12 @@
 //! reflected, final XOR `0xFFFFFFFF`; check value (the CRC of ASCII `"123456789"`)
 //! `0xE3069283`.
 //!
-//! Why CRC-32C rather than the Ethernet CRC-32: at the frame sizes Tether uses it keeps a
-//! Hamming distance of 6 up to 5,243 bits (655 bytes), against 268 bits for CRC-32/IEEE
-//! (Koopman, "32-Bit Cyclic Redundancy Codes for Internet Applications", 2002), and it is
-//! what iSCSI, SCTP and ext4 chose for the same reason. It is computed by the well-kept
+//! Why CRC-32C rather than the Ethernet CRC-32 (Koopman, "32-Bit Cyclic Redundancy Codes
+//! for Internet Applications", DSN 2002): it detects every error of up to 5 bits in frames
+//! up to 5,243 bits (payloads up to 641 bytes), where the Ethernet CRC manages that only up
+//! to 268 bits, and every error of up to 3 bits at every frame size Tether allows, where the
+//! Ethernet CRC stops at 91,607 bits. iSCSI, SCTP and ext4 chose it for the same reason.
+//! It is computed by the well-kept
 //! `crc` crate: a 1 KiB byte table by default, a 16 KiB slicing-by-16 table with the
 //! `fast-crc` feature (the host's choice).
 

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what Tether's build and tests need on a fresh Debian machine with rustup.
+# Idempotent: each step checks first and does nothing when it is already done.
+set -euo pipefail
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+command -v cargo >/dev/null || { log "cargo not found: install Rust with rustup first"; exit 1; }
+command -v rustup >/dev/null || { log "rustup not found: the embedded targets need it"; exit 1; }
+
+# Embedded targets: the core must keep building for Cortex-M0 (v6-M) and Cortex-M4F (v7E-M).
+targets=(thumbv6m-none-eabi thumbv7em-none-eabihf)
+installed=$(rustup target list --installed)
+for t in "${targets[@]}"; do
+  grep -qx "$t" <<<"$installed" || { log "adding target $t"; rustup target add "$t"; }
+done
+
+components=$(rustup component list --installed)
+for c in rustfmt clippy; do
+  grep -q "^$c" <<<"$components" || { log "adding component $c"; rustup component add "$c"; }
+done
+
+# python3 runs the independent reference implementation of PROTOCOL.md (tests/interop).
+if ! command -v python3 >/dev/null; then
+  log "installing python3"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 >/dev/null
+fi
+
+# cargo-fuzz, when a nightly toolchain is there to run it.
+if rustup toolchain list | grep -q '^nightly' && ! cargo fuzz --version >/dev/null 2>&1; then
+  log "installing cargo-fuzz (about a minute)"
+  cargo install cargo-fuzz --locked --quiet
+fi

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: `scripts/test.sh`. `.ci/run` calls exactly this.
+#
+# FUZZ_SECONDS (default 15) bounds each fuzz target's run; 0 skips fuzzing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+start=$SECONDS
+
+step "setup"
+scripts/setup.sh
+
+step "format"
+cargo fmt --all -- --check
+
+step "lint"
+cargo clippy --locked --workspace --all-targets -- -D warnings
+
+step "tests"
+cargo test --locked --workspace
+
+step "no_std builds of tether-core"
+for target in thumbv6m-none-eabi thumbv7em-none-eabihf; do
+  for features in "" "defmt" "fast-crc"; do
+    echo "tether-core for $target, features [${features}]"
+    cargo build --locked --quiet --release -p tether-core --target "$target" \
+      ${features:+--features "$features"}
+  done
+done
+
+fuzz_seconds=${FUZZ_SECONDS:-15}
+if [[ $fuzz_seconds -gt 0 ]] && cargo +nightly fuzz --version >/dev/null 2>&1; then
+  step "fuzzing, ${fuzz_seconds}s per target"
+  for target in $(cargo +nightly fuzz list --fuzz-dir fuzz); do
+    # Run on a scratch copy of the corpus so the checkout is left as it was.
+    corpus=$(mktemp -d)
+    cp -r "fuzz/corpus/$target/." "$corpus/" 2>/dev/null || true
+    cargo +nightly fuzz run --fuzz-dir fuzz "$target" "$corpus" -- \
+      -max_total_time="$fuzz_seconds" -print_final_stats=1 2>&1 \
+      | grep -E '^(Done|stat::number_of_executed_units|stat::peak_rss_mb)|ERROR|panicked' || true
+    status=${PIPESTATUS[0]}
+    rm -rf "$corpus"
+    [[ $status -eq 0 ]] || { echo "fuzz target $target failed (exit $status)"; exit 1; }
+  done
+else
+  step "fuzzing skipped (FUZZ_SECONDS=0 or no nightly toolchain with cargo-fuzz)"
+fi
+
+step "all checks passed in $((SECONDS - start))s"
