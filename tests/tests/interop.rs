@@ -174,7 +174,7 @@ fn python_decodes_what_rust_encodes_including_damaged_streams() {
 
 #[test]
 fn rust_decodes_what_python_encodes_byte_for_byte() {
-    let mut rng = Rng(0xDEC0_DE);
+    let mut rng = Rng(0x00DE_C0DE);
     let frames: Vec<(Header, Vec<u8>)> = (0..300)
         .map(|i| random_frame(&mut rng, if i % 50 == 0 { 2000 } else { 300 }))
         .collect();
