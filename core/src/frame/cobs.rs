@@ -9,41 +9,105 @@
 /// The largest code byte: a block of 254 data bytes with no implicit zero after it.
 const MAX_CODE: u8 = 0xFF;
 
-/// Encodes the concatenation of `pieces` (without delimiter), handing each finished block to
-/// `emit` as its code byte followed by its data bytes.
+/// Where [`encode_blocks`] puts its output.
+pub(crate) trait BlockSink {
+    type Error;
+    /// Appends data bytes (never `0x00`) to the current block.
+    fn data(&mut self, bytes: &[u8]) -> Result<(), Self::Error>;
+    /// Ends the current block with this code byte and starts the next one.
+    fn end_block(&mut self, code: u8) -> Result<(), Self::Error>;
+}
+
+/// The position of the first `0x00` in `bytes`.
+///
+/// Runs between the zeros of a frame are often short (a header has several zeros), where
+/// `memchr`'s set-up costs more than the search. Measured with `cargo bench --bench frame`
+/// (16-byte payloads): a plain loop below 32 bytes cut encode from 137 to 111 ns a frame; an
+/// eight-bytes-at-a-time SWAR test was slower than the plain loop (135 ns).
+#[inline]
+pub(crate) fn find_zero(bytes: &[u8]) -> Option<usize> {
+    if bytes.len() < 32 {
+        bytes.iter().position(|&b| b == 0)
+    } else {
+        memchr::memchr(0, bytes)
+    }
+}
+
+/// Encodes the concatenation of `pieces` (without delimiter) into `sink`.
 ///
 /// The output is canonical: a frame whose last block is a full 254-byte block ends with a
 /// `0x01` code byte (the encoding of the implicit final zero that is then dropped).
-pub(crate) fn encode_blocks<E>(
-    pieces: &[&[u8]],
-    mut emit: impl FnMut(&[u8]) -> Result<(), E>,
-) -> Result<(), E> {
-    // block[0] is the code byte; block[1..code] the data.
-    let mut block = [0u8; 255];
+pub(crate) fn encode_blocks<S: BlockSink>(pieces: &[&[u8]], sink: &mut S) -> Result<(), S::Error> {
+    // The code byte of the current block: one more than its data bytes so far.
     let mut code: u8 = 1;
     for piece in pieces {
         let mut rest: &[u8] = piece;
         while !rest.is_empty() {
             let room = usize::from(MAX_CODE - code);
             let window = &rest[..room.min(rest.len())];
-            let (run, ends_in_zero) = match memchr::memchr(0, window) {
+            let (run, ends_in_zero) = match find_zero(window) {
                 Some(i) => (i, true),
                 None => (window.len(), false),
             };
-            let start = usize::from(code);
-            block[start..start + run].copy_from_slice(&window[..run]);
-            // run < room <= 254, so the sum stays within u8.
+            sink.data(&window[..run])?;
+            // run <= room <= 254, so the sum stays within u8.
             code += run as u8;
             rest = &rest[run + usize::from(ends_in_zero)..];
             if ends_in_zero || code == MAX_CODE {
-                block[0] = code;
-                emit(&block[..usize::from(code)])?;
+                sink.end_block(code)?;
                 code = 1;
             }
         }
     }
-    block[0] = code;
-    emit(&block[..usize::from(code)])
+    sink.end_block(code)
+}
+
+/// A [`BlockSink`] over a slice that is long enough for the whole encoding: data goes
+/// straight to its place, and each code byte is written back into the slot kept for it.
+pub(crate) struct SliceSink<'a> {
+    pub(crate) out: &'a mut [u8],
+    /// Where the current block's code byte goes.
+    code_at: usize,
+    /// Where the next data byte goes.
+    pub(crate) len: usize,
+}
+
+impl<'a> SliceSink<'a> {
+    /// The caller guarantees `out` holds the whole encoding (see `max_encoded_len`).
+    pub(crate) fn new(out: &'a mut [u8]) -> Self {
+        SliceSink {
+            out,
+            code_at: 0,
+            len: 1,
+        }
+    }
+}
+
+impl BlockSink for SliceSink<'_> {
+    type Error = core::convert::Infallible;
+
+    #[inline]
+    fn data(&mut self, bytes: &[u8]) -> Result<(), Self::Error> {
+        self.out[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+        Ok(())
+    }
+
+    #[inline]
+    fn end_block(&mut self, code: u8) -> Result<(), Self::Error> {
+        self.out[self.code_at] = code;
+        self.code_at = self.len;
+        self.len += 1;
+        Ok(())
+    }
+}
+
+impl SliceSink<'_> {
+    /// The encoded length: everything but the slot reserved for a next block that never
+    /// came.
+    pub(crate) fn finish(self) -> usize {
+        self.len - 1
+    }
 }
 
 /// Where the unstuffer is within a frame.
@@ -114,7 +178,7 @@ impl Unstuffer {
                 Mode::Data { left, zero } => {
                     let avail = &input[pos..];
                     let window = &avail[..usize::from(left).min(avail.len())];
-                    let run = memchr::memchr(0, window).unwrap_or(window.len());
+                    let run = find_zero(window).unwrap_or(window.len());
                     if run > 0 {
                         let Some(dst) = buf.get_mut(self.len..self.len + run) else {
                             self.mode = Mode::Discard;
@@ -184,15 +248,14 @@ impl Unstuffer {
 mod tests {
     use super::*;
 
+    fn encode_pieces(pieces: &[&[u8]], out: &mut [u8]) -> usize {
+        let mut sink = SliceSink::new(out);
+        let Ok(()) = encode_blocks(pieces, &mut sink);
+        sink.finish()
+    }
+
     fn encode_vec(data: &[u8], out: &mut [u8]) -> usize {
-        let mut n = 0;
-        encode_blocks::<()>(&[data], |b| {
-            out[n..n + b.len()].copy_from_slice(b);
-            n += b.len();
-            Ok(())
-        })
-        .unwrap();
-        n
+        encode_pieces(&[data], out)
     }
 
     fn roundtrip(data: &[u8]) {
@@ -246,13 +309,7 @@ mod tests {
         let n = encode_vec(&data, &mut whole);
         for cut in [0, 1, 13, 254, 255, 599, 600] {
             let mut parts = [0u8; 700];
-            let mut m = 0;
-            encode_blocks::<()>(&[&data[..cut], &data[cut..]], |b| {
-                parts[m..m + b.len()].copy_from_slice(b);
-                m += b.len();
-                Ok(())
-            })
-            .unwrap();
+            let m = encode_pieces(&[&data[..cut], &data[cut..]], &mut parts);
             assert_eq!(&parts[..m], &whole[..n], "cut at {cut}");
         }
     }
@@ -277,6 +334,31 @@ mod tests {
         let (ev, used) = u.feed(&mut buf, &[1, 2, 3, 4, 0x00, 0x02, 9, 0x00][..]);
         assert_eq!((ev, used), (Event::Frame(1), 8));
         assert_eq!(buf[0], 9);
+    }
+
+    #[test]
+    fn find_zero_agrees_with_a_byte_loop_at_every_length_and_position() {
+        for len in 0..80 {
+            for zero_at in 0..=len {
+                let mut bytes = [0x80u8; 80];
+                // 0x80 and 0x01 around the zero are the SWAR test's hardest neighbours.
+                for (i, b) in bytes.iter_mut().enumerate() {
+                    *b = if i % 2 == 0 { 0x80 } else { 0x01 };
+                }
+                if zero_at < len {
+                    bytes[zero_at] = 0;
+                    if zero_at + 1 < len {
+                        bytes[zero_at + 1] = 0;
+                    }
+                }
+                let s = &bytes[..len];
+                assert_eq!(
+                    find_zero(s),
+                    s.iter().position(|&b| b == 0),
+                    "{len} {zero_at}"
+                );
+            }
+        }
     }
 
     #[test]

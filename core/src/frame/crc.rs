@@ -10,15 +10,17 @@
 //! up to 5,243 bits (payloads up to 641 bytes), where the Ethernet CRC manages that only up
 //! to 268 bits, and every error of up to 3 bits at every frame size Tether allows, where the
 //! Ethernet CRC stops at 91,607 bits. iSCSI, SCTP and ext4 chose it for the same reason.
-//! It is computed by the well-kept
-//! `crc` crate: a 1 KiB byte table by default, a 16 KiB slicing-by-16 table with the
-//! `fast-crc` feature (the host's choice).
+//! It is computed by well-kept crates: `crc` with a 1 KiB byte table by default, or its 16
+//! KiB slicing-by-16 table with the `fast-crc` feature; with the `hw-crc` feature (std
+//! only, the host's choice), `crc32c`, which uses the CPU's CRC-32C instructions when it
+//! has them and a software table otherwise.
 
-#[cfg(feature = "fast-crc")]
+#[cfg(all(feature = "fast-crc", not(feature = "hw-crc")))]
 type Lanes = crc::Table<16>;
-#[cfg(not(feature = "fast-crc"))]
+#[cfg(not(any(feature = "fast-crc", feature = "hw-crc")))]
 type Lanes = crc::Table<1>;
 
+#[cfg(not(feature = "hw-crc"))]
 static CASTAGNOLI: crc::Crc<u32, Lanes> = crc::Crc::<u32, Lanes>::new(&crc::CRC_32_ISCSI);
 
 /// The CRC-32C of `bytes`.
@@ -27,28 +29,50 @@ static CASTAGNOLI: crc::Crc<u32, Lanes> = crc::Crc::<u32, Lanes>::new(&crc::CRC_
 /// assert_eq!(tether_core::frame::crc32c(b"123456789"), 0xE306_9283);
 /// ```
 pub fn crc32c(bytes: &[u8]) -> u32 {
-    CASTAGNOLI.checksum(bytes)
+    #[cfg(feature = "hw-crc")]
+    return crc32c::crc32c(bytes);
+    #[cfg(not(feature = "hw-crc"))]
+    return CASTAGNOLI.checksum(bytes);
 }
 
 /// An incremental CRC-32C over several pieces, e.g. a header and a payload that are not
 /// contiguous in memory.
 #[derive(Clone)]
-pub struct Crc32c(crc::Digest<'static, u32, Lanes>);
+pub struct Crc32c {
+    /// The CRC-32C of everything fed so far.
+    #[cfg(feature = "hw-crc")]
+    value: u32,
+    #[cfg(not(feature = "hw-crc"))]
+    digest: crc::Digest<'static, u32, Lanes>,
+}
 
 impl Crc32c {
     /// Starts a new checksum.
     pub fn new() -> Self {
-        Self(CASTAGNOLI.digest())
+        Self {
+            #[cfg(feature = "hw-crc")]
+            value: 0,
+            #[cfg(not(feature = "hw-crc"))]
+            digest: CASTAGNOLI.digest(),
+        }
     }
 
     /// Feeds more bytes.
     pub fn update(&mut self, bytes: &[u8]) {
-        self.0.update(bytes);
+        #[cfg(feature = "hw-crc")]
+        {
+            self.value = crc32c::crc32c_append(self.value, bytes);
+        }
+        #[cfg(not(feature = "hw-crc"))]
+        self.digest.update(bytes);
     }
 
     /// The CRC-32C of everything fed so far.
     pub fn finalize(self) -> u32 {
-        self.0.finalize()
+        #[cfg(feature = "hw-crc")]
+        return self.value;
+        #[cfg(not(feature = "hw-crc"))]
+        return self.digest.finalize();
     }
 }
 

@@ -1,6 +1,6 @@
 //! Frame encoding: into a caller's buffer, or into any `embedded_io::Write`.
 
-use super::cobs::encode_blocks;
+use super::cobs::{encode_blocks, BlockSink, SliceSink};
 use super::header::Header;
 use super::{max_encoded_len, Crc32c, DELIMITER, MAX_PAYLOAD};
 
@@ -97,14 +97,10 @@ pub fn encode(header: &Header, payload: &[u8], out: &mut [u8]) -> Result<usize, 
             available: out.len(),
         });
     }
-    let mut n = 0;
-    encode_blocks::<core::convert::Infallible>(&[&head, payload, &tail], |block| {
-        // Within bounds: COBS never writes more than max_encoded_len - 1 bytes.
-        out[n..n + block.len()].copy_from_slice(block);
-        n += block.len();
-        Ok(())
-    })
-    .unwrap_or_else(|never| match never {});
+    let mut sink = SliceSink::new(out);
+    let Ok(()) = encode_blocks(&[&head, payload, &tail], &mut sink);
+    let n = sink.finish();
+    // Within bounds: COBS never writes more than max_encoded_len - 1 bytes.
     out[n] = DELIMITER;
     Ok(n + 1)
 }
@@ -121,15 +117,52 @@ pub fn write_frame<W: embedded_io::Write>(
 ) -> Result<usize, WriteFrameError<W::Error>> {
     let (head, tail) = head_and_tail(header, payload)
         .ok_or(WriteFrameError::PayloadTooLong { len: payload.len() })?;
-    let mut staged = Staging {
-        buf: [0u8; 256],
-        len: 0,
-        total: 0,
+    let mut sink = WriterSink {
+        writer,
+        block: [0u8; 255],
+        block_len: 1,
+        staged: Staging {
+            buf: [0u8; 256],
+            len: 0,
+            total: 0,
+        },
     };
-    encode_blocks(&[&head, payload, &tail], |block| staged.push(writer, block))?;
+    encode_blocks(&[&head, payload, &tail], &mut sink)?;
+    let WriterSink {
+        writer, mut staged, ..
+    } = sink;
     staged.push(writer, &[DELIMITER])?;
     staged.flush(writer)?;
     Ok(staged.total)
+}
+
+/// A [`BlockSink`] that assembles each block (at most 255 bytes) and stages it for the
+/// writer.
+struct WriterSink<'w, W> {
+    writer: &'w mut W,
+    /// The current block; `block[0]` is its code byte, filled in when it ends.
+    block: [u8; 255],
+    block_len: usize,
+    staged: Staging,
+}
+
+impl<W: embedded_io::Write> BlockSink for WriterSink<'_, W> {
+    type Error = WriteFrameError<W::Error>;
+
+    fn data(&mut self, bytes: &[u8]) -> Result<(), Self::Error> {
+        // encode_blocks never lets a block exceed 254 data bytes.
+        self.block[self.block_len..self.block_len + bytes.len()].copy_from_slice(bytes);
+        self.block_len += bytes.len();
+        Ok(())
+    }
+
+    fn end_block(&mut self, code: u8) -> Result<(), Self::Error> {
+        self.block[0] = code;
+        self.staged
+            .push(self.writer, &self.block[..self.block_len])?;
+        self.block_len = 1;
+        Ok(())
+    }
 }
 
 /// Gathers COBS blocks (at most 255 bytes each) into writes of up to 256 bytes.

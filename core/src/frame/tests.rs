@@ -235,19 +235,21 @@ fn too_long_frame_is_dropped_counted_and_the_next_frame_decodes() {
     assert_eq!(dec.payload_capacity(), 16);
 }
 
+/// COBS-encodes `raw` as it is, valid frame or not, into `out`; returns the length
+/// without delimiter (`out[n]` is left for it).
+fn cobs_only(raw: &[u8], out: &mut [u8]) -> usize {
+    let mut sink = cobs::SliceSink::new(out);
+    let Ok(()) = cobs::encode_blocks(&[raw], &mut sink);
+    sink.finish()
+}
+
 #[test]
 fn short_frame_with_any_content_is_a_header_error() {
     // Raw frames of 0..OVERHEAD bytes, correctly COBS-encoded.
     for len in 0..OVERHEAD {
         let raw = vec![0x55u8; len];
         let mut wire = vec![0u8; max_encoded_len(len)];
-        let mut n = 0;
-        cobs::encode_blocks::<()>(&[&raw], |b| {
-            wire[n..n + b.len()].copy_from_slice(b);
-            n += b.len();
-            Ok(())
-        })
-        .unwrap();
+        let n = cobs_only(&raw, &mut wire);
         wire[n] = 0;
         let mut dec = decoder(8);
         let got = feed_chunked(&mut dec, &wire[..=n], &[1]);
@@ -284,13 +286,7 @@ fn header_errors_with_a_valid_crc_are_reported_as_such() {
         let mut view = FrameView::new_unchecked(&mut raw[..]);
         view.fill_crc();
         let mut wire = [0u8; 64];
-        let mut n = 0;
-        cobs::encode_blocks::<()>(&[&raw], |b| {
-            wire[n..n + b.len()].copy_from_slice(b);
-            n += b.len();
-            Ok(())
-        })
-        .unwrap();
+        let n = cobs_only(&raw, &mut wire);
         let mut dec = decoder(8);
         let got = feed_chunked(&mut dec, &wire[..=n], &[3]);
         assert_eq!(got, vec![Err(FrameError::Header(want))]);
