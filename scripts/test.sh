@@ -20,6 +20,12 @@ cargo clippy --locked --workspace --all-targets -- -D warnings
 step "tests"
 cargo test --locked --workspace
 
+# The workspace run unifies features, so tether-core's tests above ran with the host's
+# `hw-crc`. Run them again with the two CRC back ends firmware uses.
+step "tether-core tests with the firmware CRC back ends"
+cargo test --locked -p tether-core --lib --tests
+cargo test --locked -p tether-core --lib --tests --features fast-crc
+
 step "no_std builds of tether-core"
 for target in thumbv6m-none-eabi thumbv7em-none-eabihf; do
   for features in "" "defmt" "fast-crc"; do
@@ -36,7 +42,7 @@ if [[ $fuzz_seconds -gt 0 ]] && cargo +nightly fuzz --version >/dev/null 2>&1; t
     # Run on a scratch copy of the corpus so the checkout is left as it was.
     corpus=$(mktemp -d)
     cp -r "fuzz/corpus/$target/." "$corpus/" 2>/dev/null || true
-    cargo +nightly fuzz run --fuzz-dir fuzz "$target" "$corpus" -- \
+    cargo +nightly fuzz run --fuzz-dir fuzz --target-dir target/fuzz "$target" "$corpus" -- \
       -max_total_time="$fuzz_seconds" -print_final_stats=1 2>&1 \
       | grep -E '^(Done|stat::number_of_executed_units|stat::peak_rss_mb)|ERROR|panicked' || true
     status=${PIPESTATUS[0]}
