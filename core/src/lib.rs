@@ -55,3 +55,4 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod frame;
+pub mod link;

@@ -22,7 +22,7 @@ from pathlib import Path
 HEADER, TRAILER, MIN_RAW, MAX_RAW = 14, 4, 18, 65553
 HEADER_FMT = "<BBIIHH"              # kind flags seq ack credit len, little-endian (2)
 KINDS = range(0x01, 0x08)           # HELLO .. CLOSE (2.1)
-RESERVED_FLAGS = 0xFE               # every flag bit but ACK (0x01), 2.2
+RESERVED_FLAGS = 0xFC               # every flag bit but ACK (0x01) and NACK (0x02), 2.2
 COUNTER = {"too-long": "too_long", "cobs": "cobs_errors", "too-short": "header_errors",
            "crc": "crc_errors", "unknown-kind": "header_errors",
            "reserved-flags": "header_errors", "length-mismatch": "header_errors"}

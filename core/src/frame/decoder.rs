@@ -125,8 +125,7 @@ impl DecoderStats {
 #[derive(Debug, Clone)]
 pub struct Decoder<B> {
     storage: B,
-    unstuffer: Unstuffer,
-    stats: DecoderStats,
+    state: DecodeState,
 }
 
 impl<B: AsRef<[u8]> + AsMut<[u8]>> Decoder<B> {
@@ -134,6 +133,56 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Decoder<B> {
     pub const fn new(storage: B) -> Self {
         Decoder {
             storage,
+            state: DecodeState::new(),
+        }
+    }
+
+    /// Decodes from the front of `input`, advancing it past what was consumed.
+    ///
+    /// Returns `Some(Ok(frame))` for a good frame, `Some(Err(why))` for a dropped one, and
+    /// `None` once `input` is used up without completing a frame (the partial frame is kept
+    /// for the next call). Call it in a `while let` loop until `None`.
+    pub fn decode<'d>(&'d mut self, input: &mut &[u8]) -> Option<Result<Frame<'d>, FrameError>> {
+        self.state.decode(self.storage.as_mut(), input)
+    }
+
+    /// What the decoder has seen so far.
+    pub fn stats(&self) -> DecoderStats {
+        self.state.stats
+    }
+
+    /// The largest payload this decoder accepts.
+    pub fn payload_capacity(&self) -> usize {
+        super::payload_capacity(self.storage.as_ref().len())
+    }
+
+    /// Whether a frame has started arriving and has not ended yet.
+    pub fn in_frame(&self) -> bool {
+        self.state.in_frame()
+    }
+
+    /// Forgets any partial frame, e.g. after the underlying connection was replaced.
+    pub fn reset(&mut self) {
+        self.state.reset();
+    }
+
+    /// Gives the storage back.
+    pub fn into_inner(self) -> B {
+        self.storage
+    }
+}
+
+/// The decoder's state without its storage, for owners (the link) that keep the frame
+/// buffer elsewhere and lend it on each call.
+#[derive(Debug, Clone)]
+pub(crate) struct DecodeState {
+    unstuffer: Unstuffer,
+    pub(crate) stats: DecoderStats,
+}
+
+impl DecodeState {
+    pub(crate) const fn new() -> Self {
+        DecodeState {
             unstuffer: Unstuffer::new(),
             stats: DecoderStats {
                 bytes: 0,
@@ -146,13 +195,14 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Decoder<B> {
         }
     }
 
-    /// Decodes from the front of `input`, advancing it past what was consumed.
-    ///
-    /// Returns `Some(Ok(frame))` for a good frame, `Some(Err(why))` for a dropped one, and
-    /// `None` once `input` is used up without completing a frame (the partial frame is kept
-    /// for the next call). Call it in a `while let` loop until `None`.
-    pub fn decode<'d>(&'d mut self, input: &mut &[u8]) -> Option<Result<Frame<'d>, FrameError>> {
-        let (event, used) = self.unstuffer.feed(self.storage.as_mut(), input);
+    /// [`Decoder::decode`] over a lent buffer, which must be the same from call to call
+    /// while a frame is in progress.
+    pub(crate) fn decode<'d>(
+        &mut self,
+        buf: &'d mut [u8],
+        input: &mut &[u8],
+    ) -> Option<Result<Frame<'d>, FrameError>> {
+        let (event, used) = self.unstuffer.feed(buf, input);
         self.stats.bytes = self.stats.bytes.wrapping_add(used as u64);
         *input = &input[used..];
         let result = match event {
@@ -160,7 +210,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Decoder<B> {
             Event::TooLong => Err(FrameError::TooLong),
             Event::Truncated => Err(FrameError::Cobs),
             Event::Frame(len) => {
-                let raw = &self.storage.as_ref()[..len];
+                let raw: &'d [u8] = &buf[..len];
                 check(raw).map(|header| Frame {
                     header,
                     payload: &raw[HEADER_LEN..len - CRC_LEN],
@@ -174,29 +224,12 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Decoder<B> {
         Some(result)
     }
 
-    /// What the decoder has seen so far.
-    pub fn stats(&self) -> DecoderStats {
-        self.stats
-    }
-
-    /// The largest payload this decoder accepts.
-    pub fn payload_capacity(&self) -> usize {
-        super::payload_capacity(self.storage.as_ref().len())
-    }
-
-    /// Whether a frame has started arriving and has not ended yet.
-    pub fn in_frame(&self) -> bool {
+    pub(crate) fn in_frame(&self) -> bool {
         self.unstuffer.in_frame()
     }
 
-    /// Forgets any partial frame, e.g. after the underlying connection was replaced.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.unstuffer = Unstuffer::new();
-    }
-
-    /// Gives the storage back.
-    pub fn into_inner(self) -> B {
-        self.storage
     }
 }
 

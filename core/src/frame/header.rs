@@ -76,8 +76,11 @@ impl Flags {
     /// The `ack` and `credit` fields carry an acknowledgement and a credit grant. Without it
     /// a receiver ignores both fields (a sender sets them to zero).
     pub const ACK: Flags = Flags(0x01);
+    /// In an ACK frame: frames after the acknowledged ones arrived while the next one did
+    /// not; the sender should retransmit from the acknowledgement at once (link layer).
+    pub const NACK: Flags = Flags(0x02);
     /// Every defined bit.
-    pub const DEFINED: Flags = Flags(0x01);
+    pub const DEFINED: Flags = Flags(0x03);
 
     /// The flags with exactly these bits, if none of them is reserved.
     pub const fn from_bits(bits: u8) -> Option<Flags> {

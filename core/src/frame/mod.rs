@@ -36,6 +36,7 @@ mod encoder;
 mod header;
 
 pub use self::crc::{crc32c, Crc32c};
+pub(crate) use self::decoder::DecodeState;
 pub use self::decoder::{Decoder, DecoderStats, Frame, FrameError};
 pub use self::encoder::{encode, write_frame, EncodeError, WriteFrameError};
 pub use self::header::{Flags, FrameView, Header, HeaderError, Kind};

@@ -270,7 +270,7 @@ fn header_errors_with_a_valid_crc_are_reported_as_such() {
     let cases: [(usize, u8, HeaderError); 4] = [
         (0, 0x00, HeaderError::UnknownKind(0x00)),
         (0, 0x08, HeaderError::UnknownKind(0x08)),
-        (1, 0x02, HeaderError::ReservedFlags(0x02)),
+        (1, 0x04, HeaderError::ReservedFlags(0x04)),
         (
             12,
             0x03,

@@ -1,0 +1,1320 @@
+//! The link layer: a sans-IO state machine that turns frames into a reliable, bounded,
+//! acknowledged stream of records in both directions (`PROTOCOL.md`, "Link layer").
+//!
+//! A [`Link`] never touches IO or a clock. Bytes and the time go in
+//! ([`Link::handle_input`], [`Link::handle_timeout`]); frames, deadlines and events come out
+//! ([`Link::poll_transmit`], [`Link::poll_timeout`], [`Link::poll_event`]). The
+//! application sends with [`Link::send`] (which says [`SendError::WouldBlock`] when the
+//! buffer is full), reads with [`Link::recv`] and acknowledges with [`Link::release`]: a
+//! record is acknowledged to the sender only once it was released, so "acked" means "the
+//! application has it". The same object serves a blocking UART loop, an `nb` poll loop, an
+//! async task or a deterministic simulator (see [`crate::io`]).
+//!
+//! ```
+//! use tether_core::link::{Config, Event, Instant, Link, LinkStorage, Role};
+//!
+//! let mut device = Link::new(Config::new(Role::Client, 1), LinkStorage::<4, 4, 128>::new()).unwrap();
+//! let mut host = Link::new(Config::new(Role::Server, 2), LinkStorage::<4, 4, 128>::new()).unwrap();
+//! let now = Instant::from_millis(0);
+//! device.connect(now);
+//! host.connect(now);
+//! device.send(b"21.5").unwrap();
+//!
+//! // Shuttle bytes until both sides are quiet (a real program uses a UART or a socket).
+//! let mut buf = [0u8; 256];
+//! for _ in 0..10 {
+//!     while let Some(n) = device.poll_transmit(now, &mut buf) { host.handle_input(now, &buf[..n]); }
+//!     while let Some(n) = host.poll_transmit(now, &mut buf) { device.handle_input(now, &buf[..n]); }
+//!     if let Some(record) = host.recv() {
+//!         assert_eq!(record.payload, b"21.5");
+//!         host.release(1); // written: now it may be acknowledged
+//!     }
+//! }
+//! assert_eq!(device.unacked(), 0);
+//! assert!(matches!(device.poll_event(), Some(Event::Connected { resumed: false })));
+//! ```
+
+mod handshake;
+mod seq;
+mod storage;
+
+pub use self::handshake::{Reject, RejectCode, PROTOCOL_VERSION, REJECT_TEXT_MAX};
+pub use self::seq::{seq_diff, seq_lt, seq_lte};
+pub use self::storage::{LinkStorage, Parts, Storage};
+
+use self::handshake::{Hello, HELLO_LEN};
+use crate::frame::{
+    self, DecodeState, DecoderStats, Flags, FrameError, Header, Kind, MAX_PAYLOAD, OVERHEAD,
+};
+
+/// A point in time, in milliseconds from an epoch the caller chooses (boot, say).
+/// The link only compares instants and adds durations to them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Instant(u64);
+
+impl Instant {
+    /// The instant `ms` milliseconds after the epoch.
+    pub const fn from_millis(ms: u64) -> Self {
+        Instant(ms)
+    }
+
+    /// Milliseconds since the epoch.
+    pub const fn millis(self) -> u64 {
+        self.0
+    }
+
+    /// `ms` milliseconds later (saturating).
+    #[must_use]
+    pub const fn plus(self, ms: u32) -> Self {
+        Instant(self.0.saturating_add(ms as u64))
+    }
+}
+
+/// Which side opens the session: the client sends HELLO, the server answers WELCOME. After
+/// the handshake both sides are equal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Role {
+    /// The side that connects (usually the device).
+    Client,
+    /// The side that accepts (usually the host).
+    Server,
+}
+
+/// How a link behaves. Durations are in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Config {
+    /// Client or server.
+    pub role: Role,
+    /// This side's session identity, never 0. A new value says "I restarted": the peer
+    /// then starts afresh instead of resuming. Firmware takes it from a hardware random
+    /// number generator or a boot counter kept in flash.
+    pub session: u32,
+    /// Records in flight before an acknowledgement, 1 (the tutorial's stop-and-wait) up to
+    /// the transmit slots. 0 means "all the slots".
+    pub window: u16,
+    /// The largest record this side will send, announced in the handshake; 0 means the
+    /// slot size. A host with large receive slots lowers it to what its devices accept.
+    pub max_send: u16,
+    /// The sequence number of this side's first record. Any value works (numbers wrap);
+    /// tests start near `u32::MAX` to cross the wrap.
+    pub first_seq: u32,
+    /// First HELLO retry interval; doubles up to `rto_max_ms`.
+    pub handshake_retry_ms: u32,
+    /// First retransmission timeout; doubles on each expiry up to `rto_max_ms`.
+    pub rto_initial_ms: u32,
+    /// The largest retransmission timeout.
+    pub rto_max_ms: u32,
+    /// Send a PING when nothing was sent for this long.
+    pub keepalive_ms: u32,
+    /// Declare the peer dead when nothing was received for this long (also bounds the
+    /// handshake). Must exceed `keepalive_ms` with margin for the peer's answer.
+    pub dead_after_ms: u32,
+}
+
+impl Config {
+    /// Defaults suited to a UART or a TCP/RFCOMM connection: HELLO every 250 ms, RTO from
+    /// 200 ms to 4 s, PING after 1 s of silence, the peer dead after 5 s.
+    pub const fn new(role: Role, session: u32) -> Config {
+        Config {
+            role,
+            session,
+            window: 0,
+            max_send: 0,
+            first_seq: 0,
+            handshake_retry_ms: 250,
+            rto_initial_ms: 200,
+            rto_max_ms: 4_000,
+            keepalive_ms: 1_000,
+            dead_after_ms: 5_000,
+        }
+    }
+}
+
+/// Why [`Link::new`] refused a configuration or storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum ConfigError {
+    /// The session identity is 0.
+    ZeroSession,
+    /// The frame buffer is shorter than an empty frame or longer than the largest.
+    FrameSize(usize),
+    /// The slot buffers do not match the slot counts times the frame size, or a count is
+    /// 0 or above 32,768.
+    Slots,
+    /// The window exceeds the transmit slots.
+    Window(u16),
+    /// A timer is 0, or `dead_after_ms` does not exceed `keepalive_ms`.
+    Timers,
+}
+
+/// Why [`Link::send`] refused a record. Nothing was queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum SendError {
+    /// Every transmit slot holds a record the peer has not acknowledged yet: try again
+    /// after [`Event::Delivered`].
+    WouldBlock,
+    /// The record is longer than this side may send (`max`): its slots, or what the peer
+    /// said it accepts.
+    TooLong {
+        /// The longest record accepted.
+        max: usize,
+    },
+    /// The link is closing or closed.
+    Closed,
+}
+
+/// Where the link is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Phase {
+    /// No connection: [`Link::connect`] starts one.
+    Idle,
+    /// HELLO sent (client) or awaited (server).
+    Handshaking,
+    /// Records flow.
+    Established,
+    /// [`Link::close`] was called: flushing, then CLOSE.
+    Closing,
+    /// Closed gracefully.
+    Closed,
+    /// The handshake was refused (by either side): see [`Link::reject`].
+    Rejected,
+    /// Nothing was heard from the peer for `dead_after_ms`: replace the connection and
+    /// call [`Link::connect`]; the session resumes.
+    Dead,
+}
+
+/// Something the application should know. Events are coalesced, never dropped: two
+/// deliveries before a poll are reported as one [`Event::Delivered`] up to the later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Event {
+    /// The handshake completed ("Connection established"). `resumed` says the peer knew
+    /// this session and nothing was replayed that it already had.
+    Connected {
+        /// Whether an existing session resumed.
+        resumed: bool,
+    },
+    /// The peer has a new session identity: it restarted. Its records now start afresh.
+    /// `in_doubt` of ours had been sent to the old peer without acknowledgement; they are
+    /// sent again to the new one, so the old one may have seen them too.
+    PeerRestarted {
+        /// Records sent to the previous peer instance but not acknowledged.
+        in_doubt: u32,
+    },
+    /// The peer released every record we sent with a sequence number below `up_to`.
+    Delivered {
+        /// The first sequence number not yet acknowledged.
+        up_to: u32,
+    },
+    /// The handshake was refused, by the peer or by us; [`Link::reject`] has the reason.
+    Rejected {
+        /// `true` if we refused the peer, `false` if it refused us.
+        by_us: bool,
+    },
+    /// Nothing was heard from the peer for `dead_after_ms`.
+    PeerDead,
+    /// The session was closed gracefully (by us or by the peer).
+    Closed,
+}
+
+/// A received record, borrowed from the link until it is released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Record<'a> {
+    /// Its sequence number in the peer's numbering.
+    pub seq: u32,
+    /// Its bytes.
+    pub payload: &'a [u8],
+}
+
+/// What a link has done. Counters wrap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct LinkStats {
+    /// Frames sent, all kinds.
+    pub frames_out: u32,
+    /// Bytes sent, encoded.
+    pub bytes_out: u64,
+    /// DATA frames sent, first transmissions and retransmissions.
+    pub data_out: u32,
+    /// DATA frames sent again.
+    pub retransmissions: u32,
+    /// Retransmission timer expiries.
+    pub timeouts: u32,
+    /// NACKs acted on (fast retransmissions).
+    pub fast_retransmits: u32,
+    /// Records received and accepted, once each.
+    pub records_in: u32,
+    /// Records received again (already had them): dropped.
+    pub duplicates: u32,
+    /// Records received after a gap: dropped (the sender goes back).
+    pub out_of_order: u32,
+    /// Records received beyond the credit granted: dropped.
+    pub overruns: u32,
+    /// Acknowledgements for records never sent: ignored.
+    pub spurious_acks: u32,
+    /// Valid frames that make no sense in the current phase: ignored.
+    pub unexpected: u32,
+    /// Handshakes completed.
+    pub handshakes: u32,
+    /// Handshakes that resumed a session.
+    pub resumes: u32,
+    /// Peer restarts detected.
+    pub peer_restarts: u32,
+    /// The most transmit slots ever in use.
+    pub tx_high_water: u16,
+    /// The most receive slots ever in use.
+    pub rx_high_water: u16,
+    /// The frame decoder's counters: bytes and frames in, CRC and framing errors.
+    pub decoder: DecoderStats,
+}
+
+/// One end of a Tether link over storage `S`. See the [module docs](self).
+#[derive(Debug)]
+pub struct Link<S> {
+    storage: S,
+    st: State,
+}
+
+impl<S: Storage> Link<S> {
+    /// A link in [`Phase::Idle`], or why the configuration or storage cannot work.
+    pub fn new(config: Config, mut storage: S) -> Result<Self, ConfigError> {
+        let p = storage.parts();
+        let slot = p.frame.len();
+        if !(OVERHEAD..=frame::raw_len(MAX_PAYLOAD)).contains(&slot) {
+            return Err(ConfigError::FrameSize(slot));
+        }
+        let (ntx, nrx) = (p.tx_len.len(), p.rx_len.len());
+        let counts_ok = (1..=32_768).contains(&ntx) && (1..=32_768).contains(&nrx);
+        if !counts_ok || p.tx.len() != ntx * slot || p.rx.len() != nrx * slot {
+            return Err(ConfigError::Slots);
+        }
+        if config.session == 0 {
+            return Err(ConfigError::ZeroSession);
+        }
+        if usize::from(config.window) > ntx {
+            return Err(ConfigError::Window(config.window));
+        }
+        let c = &config;
+        if c.handshake_retry_ms == 0
+            || c.rto_initial_ms == 0
+            || c.rto_max_ms < c.rto_initial_ms
+            || c.keepalive_ms == 0
+            || c.dead_after_ms <= c.keepalive_ms
+        {
+            return Err(ConfigError::Timers);
+        }
+        let st = State::new(config, slot, ntx, nrx);
+        Ok(Link { storage, st })
+    }
+
+    // ---- getters -------------------------------------------------------------------
+
+    /// Where the link is.
+    pub fn phase(&self) -> Phase {
+        self.st.phase
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.st.cfg
+    }
+
+    /// What the link has done.
+    pub fn stats(&self) -> LinkStats {
+        let mut s = self.st.stats;
+        s.decoder = self.st.dec.stats;
+        s
+    }
+
+    /// The peer's session identity, once a handshake has told it.
+    pub fn peer_session(&self) -> Option<u32> {
+        (self.st.peer.session != 0).then_some(self.st.peer.session)
+    }
+
+    /// The reason of the last refused handshake.
+    pub fn reject(&self) -> Option<&Reject> {
+        self.st.reject.as_ref()
+    }
+
+    /// Records sent or queued and not yet acknowledged by the peer.
+    pub fn unacked(&self) -> u32 {
+        self.st.tx_next.wrapping_sub(self.st.tx_base)
+    }
+
+    /// Whether [`Link::send`] would accept a record now (a slot is free).
+    pub fn can_send(&self) -> bool {
+        (self.unacked() as usize) < self.st.ntx && self.st.accepting()
+    }
+
+    /// The largest record [`Link::send`] accepts: this side's slot size, or less if the
+    /// peer said it accepts less.
+    pub fn max_send(&self) -> usize {
+        self.st.max_send()
+    }
+
+    /// The sequence number the next [`Link::send`] gets.
+    pub fn next_seq(&self) -> u32 {
+        self.st.tx_next
+    }
+
+    /// How long the buffer given to [`Link::poll_transmit`] must be: one encoded frame of
+    /// the largest size this link sends.
+    pub fn transmit_len(&self) -> usize {
+        frame::max_encoded_len(self.st.slot - OVERHEAD)
+    }
+
+    /// The oldest received record that was not released yet.
+    pub fn recv(&mut self) -> Option<Record<'_>> {
+        self.received().next()
+    }
+
+    /// Every received record not released yet, oldest first.
+    pub fn received(&mut self) -> impl Iterator<Item = Record<'_>> + '_ {
+        let st = &self.st;
+        let p = self.storage.parts();
+        let (rx, rx_len) = (&*p.rx, &*p.rx_len);
+        (0..st.held).map(move |k| {
+            let slot = (st.rx_head + k) % st.nrx;
+            let len = usize::from(rx_len[slot]);
+            Record {
+                seq: st.held_seq(k),
+                payload: &rx[slot * st.slot..slot * st.slot + len],
+            }
+        })
+    }
+
+    // ---- inputs --------------------------------------------------------------------
+
+    /// A new byte stream to the peer is in place (the first, or one replacing a broken
+    /// one): start or resume the session over it. A client sends HELLO; a server awaits
+    /// one. Records queued or unacknowledged are kept and resent as the peer needs them.
+    pub fn connect(&mut self, now: Instant) {
+        self.st.connect(now);
+    }
+
+    /// Bytes from the peer, in any chunking.
+    pub fn handle_input(&mut self, now: Instant, mut bytes: &[u8]) {
+        let Parts {
+            rx, rx_len, frame, ..
+        } = self.storage.parts();
+        while let Some(result) = self.st.dec.decode(frame, &mut bytes) {
+            match result {
+                Ok(f) => self.st.on_frame(now, &f.header, f.payload, rx, rx_len),
+                Err(FrameError::TooLong) if self.st.phase == Phase::Established => {
+                    // A record larger than we accept: the peer ignored our HELLO. Counted
+                    // by the decoder; the sender will time out on it and show in its stats.
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Lets timers fire: call it when [`Link::poll_timeout`]'s instant has passed (calling
+    /// it more often is harmless).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.st.on_timeout(now);
+    }
+
+    // ---- mutators ------------------------------------------------------------------
+
+    /// Queues a record; returns its sequence number.
+    pub fn send(&mut self, payload: &[u8]) -> Result<u32, SendError> {
+        let Parts { tx, tx_len, .. } = self.storage.parts();
+        self.st.send(payload, tx, tx_len)
+    }
+
+    /// Releases the `count` oldest received records: the application has them (written,
+    /// acted on), so they may be acknowledged. Returns how many were released.
+    pub fn release(&mut self, count: usize) -> usize {
+        self.st.release(count)
+    }
+
+    /// Limits the credit granted to the peer (`Some(0)` stops it; `None` lifts the limit):
+    /// a bridge whose upstream is down stops its devices this way, without dropping.
+    pub fn set_credit_limit(&mut self, limit: Option<u16>) {
+        self.st.credit_limit = limit;
+        self.st.ack_pending = true;
+    }
+
+    /// Flushes what was sent, then closes the session with CLOSE. [`Link::send`] refuses
+    /// new records from now on.
+    pub fn close(&mut self) {
+        self.st.close();
+    }
+
+    // ---- outputs -------------------------------------------------------------------
+
+    /// The next frame to send, encoded into `out` (at least [`Link::transmit_len`] bytes);
+    /// its length. Call until `None`; frames may be gathered into one write.
+    pub fn poll_transmit(&mut self, now: Instant, out: &mut [u8]) -> Option<usize> {
+        if out.len() < self.transmit_len() {
+            return None;
+        }
+        let Parts { tx, tx_len, .. } = self.storage.parts();
+        self.st.poll_transmit(now, out, tx, tx_len)
+    }
+
+    /// When [`Link::handle_timeout`] should next be called, if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.st.poll_timeout()
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.st.poll_event()
+    }
+}
+
+/// What this side knows of the peer.
+#[derive(Debug, Clone, Copy, Default)]
+struct Peer {
+    session: u32,
+    max_payload: u16,
+}
+
+/// Pending event flags; see [`State::poll_event`].
+#[derive(Debug, Clone, Copy, Default)]
+struct Pending {
+    connected: Option<bool>,
+    restarted: Option<u32>,
+    rejected: Option<bool>,
+    dead: bool,
+    closed: bool,
+}
+
+/// Everything but the buffers. Non-generic, so one copy serves every storage type.
+#[derive(Debug)]
+struct State {
+    cfg: Config,
+    phase: Phase,
+    closing: bool,
+    dec: DecodeState,
+    slot: usize,
+    ntx: usize,
+    nrx: usize,
+    window: u32,
+    peer: Peer,
+    // Sending: [tx_base, tx_next) is queued; [tx_base, snd_max) was sent at least once;
+    // [tx_base, rcv_known) the peer has received; snd_next is the next to (re)send;
+    // sequence numbers below peer_limit may be sent (credit).
+    tx_base: u32,
+    tx_head: usize,
+    tx_next: u32,
+    snd_next: u32,
+    snd_max: u32,
+    rcv_known: u32,
+    peer_limit: u32,
+    rto: u32,
+    rto_deadline: Option<Instant>,
+    nack_handled: Option<u32>,
+    delivered_reported: u32,
+    // Receiving: [rx_released, rx_next) are held in the ring after `held_old` records of
+    // a previous peer session numbered from `old_base`.
+    rx_next: u32,
+    rx_released: u32,
+    rx_head: usize,
+    held: usize,
+    held_old: usize,
+    old_base: u32,
+    credit_limit: Option<u16>,
+    ack_pending: bool,
+    nack_pending: bool,
+    nack_sent_for: Option<u32>,
+    // Control frames.
+    hello_pending: bool,
+    welcome_pending: bool,
+    reject_pending: bool,
+    ping_pending: bool,
+    close_pending: bool,
+    close_reply_pending: bool,
+    hs_deadline: Option<Instant>,
+    hs_interval: u32,
+    close_deadline: Option<Instant>,
+    last_rx: Instant,
+    last_tx: Instant,
+    reject: Option<Reject>,
+    events: Pending,
+    stats: LinkStats,
+}
+
+impl State {
+    fn new(cfg: Config, slot: usize, ntx: usize, nrx: usize) -> State {
+        let window = if cfg.window == 0 {
+            ntx as u32
+        } else {
+            u32::from(cfg.window)
+        };
+        State {
+            cfg,
+            phase: Phase::Idle,
+            closing: false,
+            dec: DecodeState::new(),
+            slot,
+            ntx,
+            nrx,
+            window,
+            peer: Peer::default(),
+            tx_base: cfg.first_seq,
+            tx_head: 0,
+            tx_next: cfg.first_seq,
+            snd_next: cfg.first_seq,
+            snd_max: cfg.first_seq,
+            rcv_known: cfg.first_seq,
+            peer_limit: cfg.first_seq,
+            rto: cfg.rto_initial_ms,
+            rto_deadline: None,
+            nack_handled: None,
+            delivered_reported: cfg.first_seq,
+            rx_next: 0,
+            rx_released: 0,
+            rx_head: 0,
+            held: 0,
+            held_old: 0,
+            old_base: 0,
+            credit_limit: None,
+            ack_pending: false,
+            nack_pending: false,
+            nack_sent_for: None,
+            hello_pending: false,
+            welcome_pending: false,
+            reject_pending: false,
+            ping_pending: false,
+            close_pending: false,
+            close_reply_pending: false,
+            hs_deadline: None,
+            hs_interval: cfg.handshake_retry_ms,
+            close_deadline: None,
+            last_rx: Instant(0),
+            last_tx: Instant(0),
+            reject: None,
+            events: Pending::default(),
+            stats: LinkStats::default(),
+        }
+    }
+
+    fn payload_cap(&self) -> usize {
+        self.slot - OVERHEAD
+    }
+
+    /// The largest record this side sends, as announced.
+    fn own_max_send(&self) -> usize {
+        match self.cfg.max_send {
+            0 => self.payload_cap(),
+            n => usize::from(n).min(self.payload_cap()),
+        }
+    }
+
+    fn max_send(&self) -> usize {
+        let own = self.own_max_send();
+        if self.peer.session != 0 {
+            own.min(usize::from(self.peer.max_payload))
+        } else {
+            own
+        }
+    }
+
+    fn accepting(&self) -> bool {
+        !self.closing && !matches!(self.phase, Phase::Closed | Phase::Rejected)
+    }
+
+    fn connected(&self) -> bool {
+        matches!(self.phase, Phase::Established | Phase::Closing)
+    }
+
+    /// The sequence number of the k-th held record.
+    fn held_seq(&self, k: usize) -> u32 {
+        if k < self.held_old {
+            self.old_base.wrapping_add(k as u32)
+        } else {
+            self.rx_released.wrapping_add((k - self.held_old) as u32)
+        }
+    }
+
+    /// Credit granted: how far beyond `rx_released` the peer may send. None while records
+    /// of a previous peer session are still held, so the two numberings never mix.
+    fn credit(&self) -> u16 {
+        if self.held_old > 0 {
+            return 0;
+        }
+        let room = self.nrx.min(usize::from(u16::MAX)) as u16;
+        self.credit_limit.map_or(room, |l| l.min(room))
+    }
+
+    fn our_hello(&self) -> Hello {
+        Hello {
+            version: PROTOCOL_VERSION,
+            session: self.cfg.session,
+            peer_session: self.peer.session,
+            tx_base: self.tx_base,
+            rx_next: self.rx_next,
+            rx_released: self.rx_released,
+            max_payload: self.payload_cap() as u16,
+            max_send: self.own_max_send() as u16,
+            window: self.nrx.min(usize::from(u16::MAX)) as u16,
+        }
+    }
+
+    // ---- connection ----------------------------------------------------------------
+
+    fn connect(&mut self, now: Instant) {
+        if matches!(self.phase, Phase::Closed) {
+            return;
+        }
+        self.dec.reset();
+        self.phase = Phase::Handshaking;
+        self.last_rx = now;
+        self.last_tx = now;
+        self.rto = self.cfg.rto_initial_ms;
+        self.rto_deadline = None;
+        self.ack_pending = false;
+        self.nack_pending = false;
+        self.ping_pending = false;
+        self.welcome_pending = false;
+        self.reject_pending = false;
+        self.close_reply_pending = false;
+        self.close_pending = false;
+        self.hs_interval = self.cfg.handshake_retry_ms;
+        match self.cfg.role {
+            Role::Client => {
+                self.hello_pending = true;
+                self.hs_deadline = Some(now.plus(self.hs_interval));
+            }
+            Role::Server => {
+                self.hello_pending = false;
+                self.hs_deadline = None;
+            }
+        }
+    }
+
+    /// Why `peer` cannot be talked to, if it cannot.
+    fn refuse(&self, peer: &Hello) -> Option<Reject> {
+        if peer.version != PROTOCOL_VERSION {
+            return Some(Reject::new(
+                RejectCode::Version,
+                format_args!(
+                    "protocol version {} is not supported; this side speaks {}",
+                    peer.version, PROTOCOL_VERSION
+                ),
+            ));
+        }
+        let ours = self.payload_cap();
+        if usize::from(peer.max_send) > ours {
+            return Some(Reject::new(
+                RejectCode::Capacity,
+                format_args!("records up to {} bytes; accepted: {ours}", peer.max_send),
+            ));
+        }
+        None
+    }
+
+    /// Adopts the peer's view after a HELLO (server) or WELCOME (client) and completes the
+    /// handshake.
+    fn adopt(&mut self, now: Instant, peer: &Hello) {
+        let knows_us = peer.peer_session == self.cfg.session;
+        let same_peer = self.peer.session == peer.session;
+        // Receive side.
+        if !same_peer {
+            if self.peer.session != 0 {
+                self.stats.peer_restarts = self.stats.peer_restarts.wrapping_add(1);
+                self.events.restarted = Some(self.snd_max.wrapping_sub(self.tx_base));
+                if self.held > 0 {
+                    // Keep what the old peer sent and we hold: the application reads it
+                    // first. (Only one old range: credit is 0 while it is held.)
+                    if self.held_old == 0 {
+                        self.old_base = self.rx_released;
+                    }
+                    self.held_old = self.held;
+                }
+            }
+            self.rx_next = peer.tx_base;
+            self.rx_released = peer.tx_base;
+            self.nack_sent_for = None;
+        }
+        // Send side: what the peer has, if it knows this session; otherwise it adopts our
+        // tx_base and everything unacknowledged goes again.
+        let mut rcv = self.tx_base;
+        let mut rel = self.tx_base;
+        if knows_us
+            && seq_lte(self.tx_base, peer.rx_released)
+            && seq_lte(peer.rx_released, peer.rx_next)
+            && seq_lte(peer.rx_next, self.snd_max)
+        {
+            rel = peer.rx_released;
+            rcv = peer.rx_next;
+        }
+        self.free_tx(rel);
+        self.rcv_known = rcv;
+        self.snd_next = rcv;
+        self.peer_limit = rel.wrapping_add(u32::from(peer.window));
+        self.nack_handled = None;
+        self.peer = Peer {
+            session: peer.session,
+            max_payload: peer.max_payload,
+        };
+        let resumed = same_peer && knows_us;
+        self.stats.handshakes = self.stats.handshakes.wrapping_add(1);
+        if resumed {
+            self.stats.resumes = self.stats.resumes.wrapping_add(1);
+        }
+        self.events.connected = Some(resumed);
+        self.phase = if self.closing {
+            Phase::Closing
+        } else {
+            Phase::Established
+        };
+        self.hello_pending = false;
+        self.hs_deadline = None;
+        self.last_rx = now;
+        self.ack_pending = true;
+        self.rto_deadline = None;
+        self.arm_rto(now, true);
+    }
+
+    fn refused(&mut self, reject: Reject, by_us: bool) {
+        self.reject = Some(reject);
+        self.reject_pending = by_us;
+        self.phase = Phase::Rejected;
+        self.hello_pending = false;
+        self.welcome_pending = false;
+        self.hs_deadline = None;
+        self.rto_deadline = None;
+        self.events.rejected = Some(by_us);
+    }
+
+    // ---- input ---------------------------------------------------------------------
+
+    fn on_frame(
+        &mut self,
+        now: Instant,
+        h: &Header,
+        payload: &[u8],
+        rx: &mut [u8],
+        rx_len: &mut [u16],
+    ) {
+        if matches!(self.phase, Phase::Idle | Phase::Closed | Phase::Dead) {
+            self.unexpected();
+            return;
+        }
+        self.last_rx = now;
+        match h.kind {
+            Kind::Hello => self.on_hello(now, payload),
+            Kind::Welcome => self.on_welcome(now, payload),
+            Kind::Reject => {
+                // Handshaking: the peer refused our HELLO. Established (server): the client
+                // refused our WELCOME.
+                if matches!(self.phase, Phase::Handshaking | Phase::Established) {
+                    let r = Reject::parse(payload).unwrap_or_else(|| {
+                        Reject::new(RejectCode::Malformed, format_args!("(no reason given)"))
+                    });
+                    self.refused(r, false);
+                } else {
+                    self.unexpected();
+                }
+            }
+            Kind::Data if self.connected() => {
+                if h.flags.contains(Flags::ACK) {
+                    let rcv = if seq_lt(self.rcv_known, h.ack) {
+                        h.ack
+                    } else {
+                        self.rcv_known
+                    };
+                    self.on_ack(now, rcv, h.ack, h.credit, false);
+                }
+                self.on_data(h.seq, payload, rx, rx_len);
+            }
+            Kind::Ack if self.connected() => {
+                self.on_ack(now, h.seq, h.ack, h.credit, h.flags.contains(Flags::NACK));
+            }
+            Kind::Ping if self.connected() => self.ack_pending = true,
+            Kind::Close if self.connected() => {
+                if self.close_deadline.is_some() {
+                    // The reply to our CLOSE.
+                    self.finish_close();
+                } else {
+                    // The peer is done: flush ours, then reply. Nothing new is accepted.
+                    self.closing = true;
+                    self.phase = Phase::Closing;
+                    self.close_reply_pending = true;
+                }
+            }
+            _ => self.unexpected(),
+        }
+    }
+
+    fn unexpected(&mut self) {
+        self.stats.unexpected = self.stats.unexpected.wrapping_add(1);
+    }
+
+    fn on_hello(&mut self, now: Instant, payload: &[u8]) {
+        let acceptable = self.cfg.role == Role::Server
+            && matches!(
+                self.phase,
+                Phase::Handshaking | Phase::Established | Phase::Closing | Phase::Rejected
+            );
+        if !acceptable {
+            self.unexpected();
+            return;
+        }
+        match Hello::parse(payload) {
+            None => self.refused(
+                Reject::new(RejectCode::Malformed, format_args!("malformed HELLO")),
+                true,
+            ),
+            Some(peer) => match self.refuse(&peer) {
+                Some(r) => self.refused(r, true),
+                None => {
+                    self.adopt(now, &peer);
+                    self.welcome_pending = true;
+                }
+            },
+        }
+    }
+
+    fn on_welcome(&mut self, now: Instant, payload: &[u8]) {
+        if self.cfg.role != Role::Client || self.phase != Phase::Handshaking {
+            // A late duplicate WELCOME after the handshake is harmless.
+            self.unexpected();
+            return;
+        }
+        match Hello::parse(payload) {
+            None => self.refused(
+                Reject::new(RejectCode::Malformed, format_args!("malformed WELCOME")),
+                true,
+            ),
+            Some(peer) => match self.refuse(&peer) {
+                Some(r) => self.refused(r, true),
+                None => self.adopt(now, &peer),
+            },
+        }
+    }
+
+    fn on_data(&mut self, seq: u32, payload: &[u8], rx: &mut [u8], rx_len: &mut [u16]) {
+        if seq_lt(seq, self.rx_next) {
+            self.stats.duplicates = self.stats.duplicates.wrapping_add(1);
+            self.ack_pending = true;
+            return;
+        }
+        if seq != self.rx_next {
+            self.stats.out_of_order = self.stats.out_of_order.wrapping_add(1);
+            if self.nack_sent_for != Some(self.rx_next) {
+                self.nack_pending = true;
+            }
+            return;
+        }
+        let in_credit = seq_lt(seq, self.rx_released.wrapping_add(u32::from(self.credit())));
+        if !in_credit || self.held >= self.nrx {
+            self.stats.overruns = self.stats.overruns.wrapping_add(1);
+            self.ack_pending = true;
+            return;
+        }
+        let slot = (self.rx_head + self.held) % self.nrx;
+        // The decoder's buffer is one slot long, so the payload fits a slot.
+        let start = slot * self.slot;
+        rx[start..start + payload.len()].copy_from_slice(payload);
+        rx_len[slot] = payload.len() as u16;
+        self.held += 1;
+        self.rx_next = self.rx_next.wrapping_add(1);
+        self.stats.records_in = self.stats.records_in.wrapping_add(1);
+        self.stats.rx_high_water = self.stats.rx_high_water.max(self.held as u16);
+        self.ack_pending = true;
+    }
+
+    fn on_ack(&mut self, now: Instant, rcv: u32, rel: u32, credit: u16, nack: bool) {
+        // Valid: tx_base <= rel <= rcv <= snd_max, allowing a stale rel below tx_base.
+        let rel = if seq_lt(rel, self.tx_base) {
+            self.tx_base
+        } else {
+            rel
+        };
+        if !seq_lte(rel, rcv) || !seq_lte(rcv, self.snd_max) {
+            self.stats.spurious_acks = self.stats.spurious_acks.wrapping_add(1);
+            return;
+        }
+        // Progress is judged before freeing, which moves `rcv_known` up to `rel`.
+        let progress = seq_lt(self.rcv_known, rcv);
+        self.free_tx(rel);
+        // Frames arrive in order (TCP, RFCOMM, a UART), so the latest grant is the truth,
+        // even when it shrinks.
+        self.peer_limit = rel.wrapping_add(u32::from(credit));
+        if progress {
+            self.rcv_known = rcv;
+            self.rto = self.cfg.rto_initial_ms;
+            self.nack_handled = None;
+        }
+        if seq_lt(self.snd_next, self.rcv_known) {
+            self.snd_next = self.rcv_known;
+        }
+        if nack && self.nack_handled != Some(rcv) && seq_lt(rcv, self.snd_next) {
+            self.nack_handled = Some(rcv);
+            self.snd_next = rcv;
+            self.stats.fast_retransmits = self.stats.fast_retransmits.wrapping_add(1);
+        }
+        self.arm_rto(now, progress);
+    }
+
+    /// Frees transmit slots below `rel`.
+    fn free_tx(&mut self, rel: u32) {
+        let n = seq_diff(rel, self.tx_base).max(0) as usize;
+        if n == 0 {
+            return;
+        }
+        self.tx_head = (self.tx_head + n) % self.ntx;
+        self.tx_base = rel;
+        for seq in [&mut self.rcv_known, &mut self.snd_next] {
+            if seq_lt(*seq, rel) {
+                *seq = rel;
+            }
+        }
+    }
+
+    /// (Re)arms the retransmission timer: running while something sent is unreceived, or
+    /// while records wait for credit (a PING then asks for a fresh grant).
+    /// `progress`: the peer just received something new, so the clock restarts for what
+    /// is still out.
+    fn arm_rto(&mut self, now: Instant, progress: bool) {
+        let unreceived = self.rcv_known != self.snd_max;
+        let starved = self.snd_next != self.tx_next && !seq_lt(self.snd_next, self.peer_limit);
+        if unreceived || starved {
+            if self.rto_deadline.is_none() || progress {
+                self.rto_deadline = Some(now.plus(self.rto));
+            }
+        } else {
+            self.rto_deadline = None;
+        }
+    }
+
+    // ---- timers --------------------------------------------------------------------
+
+    fn on_timeout(&mut self, now: Instant) {
+        let alive = matches!(
+            self.phase,
+            Phase::Handshaking | Phase::Established | Phase::Closing
+        );
+        if !alive {
+            return;
+        }
+        if now >= self.last_rx.plus(self.cfg.dead_after_ms) {
+            self.phase = Phase::Dead;
+            self.events.dead = true;
+            self.rto_deadline = None;
+            self.hs_deadline = None;
+            return;
+        }
+        if let Some(t) = self.hs_deadline {
+            if now >= t && self.phase == Phase::Handshaking {
+                self.hello_pending = true;
+                self.hs_interval = self.hs_interval.saturating_mul(2).min(self.cfg.rto_max_ms);
+                self.hs_deadline = Some(now.plus(self.hs_interval));
+            }
+        }
+        if !self.connected() {
+            return;
+        }
+        if let Some(t) = self.rto_deadline {
+            if now >= t {
+                self.stats.timeouts = self.stats.timeouts.wrapping_add(1);
+                if self.rcv_known != self.snd_max {
+                    self.snd_next = self.rcv_known; // go back N
+                } else {
+                    self.ping_pending = true; // probe a closed credit window
+                }
+                self.rto = self.rto.saturating_mul(2).min(self.cfg.rto_max_ms);
+                self.rto_deadline = Some(now.plus(self.rto));
+            }
+        }
+        if let Some(t) = self.close_deadline {
+            if now >= t {
+                self.close_pending = true;
+                self.close_deadline = Some(now.plus(self.rto));
+            }
+        }
+        if now >= self.last_tx.plus(self.cfg.keepalive_ms) {
+            self.ping_pending = true;
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        let alive = matches!(
+            self.phase,
+            Phase::Handshaking | Phase::Established | Phase::Closing
+        );
+        if !alive {
+            return None;
+        }
+        let mut t = self.last_rx.plus(self.cfg.dead_after_ms);
+        for d in [self.hs_deadline, self.rto_deadline, self.close_deadline]
+            .into_iter()
+            .flatten()
+        {
+            t = t.min(d);
+        }
+        if self.connected() {
+            t = t.min(self.last_tx.plus(self.cfg.keepalive_ms));
+        }
+        Some(t)
+    }
+
+    // ---- application ---------------------------------------------------------------
+
+    fn send(
+        &mut self,
+        payload: &[u8],
+        tx: &mut [u8],
+        tx_len: &mut [u16],
+    ) -> Result<u32, SendError> {
+        if !self.accepting() {
+            return Err(SendError::Closed);
+        }
+        let max = self.max_send();
+        if payload.len() > max {
+            return Err(SendError::TooLong { max });
+        }
+        let queued = self.tx_next.wrapping_sub(self.tx_base) as usize;
+        if queued >= self.ntx {
+            return Err(SendError::WouldBlock);
+        }
+        let slot = (self.tx_head + queued) % self.ntx;
+        let start = slot * self.slot;
+        tx[start..start + payload.len()].copy_from_slice(payload);
+        tx_len[slot] = payload.len() as u16;
+        let seq = self.tx_next;
+        self.tx_next = self.tx_next.wrapping_add(1);
+        self.stats.tx_high_water = self.stats.tx_high_water.max((queued + 1) as u16);
+        Ok(seq)
+    }
+
+    fn release(&mut self, count: usize) -> usize {
+        let n = count.min(self.held);
+        for _ in 0..n {
+            if self.held_old > 0 {
+                self.held_old -= 1;
+                self.old_base = self.old_base.wrapping_add(1);
+            } else {
+                self.rx_released = self.rx_released.wrapping_add(1);
+            }
+            self.rx_head = (self.rx_head + 1) % self.nrx;
+            self.held -= 1;
+        }
+        if n > 0 {
+            self.ack_pending = true;
+        }
+        n
+    }
+
+    fn close(&mut self) {
+        if !self.accepting() {
+            return;
+        }
+        self.closing = true;
+        if self.phase == Phase::Established {
+            self.phase = Phase::Closing;
+        }
+    }
+
+    fn finish_close(&mut self) {
+        self.phase = Phase::Closed;
+        self.close_deadline = None;
+        self.rto_deadline = None;
+        self.events.closed = true;
+    }
+
+    // ---- output --------------------------------------------------------------------
+
+    fn poll_transmit(
+        &mut self,
+        now: Instant,
+        out: &mut [u8],
+        tx: &[u8],
+        tx_len: &[u16],
+    ) -> Option<usize> {
+        let n = self.next_frame(now, out, tx, tx_len)?;
+        self.last_tx = now;
+        self.stats.frames_out = self.stats.frames_out.wrapping_add(1);
+        self.stats.bytes_out = self.stats.bytes_out.wrapping_add(n as u64);
+        Some(n)
+    }
+
+    fn next_frame(
+        &mut self,
+        now: Instant,
+        out: &mut [u8],
+        tx: &[u8],
+        tx_len: &[u16],
+    ) -> Option<usize> {
+        let control = Header {
+            kind: Kind::Ping,
+            flags: Flags::NONE,
+            seq: 0,
+            ack: 0,
+            credit: 0,
+        };
+        if self.reject_pending {
+            self.reject_pending = false;
+            let mut buf = [0u8; 2 + REJECT_TEXT_MAX];
+            let r = self.reject.as_ref()?;
+            let payload = r.emit(&mut buf);
+            return emit(
+                out,
+                &Header {
+                    kind: Kind::Reject,
+                    ..control
+                },
+                payload,
+            );
+        }
+        if self.phase == Phase::Handshaking && self.hello_pending {
+            self.hello_pending = false;
+            let p: [u8; HELLO_LEN] = self.our_hello().emit();
+            return emit(
+                out,
+                &Header {
+                    kind: Kind::Hello,
+                    ..control
+                },
+                &p,
+            );
+        }
+        if !self.connected() {
+            return None;
+        }
+        if self.welcome_pending {
+            self.welcome_pending = false;
+            let p: [u8; HELLO_LEN] = self.our_hello().emit();
+            return emit(
+                out,
+                &Header {
+                    kind: Kind::Welcome,
+                    ..control
+                },
+                &p,
+            );
+        }
+        let data_ready = seq_lt(self.snd_next, self.tx_next)
+            && seq_lt(self.snd_next, self.peer_limit)
+            && seq_lt(self.snd_next, self.tx_base.wrapping_add(self.window));
+        // An ACK goes alone when it must carry the received boundary (records held
+        // unreleased) or a NACK; otherwise it rides on the next DATA frame.
+        let piggyback = data_ready && !self.nack_pending && self.rx_next == self.rx_released;
+        if (self.ack_pending || self.nack_pending) && !piggyback {
+            let mut flags = Flags::ACK;
+            if self.nack_pending {
+                flags = flags.with(Flags::NACK);
+                self.nack_sent_for = Some(self.rx_next);
+            }
+            self.ack_pending = false;
+            self.nack_pending = false;
+            let h = Header {
+                kind: Kind::Ack,
+                flags,
+                seq: self.rx_next,
+                ack: self.rx_released,
+                credit: self.credit(),
+            };
+            return emit(out, &h, &[]);
+        }
+        if data_ready {
+            let seq = self.snd_next;
+            let k = seq.wrapping_sub(self.tx_base) as usize;
+            let slot = (self.tx_head + k) % self.ntx;
+            let start = slot * self.slot;
+            let payload = &tx[start..start + usize::from(tx_len[slot])];
+            let mut h = Header {
+                kind: Kind::Data,
+                flags: Flags::NONE,
+                seq,
+                ack: 0,
+                credit: 0,
+            };
+            if self.ack_pending {
+                self.ack_pending = false;
+                h.flags = Flags::ACK;
+                h.ack = self.rx_released;
+                h.credit = self.credit();
+            }
+            let n = emit(out, &h, payload)?;
+            self.snd_next = seq.wrapping_add(1);
+            if seq_lt(seq, self.snd_max) {
+                self.stats.retransmissions = self.stats.retransmissions.wrapping_add(1);
+            } else {
+                self.snd_max = self.snd_next;
+            }
+            self.stats.data_out = self.stats.data_out.wrapping_add(1);
+            if self.rto_deadline.is_none() {
+                self.rto_deadline = Some(now.plus(self.rto));
+            }
+            return Some(n);
+        }
+        if self.close_reply_pending && self.tx_base == self.tx_next {
+            self.close_reply_pending = false;
+            let n = emit(
+                out,
+                &Header {
+                    kind: Kind::Close,
+                    ..control
+                },
+                &[],
+            )?;
+            self.finish_close();
+            return Some(n);
+        }
+        if self.phase == Phase::Closing && !self.close_reply_pending && self.tx_base == self.tx_next
+        {
+            let due = self.close_pending || self.close_deadline.is_none();
+            if due {
+                self.close_pending = false;
+                self.close_deadline = Some(now.plus(self.rto));
+                let h = Header {
+                    kind: Kind::Close,
+                    seq: self.tx_next,
+                    ..control
+                };
+                return emit(out, &h, &[]);
+            }
+        }
+        if self.ping_pending {
+            self.ping_pending = false;
+            return emit(out, &control, &[]);
+        }
+        None
+    }
+
+    fn poll_event(&mut self) -> Option<Event> {
+        let e = &mut self.events;
+        if let Some(in_doubt) = e.restarted.take() {
+            return Some(Event::PeerRestarted { in_doubt });
+        }
+        if let Some(resumed) = e.connected.take() {
+            return Some(Event::Connected { resumed });
+        }
+        if self.delivered_reported != self.tx_base {
+            self.delivered_reported = self.tx_base;
+            return Some(Event::Delivered {
+                up_to: self.tx_base,
+            });
+        }
+        if let Some(by_us) = e.rejected.take() {
+            return Some(Event::Rejected { by_us });
+        }
+        if core::mem::take(&mut e.dead) {
+            return Some(Event::PeerDead);
+        }
+        if core::mem::take(&mut e.closed) {
+            return Some(Event::Closed);
+        }
+        None
+    }
+}
+
+/// Encodes one frame; `out` was checked to hold the largest.
+fn emit(out: &mut [u8], h: &Header, payload: &[u8]) -> Option<usize> {
+    frame::encode(h, payload, out).ok()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,37 @@
+//! Sequence-number arithmetic modulo 2^32 (serial number arithmetic, RFC 1982).
+//!
+//! Sequence numbers wrap; two of them compare correctly as long as they are less than 2^31
+//! apart, which the link guarantees by keeping windows and slot counts at most 32,768.
+
+/// `a - b` as a signed distance: positive when `a` is after `b`.
+#[inline]
+pub const fn seq_diff(a: u32, b: u32) -> i32 {
+    a.wrapping_sub(b) as i32
+}
+
+/// Whether `a` comes before `b`.
+#[inline]
+pub const fn seq_lt(a: u32, b: u32) -> bool {
+    seq_diff(a, b) < 0
+}
+
+/// Whether `a` comes before `b` or is `b`.
+#[inline]
+pub const fn seq_lte(a: u32, b: u32) -> bool {
+    seq_diff(a, b) <= 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_survives_the_wrap() {
+        assert!(seq_lt(u32::MAX, 0));
+        assert!(seq_lt(u32::MAX - 5, 3));
+        assert!(!seq_lt(3, u32::MAX - 5));
+        assert!(seq_lte(7, 7) && !seq_lt(7, 7));
+        assert_eq!(seq_diff(2, u32::MAX), 3);
+        assert_eq!(seq_diff(u32::MAX, 2), -3);
+    }
+}

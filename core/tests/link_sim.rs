@@ -1,0 +1,184 @@
+//! The link layer's specification, checked in the deterministic simulator (`sim/`):
+//! exactly-once, in-order delivery in both directions across loss, corruption,
+//! duplication, splits, delay and cuts, for thousands of seeds.
+
+mod sim;
+
+use sim::{run_and_check, Faults, Scenario};
+
+fn base(seed: u64) -> Scenario {
+    Scenario {
+        seed,
+        records: 60,
+        commands: 10,
+        window: 0,
+        faults: Faults::CLEAN,
+        release_rate: 1.0,
+        first_seq: 0,
+    }
+}
+
+#[test]
+fn clean_link_delivers_everything_once_for_every_window() {
+    for window in [1, 2, 4, 8] {
+        let s = Scenario {
+            window,
+            records: 300,
+            ..base(1)
+        };
+        let o = run_and_check(&s).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(o.retransmissions, 0, "a clean link never retransmits");
+        assert_eq!(o.connected_events, 2, "one Connected each side");
+    }
+}
+
+#[test]
+fn sequence_numbers_wrap_without_a_hitch() {
+    let s = Scenario {
+        first_seq: u32::MAX - 20,
+        records: 100,
+        commands: 40,
+        ..base(2)
+    };
+    run_and_check(&s).unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn slow_consumer_slows_the_producer_and_nothing_is_dropped() {
+    for seed in 0..20 {
+        let s = Scenario {
+            release_rate: 0.05,
+            records: 120,
+            ..base(seed)
+        };
+        run_and_check(&s).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+/// The matrix: every condition for many seeds. Thousands of runs, each a few
+/// milliseconds of CPU.
+#[test]
+fn fault_matrix_many_seeds() {
+    let conditions: &[(&str, Faults)] = &[
+        (
+            "clean-split",
+            Faults {
+                split: true,
+                ..Faults::CLEAN
+            },
+        ),
+        (
+            "loss-1%",
+            Faults {
+                loss: 0.01,
+                ..Faults::CLEAN
+            },
+        ),
+        (
+            "loss-10%",
+            Faults {
+                loss: 0.10,
+                ..Faults::CLEAN
+            },
+        ),
+        (
+            "corrupt-1%",
+            Faults {
+                corrupt: 0.01,
+                split: true,
+                ..Faults::CLEAN
+            },
+        ),
+        (
+            "corrupt-10%",
+            Faults {
+                corrupt: 0.10,
+                ..Faults::CLEAN
+            },
+        ),
+        (
+            "duplicate-10%",
+            Faults {
+                duplicate: 0.10,
+                split: true,
+                ..Faults::CLEAN
+            },
+        ),
+        (
+            "jitter",
+            Faults {
+                latency: 5,
+                jitter: 40,
+                ..Faults::CLEAN
+            },
+        ),
+        (
+            "cuts",
+            Faults {
+                cuts: 4,
+                split: true,
+                ..Faults::CLEAN
+            },
+        ),
+        (
+            "everything",
+            Faults {
+                loss: 0.05,
+                corrupt: 0.05,
+                duplicate: 0.05,
+                split: true,
+                latency: 3,
+                jitter: 10,
+                cuts: 3,
+            },
+        ),
+        (
+            "hostile",
+            Faults {
+                loss: 0.2,
+                corrupt: 0.1,
+                duplicate: 0.1,
+                split: true,
+                latency: 2,
+                jitter: 20,
+                cuts: 6,
+            },
+        ),
+    ];
+    let seeds: u64 = std::env::var("TETHER_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
+    let mut runs = 0;
+    for (name, faults) in conditions {
+        let (mut retransmissions, mut cuts, mut virtual_ms) = (0u64, 0u64, 0u64);
+        for seed in 0..seeds {
+            let window = [1, 3, 8][(seed % 3) as usize];
+            let s = Scenario {
+                faults: *faults,
+                window,
+                release_rate: if seed % 5 == 0 { 0.3 } else { 1.0 },
+                first_seq: if seed % 7 == 0 { u32::MAX - 30 } else { 0 },
+                ..base(seed)
+            };
+            let o = run_and_check(&s).unwrap_or_else(|e| panic!("condition {name}: {e}"));
+            retransmissions += u64::from(o.retransmissions);
+            cuts += u64::from(o.cuts);
+            virtual_ms += o.virtual_ms;
+            runs += 1;
+        }
+        println!("{name:>14}: {seeds} seeds, {retransmissions} retransmissions, {cuts} cuts, {virtual_ms} virtual ms");
+        // The faults really happened: a condition that should hurt did.
+        let lossy = faults.loss + faults.corrupt > 0.0 || faults.cuts > 0;
+        assert_eq!(
+            lossy,
+            retransmissions > 0,
+            "{name}: retransmissions {retransmissions}"
+        );
+        assert!(
+            faults.cuts == 0 || cuts >= u64::from(faults.cuts) * seeds,
+            "{name}: cuts {cuts}"
+        );
+    }
+    assert!(runs >= 3000, "{runs} runs");
+}
