@@ -47,6 +47,11 @@ use crate::frame::{
     self, DecodeState, DecoderStats, Flags, FrameError, Header, Kind, MAX_PAYLOAD, OVERHEAD,
 };
 
+/// The smallest frame buffer a link accepts: every side must be able to receive a
+/// REJECT with its longest reason (2 + 64 bytes of payload), so that a refusal can always
+/// be read.
+pub const MIN_FRAME: usize = OVERHEAD + 2 + REJECT_TEXT_MAX;
+
 /// A point in time, in milliseconds from an epoch the caller chooses (boot, say).
 /// The link only compares instants and adds durations to them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -139,7 +144,7 @@ impl Config {
 pub enum ConfigError {
     /// The session identity is 0.
     ZeroSession,
-    /// The frame buffer is shorter than an empty frame or longer than the largest.
+    /// The frame buffer is shorter than [`MIN_FRAME`] or longer than the largest frame.
     FrameSize(usize),
     /// The slot buffers do not match the slot counts times the frame size, or a count is
     /// 0 or above 32,768.
@@ -286,7 +291,7 @@ impl<S: Storage> Link<S> {
     pub fn new(config: Config, mut storage: S) -> Result<Self, ConfigError> {
         let p = storage.parts();
         let slot = p.frame.len();
-        if !(OVERHEAD..=frame::raw_len(MAX_PAYLOAD)).contains(&slot) {
+        if !(MIN_FRAME..=frame::raw_len(MAX_PAYLOAD)).contains(&slot) {
             return Err(ConfigError::FrameSize(slot));
         }
         let (ntx, nrx) = (p.tx_len.len(), p.rx_len.len());

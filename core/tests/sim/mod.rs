@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 
 use tether_core::link::{Config, Event, Instant, Link, LinkStorage, Phase, Role};
 
-pub const FRAME: usize = 64;
+pub const FRAME: usize = 96;
 pub type Store = LinkStorage<8, 8, FRAME>;
 
 /// xorshift64*: reproducible without a dependency.

@@ -1,0 +1,546 @@
+//! The link layer's rules, one scenario each, over a direct in-memory connection.
+
+use tether_core::frame::{self, Decoder, Header, Kind};
+use tether_core::link::{
+    Config, ConfigError, Event, Instant, Link, LinkStorage, Phase, RejectCode, Role, SendError,
+};
+
+type Store = LinkStorage<8, 8, 96>;
+type L = Link<Store>;
+
+fn at(ms: u64) -> Instant {
+    Instant::from_millis(ms)
+}
+
+fn device_with(f: impl FnOnce(&mut Config)) -> L {
+    let mut c = Config::new(Role::Client, 0xD1);
+    f(&mut c);
+    Link::new(c, Store::new()).unwrap()
+}
+
+fn host() -> L {
+    Link::new(Config::new(Role::Server, 0x51), Store::new()).unwrap()
+}
+
+/// All frames `from` wants to send now, each as its own byte vector.
+fn drain(from: &mut L, now: Instant) -> Vec<Vec<u8>> {
+    let mut buf = vec![0u8; from.transmit_len()];
+    let mut out = Vec::new();
+    while let Some(n) = from.poll_transmit(now, &mut buf) {
+        out.push(buf[..n].to_vec());
+        assert!(out.len() < 1000, "poll_transmit must run dry");
+    }
+    out
+}
+
+fn kinds(frames: &[Vec<u8>]) -> Vec<Kind> {
+    frames
+        .iter()
+        .map(|f| {
+            let mut d = Decoder::new(vec![0u8; 100]);
+            let mut i = &f[..];
+            d.decode(&mut i).unwrap().unwrap().header.kind
+        })
+        .collect()
+}
+
+/// Moves frames both ways until neither side has anything to say (bounded).
+fn shuttle(a: &mut L, b: &mut L, now: Instant) {
+    for _ in 0..100 {
+        let (ab, ba) = (drain(a, now), drain(b, now));
+        if ab.is_empty() && ba.is_empty() {
+            return;
+        }
+        ab.iter().for_each(|f| b.handle_input(now, f));
+        ba.iter().for_each(|f| a.handle_input(now, f));
+    }
+    panic!("the links never went quiet");
+}
+
+fn connected_pair(device: &mut L, host: &mut L) {
+    device.connect(at(0));
+    host.connect(at(0));
+    shuttle(device, host, at(0));
+    assert_eq!(
+        (device.phase(), host.phase()),
+        (Phase::Established, Phase::Established)
+    );
+}
+
+fn events(l: &mut L) -> Vec<Event> {
+    std::iter::from_fn(|| l.poll_event()).collect()
+}
+
+fn take_all(l: &mut L) -> Vec<(u32, Vec<u8>)> {
+    let got: Vec<_> = l.received().map(|r| (r.seq, r.payload.to_vec())).collect();
+    l.release(got.len());
+    got
+}
+
+#[test]
+fn handshake_says_connection_established_on_both_sides() {
+    let (mut d, mut h) = (device_with(|_| {}), host());
+    connected_pair(&mut d, &mut h);
+    assert_eq!(events(&mut d), [Event::Connected { resumed: false }]);
+    assert_eq!(events(&mut h), [Event::Connected { resumed: false }]);
+    assert_eq!(
+        (d.peer_session(), h.peer_session()),
+        (Some(0x51), Some(0xD1))
+    );
+}
+
+#[test]
+fn window_1_is_stop_and_wait() {
+    let (mut d, mut h) = (device_with(|c| c.window = 1), host());
+    connected_pair(&mut d, &mut h);
+    for i in 0..3u8 {
+        d.send(&[i]).unwrap();
+    }
+    let mut order = Vec::new();
+    for _ in 0..3 {
+        let out = drain(&mut d, at(1));
+        assert_eq!(kinds(&out), [Kind::Data], "exactly one record in flight");
+        out.iter().for_each(|f| h.handle_input(at(1), f));
+        assert!(
+            drain(&mut d, at(1)).is_empty(),
+            "nothing more before the acknowledgement"
+        );
+        order.extend(take_all(&mut h));
+        drain(&mut h, at(1))
+            .iter()
+            .for_each(|f| d.handle_input(at(1), f));
+    }
+    assert_eq!(order, [(0, vec![0]), (1, vec![1]), (2, vec![2])]);
+    assert_eq!(d.unacked(), 0);
+}
+
+#[test]
+fn window_n_keeps_n_frames_in_flight() {
+    let (mut d, mut h) = (device_with(|c| c.window = 4), host());
+    connected_pair(&mut d, &mut h);
+    for i in 0..8u8 {
+        d.send(&[i]).unwrap();
+    }
+    assert_eq!(kinds(&drain(&mut d, at(1))), [Kind::Data; 4]);
+    assert!(drain(&mut d, at(1)).is_empty());
+}
+
+#[test]
+fn a_record_is_acknowledged_only_after_it_is_released() {
+    let (mut d, mut h) = (device_with(|_| {}), host());
+    connected_pair(&mut d, &mut h);
+    events(&mut d);
+    let seq = d.send(b"reading").unwrap();
+    shuttle(&mut d, &mut h, at(1));
+    assert_eq!(
+        h.recv().map(|r| r.payload.to_vec()),
+        Some(b"reading".to_vec())
+    );
+    assert_eq!(
+        d.unacked(),
+        1,
+        "received but not released: not acknowledged"
+    );
+    assert!(events(&mut d).is_empty());
+    // The sender knows it arrived, so its retransmission timer does not fire meanwhile.
+    d.handle_timeout(at(900));
+    assert!(!kinds(&drain(&mut d, at(900))).contains(&Kind::Data));
+    assert_eq!(d.stats().retransmissions, 0);
+    h.release(1);
+    shuttle(&mut d, &mut h, at(2));
+    assert_eq!(d.unacked(), 0);
+    assert_eq!(events(&mut d), [Event::Delivered { up_to: seq + 1 }]);
+}
+
+#[test]
+fn a_full_buffer_is_would_block_and_an_oversized_record_is_refused() {
+    let mut d = device_with(|_| {});
+    for i in 0..8u8 {
+        d.send(&[i]).unwrap();
+    }
+    assert!(!d.can_send());
+    assert_eq!(d.send(b"x"), Err(SendError::WouldBlock));
+    let mut e = device_with(|_| {});
+    assert_eq!(e.send(&[0u8; 79]), Err(SendError::TooLong { max: 78 }));
+}
+
+#[test]
+fn resumes_after_a_cut_at_every_point_without_loss_or_duplicates() {
+    // Count the frames of an uncut transfer, then cut after each of them in turn.
+    let records: Vec<Vec<u8>> = (0..12u8).map(|i| vec![i; 1 + usize::from(i)]).collect();
+    let commands: Vec<Vec<u8>> = (0..3u8).map(|i| vec![0xC0 + i]).collect();
+    for cut_after in 0..60 {
+        let (mut d, mut h) = (device_with(|c| c.window = 3), host());
+        d.connect(at(0));
+        h.connect(at(0));
+        let (mut got, mut cmds) = (Vec::new(), Vec::new());
+        let (mut next_rec, mut next_cmd) = (0, 0);
+        let mut moved = 0;
+        let mut reconnected = false;
+        let mut now = 0;
+        for _round in 0..400 {
+            now += 10;
+            let t = at(now);
+            while next_rec < records.len() && d.can_send() {
+                d.send(&records[next_rec]).unwrap();
+                next_rec += 1;
+            }
+            while next_cmd < commands.len() && h.can_send() {
+                h.send(&commands[next_cmd]).unwrap();
+                next_cmd += 1;
+            }
+            d.handle_timeout(t);
+            h.handle_timeout(t);
+            let (ab, ba) = (drain(&mut d, t), drain(&mut h, t));
+            for (f, to_host) in ab
+                .iter()
+                .map(|f| (f, true))
+                .chain(ba.iter().map(|f| (f, false)))
+            {
+                if !reconnected && moved == cut_after {
+                    // The connection breaks: this frame and the rest of the round are
+                    // lost. Both ends reconnect.
+                    reconnected = true;
+                    now += 100;
+                    d.connect(at(now));
+                    h.connect(at(now));
+                    break;
+                }
+                moved += 1;
+                if to_host {
+                    h.handle_input(t, f);
+                } else {
+                    d.handle_input(t, f);
+                }
+            }
+            got.extend(take_all(&mut h));
+            cmds.extend(take_all(&mut d));
+            if got.len() == records.len()
+                && cmds.len() == commands.len()
+                && d.unacked() == 0
+                && h.unacked() == 0
+            {
+                break;
+            }
+        }
+        let want: Vec<(u32, Vec<u8>)> = records
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(i, r)| (i as u32, r))
+            .collect();
+        assert_eq!(got, want, "records, cut after frame {cut_after}");
+        let want: Vec<(u32, Vec<u8>)> = commands
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(i, r)| (i as u32, r))
+            .collect();
+        assert_eq!(cmds, want, "commands, cut after frame {cut_after}");
+        assert_eq!(
+            (d.unacked(), h.unacked()),
+            (0, 0),
+            "cut after frame {cut_after}"
+        );
+    }
+}
+
+#[test]
+fn a_resumed_session_replays_only_what_the_peer_lacks() {
+    let (mut d, mut h) = (device_with(|_| {}), host());
+    connected_pair(&mut d, &mut h);
+    events(&mut d);
+    for i in 0..4u8 {
+        d.send(&[i]).unwrap();
+    }
+    // Two records reach the host, which releases them; the acknowledgement is lost, and so
+    // are the other two records.
+    let out = drain(&mut d, at(1));
+    out[..2].iter().for_each(|f| h.handle_input(at(1), f));
+    assert_eq!(take_all(&mut h).len(), 2);
+    drain(&mut h, at(1)); // lost
+    d.connect(at(2));
+    h.connect(at(2));
+    // HELLO, WELCOME: the device learns the host has 0 and 1, and sends only 2 and 3.
+    let hello = drain(&mut d, at(2));
+    hello.iter().for_each(|f| h.handle_input(at(2), f));
+    let welcome = drain(&mut h, at(2));
+    welcome.iter().for_each(|f| d.handle_input(at(2), f));
+    assert_eq!(
+        events(&mut d),
+        [
+            Event::Connected { resumed: true },
+            Event::Delivered { up_to: 2 }
+        ]
+    );
+    let resent = drain(&mut d, at(2));
+    assert_eq!(
+        kinds(&resent),
+        [Kind::Data, Kind::Data],
+        "the acknowledgement rides along"
+    );
+    resent.iter().for_each(|f| h.handle_input(at(2), f));
+    assert_eq!(take_all(&mut h), [(2, vec![2]), (3, vec![3])]);
+    assert_eq!(h.stats().duplicates, 0);
+}
+
+#[test]
+fn a_restarted_peer_is_reported_and_never_answered_with_a_stale_ack() {
+    let (mut d, mut h) = (device_with(|_| {}), host());
+    connected_pair(&mut d, &mut h);
+    h.send(b"cmd").unwrap();
+    for i in 0..5u8 {
+        d.send(&[i]).unwrap();
+    }
+    shuttle(&mut d, &mut h, at(1));
+    // The host released three and still holds two when the device reboots.
+    let first: Vec<_> = h.received().take(3).map(|r| r.seq).collect();
+    h.release(3);
+    assert_eq!(first, [0, 1, 2]);
+    events(&mut h);
+    // A new device instance: new session, numbering from scratch, same host link.
+    let mut d2 = device_with(|c| c.session = 0xD2);
+    for i in 10..14u8 {
+        d2.send(&[i]).unwrap();
+    }
+    d2.connect(at(5));
+    h.connect(at(5));
+    let mut host_got = Vec::new();
+    for now in 5..40 {
+        shuttle(&mut d2, &mut h, at(now));
+        if now == 20 {
+            // Credit stays closed until the old session's records are released, so the
+            // two numberings never mix.
+            let held: Vec<_> = h.received().map(|r| (r.seq, r.payload.to_vec())).collect();
+            assert_eq!(held, [(3, vec![3]), (4, vec![4])]);
+        }
+        if now >= 20 {
+            host_got.extend(take_all(&mut h));
+            take_all(&mut d2);
+        }
+    }
+    // The old session's two held records first, then the new session's, each once.
+    let want: Vec<(u32, Vec<u8>)> = vec![
+        (3, vec![3]),
+        (4, vec![4]),
+        (0, vec![10]),
+        (1, vec![11]),
+        (2, vec![12]),
+        (3, vec![13]),
+    ];
+    assert_eq!(host_got, want);
+    let ev = events(&mut h);
+    // The command was sent to the old instance and never acknowledged: in doubt, and sent
+    // again to the new instance.
+    assert!(ev.contains(&Event::PeerRestarted { in_doubt: 1 }), "{ev:?}");
+    assert_eq!(
+        d2.stats().spurious_acks,
+        0,
+        "no ack from the old numbering reached the new device"
+    );
+    assert_eq!((d2.unacked(), h.unacked()), (0, 0));
+    assert_eq!(d2.stats().records_in, 1, "the command, once");
+}
+
+#[test]
+fn a_version_mismatch_is_refused_with_a_reason_the_user_can_read() {
+    let mut h = host();
+    h.connect(at(0));
+    // A HELLO from a future version 2 peer.
+    let mut wire = vec![0u8; 64];
+    let n = frame::encode(
+        &Header {
+            kind: Kind::Hello,
+            ..Header::default()
+        },
+        &[2, 0, 1, 2, 3],
+        &mut wire,
+    )
+    .unwrap();
+    h.handle_input(at(0), &wire[..n]);
+    assert_eq!(h.phase(), Phase::Rejected);
+    assert!(events(&mut h).contains(&Event::Rejected { by_us: true }));
+    let reply = drain(&mut h, at(0));
+    assert_eq!(kinds(&reply), [Kind::Reject]);
+    // What that peer's user would read.
+    let mut d = device_with(|_| {});
+    d.connect(at(0));
+    drain(&mut d, at(0));
+    reply.iter().for_each(|f| d.handle_input(at(0), f));
+    let r = d.reject().expect("a reason");
+    assert_eq!(r.code(), RejectCode::Version);
+    assert_eq!(
+        r.text(),
+        "protocol version 2 is not supported; this side speaks 1"
+    );
+}
+
+#[test]
+fn a_capacity_mismatch_is_refused() {
+    let mut big = Link::new(
+        Config::new(Role::Client, 7),
+        LinkStorage::<2, 2, 300>::new(),
+    )
+    .unwrap();
+    let mut h = host();
+    big.connect(at(0));
+    h.connect(at(0));
+    let mut buf = vec![0u8; big.transmit_len()];
+    for _ in 0..10 {
+        while let Some(n) = big.poll_transmit(at(0), &mut buf) {
+            h.handle_input(at(0), &buf[..n]);
+        }
+        for f in drain(&mut h, at(0)) {
+            big.handle_input(at(0), &f);
+        }
+    }
+    assert_eq!(big.phase(), Phase::Rejected);
+    let r = big.reject().unwrap();
+    assert_eq!(
+        (r.code(), r.text()),
+        (
+            RejectCode::Capacity,
+            "records up to 282 bytes; accepted: 78"
+        )
+    );
+    // Lowering what the big side sends makes it acceptable.
+    let mut cfg = Config::new(Role::Client, 7);
+    cfg.max_send = 40;
+    let mut fits = Link::new(cfg, LinkStorage::<2, 2, 300>::new()).unwrap();
+    let mut h = host();
+    fits.connect(at(0));
+    h.connect(at(0));
+    for _ in 0..10 {
+        while let Some(n) = fits.poll_transmit(at(0), &mut buf) {
+            h.handle_input(at(0), &buf[..n]);
+        }
+        for f in drain(&mut h, at(0)) {
+            fits.handle_input(at(0), &f);
+        }
+    }
+    assert_eq!(fits.phase(), Phase::Established);
+}
+
+#[test]
+fn handshake_retries_with_backoff_until_answered() {
+    let (mut d, mut h) = (device_with(|_| {}), host());
+    d.connect(at(0));
+    h.connect(at(0));
+    let mut hellos = 0;
+    let mut now = 0;
+    while d.phase() != Phase::Established && now < 4_000 {
+        let out = drain(&mut d, at(now));
+        hellos += out.len();
+        if hellos >= 3 {
+            out.iter().for_each(|f| h.handle_input(at(now), f));
+            shuttle(&mut d, &mut h, at(now));
+        }
+        now = d.poll_timeout().unwrap().millis();
+        d.handle_timeout(at(now));
+    }
+    assert_eq!(d.phase(), Phase::Established);
+    assert!(hellos >= 3);
+    // 250 + 500 + 1000 ms of backoff before the third HELLO.
+    assert!(now >= 1_750, "{now}");
+}
+
+#[test]
+fn a_silent_peer_is_declared_dead_within_the_bound() {
+    let (mut d, mut h) = (device_with(|_| {}), host());
+    connected_pair(&mut d, &mut h);
+    d.send(b"x").unwrap();
+    let bound = d.config().dead_after_ms as u64;
+    let mut now = 0;
+    while d.phase() != Phase::Dead {
+        drain(&mut d, at(now)); // into the void
+        now = d.poll_timeout().expect("a deadline while alive").millis();
+        d.handle_timeout(at(now));
+        assert!(now <= bound, "dead at {now} > {bound}");
+    }
+    assert!(events(&mut d).contains(&Event::PeerDead));
+    assert_eq!(d.unacked(), 1, "the record is kept for the next connection");
+}
+
+#[test]
+fn an_idle_link_stays_alive_on_pings() {
+    let (mut d, mut h) = (device_with(|_| {}), host());
+    connected_pair(&mut d, &mut h);
+    for now in (0..60_000).step_by(100) {
+        d.handle_timeout(at(now));
+        h.handle_timeout(at(now));
+        shuttle(&mut d, &mut h, at(now));
+    }
+    assert_eq!(
+        (d.phase(), h.phase()),
+        (Phase::Established, Phase::Established)
+    );
+    assert!(
+        d.stats().frames_out >= 50,
+        "pings were sent: {}",
+        d.stats().frames_out
+    );
+}
+
+#[test]
+fn a_graceful_close_flushes_what_is_in_flight() {
+    let (mut d, mut h) = (device_with(|_| {}), host());
+    connected_pair(&mut d, &mut h);
+    for i in 0..5u8 {
+        d.send(&[i]).unwrap();
+    }
+    d.close();
+    assert_eq!(d.send(b"late"), Err(SendError::Closed));
+    let mut got = Vec::new();
+    for now in 0..20 {
+        shuttle(&mut d, &mut h, at(now));
+        got.extend(take_all(&mut h));
+    }
+    assert_eq!(got.len(), 5);
+    assert_eq!((d.phase(), h.phase()), (Phase::Closed, Phase::Closed));
+    assert!(events(&mut d).contains(&Event::Closed));
+    assert!(events(&mut h).contains(&Event::Closed));
+}
+
+#[test]
+fn a_credit_limit_of_zero_stops_the_peer_without_dropping() {
+    let (mut d, mut h) = (device_with(|_| {}), host());
+    connected_pair(&mut d, &mut h);
+    h.set_credit_limit(Some(0));
+    shuttle(&mut d, &mut h, at(1));
+    for i in 0..3u8 {
+        d.send(&[i]).unwrap();
+    }
+    for now in (1..3_000).step_by(50) {
+        d.handle_timeout(at(now));
+        h.handle_timeout(at(now));
+        shuttle(&mut d, &mut h, at(now));
+    }
+    assert_eq!(h.received().count(), 0, "nothing sent against zero credit");
+    assert_eq!(h.stats().overruns, 0);
+    h.set_credit_limit(None);
+    shuttle(&mut d, &mut h, at(3_000));
+    assert_eq!(take_all(&mut h).len(), 3);
+}
+
+#[test]
+fn bad_configurations_are_refused() {
+    let c = Config::new(Role::Client, 0);
+    assert_eq!(
+        Link::new(c, Store::new()).err(),
+        Some(ConfigError::ZeroSession)
+    );
+    let mut c = Config::new(Role::Client, 1);
+    c.window = 9;
+    assert_eq!(
+        Link::new(c, Store::new()).err(),
+        Some(ConfigError::Window(9))
+    );
+    let c = Config::new(Role::Client, 1);
+    assert_eq!(
+        Link::new(c, LinkStorage::<1, 1, 83>::new()).err(),
+        Some(ConfigError::FrameSize(83))
+    );
+    let mut c = Config::new(Role::Client, 1);
+    c.dead_after_ms = c.keepalive_ms;
+    assert_eq!(Link::new(c, Store::new()).err(), Some(ConfigError::Timers));
+}
