@@ -1059,7 +1059,9 @@ impl State {
         {
             t = t.min(d);
         }
-        if self.connected() {
+        // Once a PING is pending, the keepalive has fired; its next deadline starts from
+        // the next frame sent.
+        if self.connected() && !self.ping_pending {
             t = t.min(self.last_tx.plus(self.cfg.keepalive_ms));
         }
         Some(t)
