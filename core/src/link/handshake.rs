@@ -27,7 +27,7 @@ pub(crate) struct Hello {
     pub max_payload: u16,
     /// The largest payload the sender may send.
     pub max_send: u16,
-    /// How many records the sender can hold unreleased.
+    /// The credit the sender grants: records beyond `rx_released` it accepts now.
     pub window: u16,
 }
 
@@ -81,7 +81,8 @@ impl Hello {
             max_send: u16_at(24),
             window: u16_at(26),
         };
-        (hello.session != 0 && hello.window != 0).then_some(hello)
+        // A window of 0 is a valid credit (a bridge whose upstream is down).
+        (hello.session != 0).then_some(hello)
     }
 }
 

@@ -661,7 +661,8 @@ impl State {
             rx_released: self.rx_released,
             max_payload: self.payload_cap() as u16,
             max_send: self.own_max_send() as u16,
-            window: self.nrx.min(usize::from(u16::MAX)) as u16,
+            // The credit granted from `rx_released` on, as in every acknowledgement.
+            window: self.credit(),
         }
     }
 
@@ -739,8 +740,8 @@ impl State {
             }
             self.rx_next = peer.tx_base;
             self.rx_released = peer.tx_base;
-            self.nack_sent_for = None;
         }
+        self.nack_sent_for = None;
         // Send side: what the peer has, if it knows this session; otherwise it adopts our
         // tx_base and everything unacknowledged goes again.
         let mut rcv = self.tx_base;
