@@ -54,5 +54,8 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[macro_use]
+mod fmt;
+
 pub mod frame;
 pub mod link;
