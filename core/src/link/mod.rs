@@ -730,8 +730,7 @@ impl State {
                 self.stats.peer_restarts = self.stats.peer_restarts.wrapping_add(1);
                 warn!(
                     "tether: peer restarted ({=u32:x} -> {=u32:x})",
-                    self.peer.session,
-                    peer.session
+                    self.peer.session, peer.session
                 );
                 self.events.restarted = Some(self.snd_max.wrapping_sub(self.tx_base));
                 if self.held > 0 {
@@ -776,9 +775,7 @@ impl State {
         self.events.connected = Some(resumed);
         info!(
             "tether: session {=u32:x} with peer {=u32:x} established (resumed: {=bool})",
-            self.cfg.session,
-            peer.session,
-            resumed
+            self.cfg.session, peer.session, resumed
         );
         self.phase = if self.closing {
             Phase::Closing
@@ -794,7 +791,10 @@ impl State {
     }
 
     fn refused(&mut self, reject: Reject, by_us: bool) {
-        warn!("tether: handshake refused (by us: {=bool}): {}", by_us, reject);
+        warn!(
+            "tether: handshake refused (by us: {=bool}): {}",
+            by_us, reject
+        );
         self.reject = Some(reject);
         self.reject_pending = by_us;
         self.phase = Phase::Rejected;
@@ -1020,7 +1020,10 @@ impl State {
         if now >= self.last_rx.plus(self.cfg.dead_after_ms) {
             self.phase = Phase::Dead;
             self.events.dead = true;
-            warn!("tether: peer silent for {=u32} ms: dead", self.cfg.dead_after_ms);
+            warn!(
+                "tether: peer silent for {=u32} ms: dead",
+                self.cfg.dead_after_ms
+            );
             self.rto_deadline = None;
             self.hs_deadline = None;
             return;
@@ -1040,8 +1043,7 @@ impl State {
                 self.stats.timeouts = self.stats.timeouts.wrapping_add(1);
                 debug!(
                     "tether: retransmission timeout, back to {=u32} (rto {=u32} ms)",
-                    self.rcv_known,
-                    self.rto
+                    self.rcv_known, self.rto
                 );
                 if self.rcv_known != self.snd_max {
                     self.snd_next = self.rcv_known; // go back N
