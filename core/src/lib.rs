@@ -59,3 +59,4 @@ mod fmt;
 
 pub mod frame;
 pub mod link;
+pub mod record;

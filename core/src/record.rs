@@ -1,0 +1,454 @@
+//! Records with typed fields, so that a host writes real CSV columns, not `str(bytes)`.
+//!
+//! A record's payload is one of (`PROTOCOL.md`, "Records"):
+//! - **typed**: the byte `0x1E` (ASCII "record separator"), then fields, each a tag byte
+//!   and a little-endian value: what firmware sends, with no float formatting on the
+//!   device;
+//! - **text**: UTF-8 not starting with `0x1E`, one line of comma-separated fields: what a
+//!   person or a script sends (`tether send`);
+//! - anything else is opaque bytes.
+//!
+//! ```
+//! use tether_core::record::{Field, Fields, RecordWriter};
+//!
+//! let mut buf = [0u8; 32];
+//! let mut w = RecordWriter::new(&mut buf);
+//! w.f32(21.5)?.u16(1013)?.str("ok")?;
+//! let payload = w.finish();
+//!
+//! let fields: Vec<Field> = Fields::new(payload).unwrap().collect::<Result<_, _>>().unwrap();
+//! assert_eq!(fields, [Field::F32(21.5), Field::U16(1013), Field::Str("ok")]);
+//! # Ok::<(), tether_core::record::Full>(())
+//! ```
+
+/// The first byte of a typed record.
+pub const TYPED: u8 = 0x1E;
+
+/// Field tags (`PROTOCOL.md`, "Records").
+mod tag {
+    pub const BOOL: u8 = 0x01;
+    pub const U8: u8 = 0x02;
+    pub const U16: u8 = 0x03;
+    pub const U32: u8 = 0x04;
+    pub const U64: u8 = 0x05;
+    pub const I8: u8 = 0x06;
+    pub const I16: u8 = 0x07;
+    pub const I32: u8 = 0x08;
+    pub const I64: u8 = 0x09;
+    pub const F32: u8 = 0x0A;
+    pub const F64: u8 = 0x0B;
+    pub const STR: u8 = 0x0C;
+    pub const BYTES: u8 = 0x0D;
+}
+
+/// One field of a typed record.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Field<'a> {
+    /// `0x01`, one byte, 0 or 1.
+    Bool(bool),
+    /// `0x02`.
+    U8(u8),
+    /// `0x03`.
+    U16(u16),
+    /// `0x04`.
+    U32(u32),
+    /// `0x05`.
+    U64(u64),
+    /// `0x06`.
+    I8(i8),
+    /// `0x07`.
+    I16(i16),
+    /// `0x08`.
+    I32(i32),
+    /// `0x09`.
+    I64(i64),
+    /// `0x0A`, IEEE 754 binary32.
+    F32(f32),
+    /// `0x0B`, IEEE 754 binary64.
+    F64(f64),
+    /// `0x0C`, a length byte and that many bytes of UTF-8.
+    Str(&'a str),
+    /// `0x0D`, a length byte and that many bytes (written to CSV as hexadecimal).
+    Bytes(&'a [u8]),
+}
+
+/// Why a typed record could not be read. Reading stops at the first error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum FieldError {
+    /// A tag this version does not define, at this byte offset.
+    UnknownTag {
+        /// The tag.
+        tag: u8,
+        /// Where it is in the payload.
+        at: usize,
+    },
+    /// The payload ends inside the field that starts at this offset.
+    Truncated {
+        /// Where the field starts.
+        at: usize,
+    },
+    /// A `bool` that is neither 0 nor 1, or a `str` that is not UTF-8, at this offset.
+    Invalid {
+        /// Where the field starts.
+        at: usize,
+    },
+}
+
+impl core::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            FieldError::UnknownTag { tag, at } => {
+                write!(f, "unknown field tag {tag:#04x} at byte {at}")
+            }
+            FieldError::Truncated { at } => write!(f, "record ends inside the field at byte {at}"),
+            FieldError::Invalid { at } => write!(f, "invalid value in the field at byte {at}"),
+        }
+    }
+}
+
+impl core::error::Error for FieldError {}
+
+/// The fields of a typed record, in order.
+#[derive(Debug, Clone)]
+pub struct Fields<'a> {
+    rest: &'a [u8],
+    at: usize,
+    failed: bool,
+}
+
+impl<'a> Fields<'a> {
+    /// The fields of `payload`, or `None` if it is not a typed record.
+    pub fn new(payload: &'a [u8]) -> Option<Fields<'a>> {
+        match payload.split_first() {
+            Some((&TYPED, rest)) => Some(Fields {
+                rest,
+                at: 1,
+                failed: false,
+            }),
+            _ => None,
+        }
+    }
+
+    fn take(&mut self, n: usize, start: usize) -> Result<&'a [u8], FieldError> {
+        if self.rest.len() < n {
+            return Err(FieldError::Truncated { at: start });
+        }
+        let (head, tail) = self.rest.split_at(n);
+        self.rest = tail;
+        self.at += n;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self, start: usize) -> Result<[u8; N], FieldError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N, start)?);
+        Ok(a)
+    }
+
+    fn field(&mut self) -> Result<Field<'a>, FieldError> {
+        let start = self.at;
+        let t = self.take(1, start)?[0];
+        Ok(match t {
+            tag::BOOL => match self.take(1, start)?[0] {
+                0 => Field::Bool(false),
+                1 => Field::Bool(true),
+                _ => return Err(FieldError::Invalid { at: start }),
+            },
+            tag::U8 => Field::U8(self.take(1, start)?[0]),
+            tag::U16 => Field::U16(u16::from_le_bytes(self.array(start)?)),
+            tag::U32 => Field::U32(u32::from_le_bytes(self.array(start)?)),
+            tag::U64 => Field::U64(u64::from_le_bytes(self.array(start)?)),
+            tag::I8 => Field::I8(i8::from_le_bytes(self.array(start)?)),
+            tag::I16 => Field::I16(i16::from_le_bytes(self.array(start)?)),
+            tag::I32 => Field::I32(i32::from_le_bytes(self.array(start)?)),
+            tag::I64 => Field::I64(i64::from_le_bytes(self.array(start)?)),
+            tag::F32 => Field::F32(f32::from_le_bytes(self.array(start)?)),
+            tag::F64 => Field::F64(f64::from_le_bytes(self.array(start)?)),
+            tag::STR => {
+                let n = usize::from(self.take(1, start)?[0]);
+                let bytes = self.take(n, start)?;
+                Field::Str(
+                    core::str::from_utf8(bytes).map_err(|_| FieldError::Invalid { at: start })?,
+                )
+            }
+            tag::BYTES => {
+                let n = usize::from(self.take(1, start)?[0]);
+                Field::Bytes(self.take(n, start)?)
+            }
+            other => {
+                return Err(FieldError::UnknownTag {
+                    tag: other,
+                    at: start,
+                })
+            }
+        })
+    }
+}
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = Result<Field<'a>, FieldError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() || self.failed {
+            return None;
+        }
+        let r = self.field();
+        self.failed = r.is_err();
+        Some(r)
+    }
+}
+
+/// The record buffer is full: the field was not added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Full;
+
+impl core::fmt::Display for Full {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("record buffer full")
+    }
+}
+
+impl core::error::Error for Full {}
+
+/// Builds a typed record in a caller's buffer. Methods chain; a field that does not fit is
+/// refused with [`Full`] and leaves the record as it was.
+#[derive(Debug)]
+pub struct RecordWriter<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+}
+
+impl<'a> RecordWriter<'a> {
+    /// Starts a typed record in `buf` (writes the `0x1E` marker if there is room).
+    pub fn new(buf: &'a mut [u8]) -> Self {
+        let len = match buf.first_mut() {
+            Some(b) => {
+                *b = TYPED;
+                1
+            }
+            None => 0,
+        };
+        RecordWriter { buf, len }
+    }
+
+    fn put(&mut self, t: u8, value: &[u8]) -> Result<&mut Self, Full> {
+        self.put_parts(&[&[t], value])
+    }
+
+    fn put_parts(&mut self, parts: &[&[u8]]) -> Result<&mut Self, Full> {
+        let need: usize = parts.iter().map(|p| p.len()).sum();
+        if self.len == 0 || self.buf.len() - self.len < need {
+            return Err(Full);
+        }
+        for p in parts {
+            self.buf[self.len..self.len + p.len()].copy_from_slice(p);
+            self.len += p.len();
+        }
+        Ok(self)
+    }
+
+    /// Adds a `bool`.
+    pub fn bool(&mut self, v: bool) -> Result<&mut Self, Full> {
+        self.put(tag::BOOL, &[u8::from(v)])
+    }
+    /// Adds a `u8`.
+    pub fn u8(&mut self, v: u8) -> Result<&mut Self, Full> {
+        self.put(tag::U8, &[v])
+    }
+    /// Adds a `u16`.
+    pub fn u16(&mut self, v: u16) -> Result<&mut Self, Full> {
+        self.put(tag::U16, &v.to_le_bytes())
+    }
+    /// Adds a `u32`.
+    pub fn u32(&mut self, v: u32) -> Result<&mut Self, Full> {
+        self.put(tag::U32, &v.to_le_bytes())
+    }
+    /// Adds a `u64`.
+    pub fn u64(&mut self, v: u64) -> Result<&mut Self, Full> {
+        self.put(tag::U64, &v.to_le_bytes())
+    }
+    /// Adds an `i8`.
+    pub fn i8(&mut self, v: i8) -> Result<&mut Self, Full> {
+        self.put(tag::I8, &v.to_le_bytes())
+    }
+    /// Adds an `i16`.
+    pub fn i16(&mut self, v: i16) -> Result<&mut Self, Full> {
+        self.put(tag::I16, &v.to_le_bytes())
+    }
+    /// Adds an `i32`.
+    pub fn i32(&mut self, v: i32) -> Result<&mut Self, Full> {
+        self.put(tag::I32, &v.to_le_bytes())
+    }
+    /// Adds an `i64`.
+    pub fn i64(&mut self, v: i64) -> Result<&mut Self, Full> {
+        self.put(tag::I64, &v.to_le_bytes())
+    }
+    /// Adds an `f32`.
+    pub fn f32(&mut self, v: f32) -> Result<&mut Self, Full> {
+        self.put(tag::F32, &v.to_le_bytes())
+    }
+    /// Adds an `f64`.
+    pub fn f64(&mut self, v: f64) -> Result<&mut Self, Full> {
+        self.put(tag::F64, &v.to_le_bytes())
+    }
+    /// Adds a string of at most 255 bytes (longer is refused with [`Full`]).
+    pub fn str(&mut self, v: &str) -> Result<&mut Self, Full> {
+        let n = u8::try_from(v.len()).map_err(|_| Full)?;
+        self.put_parts(&[&[tag::STR, n], v.as_bytes()])
+    }
+    /// Adds up to 255 raw bytes (longer is refused with [`Full`]).
+    pub fn bytes(&mut self, v: &[u8]) -> Result<&mut Self, Full> {
+        let n = u8::try_from(v.len()).map_err(|_| Full)?;
+        self.put_parts(&[&[tag::BYTES, n], v])
+    }
+
+    /// The record so far.
+    pub fn finish(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use proptest::prelude::*;
+    use std::string::String;
+    use std::vec;
+    use std::vec::Vec;
+
+    #[derive(Debug, Clone)]
+    enum Owned {
+        Bool(bool),
+        U8(u8),
+        U16(u16),
+        U32(u32),
+        U64(u64),
+        I8(i8),
+        I16(i16),
+        I32(i32),
+        I64(i64),
+        F32(f32),
+        F64(f64),
+        Str(String),
+        Bytes(Vec<u8>),
+    }
+
+    fn owned() -> impl Strategy<Value = Owned> {
+        prop_oneof![
+            any::<bool>().prop_map(Owned::Bool),
+            any::<u8>().prop_map(Owned::U8),
+            any::<u16>().prop_map(Owned::U16),
+            any::<u32>().prop_map(Owned::U32),
+            any::<u64>().prop_map(Owned::U64),
+            any::<i8>().prop_map(Owned::I8),
+            any::<i16>().prop_map(Owned::I16),
+            any::<i32>().prop_map(Owned::I32),
+            any::<i64>().prop_map(Owned::I64),
+            any::<f32>().prop_map(Owned::F32),
+            any::<f64>().prop_map(Owned::F64),
+            "\\PC{0,40}"
+                .prop_filter("fits", |s| s.len() <= 255)
+                .prop_map(Owned::Str),
+            prop::collection::vec(any::<u8>(), 0..40).prop_map(Owned::Bytes),
+        ]
+    }
+
+    fn write(w: &mut RecordWriter<'_>, f: &Owned) -> Result<(), Full> {
+        match f {
+            Owned::Bool(v) => w.bool(*v),
+            Owned::U8(v) => w.u8(*v),
+            Owned::U16(v) => w.u16(*v),
+            Owned::U32(v) => w.u32(*v),
+            Owned::U64(v) => w.u64(*v),
+            Owned::I8(v) => w.i8(*v),
+            Owned::I16(v) => w.i16(*v),
+            Owned::I32(v) => w.i32(*v),
+            Owned::I64(v) => w.i64(*v),
+            Owned::F32(v) => w.f32(*v),
+            Owned::F64(v) => w.f64(*v),
+            Owned::Str(v) => w.str(v),
+            Owned::Bytes(v) => w.bytes(v),
+        }
+        .map(|_| ())
+    }
+
+    fn same(f: &Owned, g: &Field<'_>) -> bool {
+        match (f, g) {
+            (Owned::Bool(a), Field::Bool(b)) => a == b,
+            (Owned::U8(a), Field::U8(b)) => a == b,
+            (Owned::U16(a), Field::U16(b)) => a == b,
+            (Owned::U32(a), Field::U32(b)) => a == b,
+            (Owned::U64(a), Field::U64(b)) => a == b,
+            (Owned::I8(a), Field::I8(b)) => a == b,
+            (Owned::I16(a), Field::I16(b)) => a == b,
+            (Owned::I32(a), Field::I32(b)) => a == b,
+            (Owned::I64(a), Field::I64(b)) => a == b,
+            (Owned::F32(a), Field::F32(b)) => a.to_bits() == b.to_bits(),
+            (Owned::F64(a), Field::F64(b)) => a.to_bits() == b.to_bits(),
+            (Owned::Str(a), Field::Str(b)) => a == b,
+            (Owned::Bytes(a), Field::Bytes(b)) => a == b,
+            _ => false,
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn fields_round_trip(fields in prop::collection::vec(owned(), 0..12)) {
+            let mut buf = [0u8; 1024];
+            let mut w = RecordWriter::new(&mut buf);
+            for f in &fields {
+                write(&mut w, f).unwrap();
+            }
+            let payload = w.finish().to_vec();
+            let got: Vec<Field<'_>> = Fields::new(&payload).unwrap().collect::<Result<_, _>>().unwrap();
+            prop_assert_eq!(got.len(), fields.len());
+            for (f, g) in fields.iter().zip(&got) {
+                prop_assert!(same(f, g), "{:?} vs {:?}", f, g);
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic_and_stop_at_the_first_error(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+            let mut payload = std::vec![TYPED];
+            payload.extend(&bytes);
+            let results: Vec<_> = Fields::new(&payload).unwrap().collect();
+            let errors = results.iter().filter(|r| r.is_err()).count();
+            prop_assert!(errors <= 1);
+            if errors == 1 {
+                prop_assert!(results.last().unwrap().is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn a_full_buffer_refuses_the_field_and_keeps_the_record() {
+        let mut buf = [0u8; 6];
+        let mut w = RecordWriter::new(&mut buf);
+        w.u32(7).unwrap();
+        assert_eq!(w.u8(1).err(), Some(Full));
+        assert_eq!(w.finish(), &[TYPED, 0x04, 7, 0, 0, 0]);
+        assert_eq!(RecordWriter::new(&mut []).u8(1).err(), Some(Full));
+    }
+
+    #[test]
+    fn text_and_empty_payloads_are_not_typed() {
+        assert!(Fields::new(b"21.5,ok").is_none());
+        assert!(Fields::new(b"").is_none());
+        let errs: Vec<_> = Fields::new(&[TYPED, 0x04, 1, 2]).unwrap().collect();
+        assert_eq!(errs, [Err(FieldError::Truncated { at: 1 })]);
+        let errs: Vec<_> = Fields::new(&[TYPED, 0x01, 2]).unwrap().collect();
+        assert_eq!(errs, [Err(FieldError::Invalid { at: 1 })]);
+        let errs: Vec<_> = Fields::new(&[TYPED, 0x02, 5, 0x7F]).unwrap().collect();
+        assert_eq!(
+            errs,
+            [
+                Ok(Field::U8(5)),
+                Err(FieldError::UnknownTag { tag: 0x7F, at: 3 })
+            ]
+        );
+    }
+}
