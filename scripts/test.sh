@@ -23,17 +23,21 @@ cargo test --locked --workspace
 # The workspace run unifies features, so tether-core's tests above ran with the host's
 # `hw-crc`. Run them again with the two CRC back ends firmware uses.
 step "tether-core tests with the firmware CRC back ends"
-cargo test --locked -p tether-core --lib --tests
-cargo test --locked -p tether-core --lib --tests --features fast-crc
+for features in "" fast-crc small-crc; do
+  cargo test --locked -p tether-core --lib --tests ${features:+--features "$features"}
+done
 
 step "no_std builds of tether-core"
 for target in thumbv6m-none-eabi thumbv7em-none-eabihf; do
-  for features in "" "defmt" "fast-crc"; do
+  for features in "" "defmt" "fast-crc" "small-crc"; do
     echo "tether-core for $target, features [${features}]"
     cargo build --locked --quiet --release -p tether-core --target "$target" \
       ${features:+--features "$features"}
   done
 done
+
+step "footprint of tether-core on a Cortex-M4F (report, not a gate)"
+scripts/size-report.sh
 
 fuzz_seconds=${FUZZ_SECONDS:-15}
 if [[ $fuzz_seconds -gt 0 ]] && cargo +nightly fuzz --version >/dev/null 2>&1; then

@@ -23,14 +23,16 @@ pub(crate) trait BlockSink {
 /// Runs between the zeros of a frame are often short (a header has several zeros), where
 /// `memchr`'s set-up costs more than the search. Measured with `cargo bench --bench frame`
 /// (16-byte payloads): a plain loop below 32 bytes cut encode from 137 to 111 ns a frame; an
-/// eight-bytes-at-a-time SWAR test was slower than the plain loop (135 ns).
+/// eight-bytes-at-a-time SWAR test was slower than the plain loop (135 ns). On targets
+/// without vector units (microcontrollers) `memchr` has nothing to offer over the loop and
+/// costs 376 bytes of flash (`scripts/size-report.sh`), so it is used only where it has SIMD.
 #[inline]
 pub(crate) fn find_zero(bytes: &[u8]) -> Option<usize> {
-    if bytes.len() < 32 {
-        bytes.iter().position(|&b| b == 0)
-    } else {
-        memchr::memchr(0, bytes)
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    if bytes.len() >= 32 {
+        return memchr::memchr(0, bytes);
     }
+    bytes.iter().position(|&b| b == 0)
 }
 
 /// Encodes the concatenation of `pieces` (without delimiter) into `sink`.
@@ -168,7 +170,7 @@ impl Unstuffer {
         let mut pos = 0;
         while pos < input.len() {
             match self.mode {
-                Mode::Discard => match memchr::memchr(0, &input[pos..]) {
+                Mode::Discard => match find_zero(&input[pos..]) {
                     Some(i) => {
                         pos += i + 1;
                         self.reset();

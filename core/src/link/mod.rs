@@ -42,7 +42,7 @@ pub use self::handshake::{Reject, RejectCode, PROTOCOL_VERSION, REJECT_TEXT_MAX}
 pub use self::seq::{seq_diff, seq_lt, seq_lte};
 pub use self::storage::{LinkStorage, Parts, Storage};
 
-use self::handshake::{Hello, HELLO_LEN};
+use self::handshake::{Hello, Text, HELLO_LEN};
 use crate::frame::{
     self, DecodeState, DecoderStats, Flags, FrameError, Header, Kind, MAX_PAYLOAD, OVERHEAD,
 };
@@ -703,17 +703,24 @@ impl State {
         if peer.version != PROTOCOL_VERSION {
             return Some(Reject::new(
                 RejectCode::Version,
-                format_args!(
-                    "protocol version {} is not supported; this side speaks {}",
-                    peer.version, PROTOCOL_VERSION
-                ),
+                &[
+                    Text::Str("protocol version "),
+                    Text::Num(u32::from(peer.version)),
+                    Text::Str(" is not supported; this side speaks "),
+                    Text::Num(u32::from(PROTOCOL_VERSION)),
+                ],
             ));
         }
         let ours = self.payload_cap();
         if usize::from(peer.max_send) > ours {
             return Some(Reject::new(
                 RejectCode::Capacity,
-                format_args!("records up to {} bytes; accepted: {ours}", peer.max_send),
+                &[
+                    Text::Str("records up to "),
+                    Text::Num(u32::from(peer.max_send)),
+                    Text::Str(" bytes; accepted: "),
+                    Text::Num(ours as u32),
+                ],
             ));
         }
         None
@@ -828,7 +835,7 @@ impl State {
                 // refused our WELCOME.
                 if matches!(self.phase, Phase::Handshaking | Phase::Established) {
                     let r = Reject::parse(payload).unwrap_or_else(|| {
-                        Reject::new(RejectCode::Malformed, format_args!("(no reason given)"))
+                        Reject::new(RejectCode::Malformed, &[Text::Str("(no reason given)")])
                     });
                     self.refused(r, false);
                 } else {
@@ -881,7 +888,7 @@ impl State {
         }
         match Hello::parse(payload) {
             None => self.refused(
-                Reject::new(RejectCode::Malformed, format_args!("malformed HELLO")),
+                Reject::new(RejectCode::Malformed, &[Text::Str("malformed HELLO")]),
                 true,
             ),
             Some(peer) => match self.refuse(&peer) {
@@ -902,7 +909,7 @@ impl State {
         }
         match Hello::parse(payload) {
             None => self.refused(
-                Reject::new(RejectCode::Malformed, format_args!("malformed WELCOME")),
+                Reject::new(RejectCode::Malformed, &[Text::Str("malformed WELCOME")]),
                 true,
             ),
             Some(peer) => match self.refuse(&peer) {
