@@ -544,3 +544,106 @@ fn bad_configurations_are_refused() {
     c.dead_after_ms = c.keepalive_ms;
     assert_eq!(Link::new(c, Store::new()).err(), Some(ConfigError::Timers));
 }
+
+#[test]
+fn a_lost_close_reply_is_answered_again() {
+    let (mut d, mut h) = (device_with(|_| {}), host());
+    connected_pair(&mut d, &mut h);
+    d.close();
+    let close = drain(&mut d, at(1));
+    assert_eq!(kinds(&close), [Kind::Close]);
+    close.iter().for_each(|f| h.handle_input(at(1), f));
+    let reply = drain(&mut h, at(1));
+    assert_eq!(kinds(&reply), [Kind::Close]);
+    assert_eq!(h.phase(), Phase::Closed);
+    // The reply is lost. The device asks again after its timeout; the host answers again.
+    let mut now = 1;
+    while d.phase() != Phase::Closed && now < 3_000 {
+        now = d.poll_timeout().expect("closing has a deadline").millis();
+        d.handle_timeout(at(now));
+        shuttle(&mut d, &mut h, at(now));
+    }
+    assert_eq!(d.phase(), Phase::Closed, "closed, not dead, at {now} ms");
+    assert!(events(&mut d).contains(&Event::Closed));
+}
+
+#[test]
+fn a_device_rebooted_with_the_same_session_value_is_treated_as_restarted() {
+    let (mut d, mut h) = (device_with(|_| {}), host());
+    connected_pair(&mut d, &mut h);
+    for i in 0..5u8 {
+        d.send(&[i]).unwrap();
+    }
+    shuttle(&mut d, &mut h, at(1));
+    assert_eq!(take_all(&mut h).len(), 5);
+    shuttle(&mut d, &mut h, at(1));
+    events(&mut h);
+    // Rebooted firmware with a fixed session value: it knows nothing of the host and
+    // numbers its records from 0 again.
+    let mut d2 = device_with(|_| {});
+    for i in 10..13u8 {
+        d2.send(&[i]).unwrap();
+    }
+    d2.connect(at(2));
+    h.connect(at(2));
+    let mut got = Vec::new();
+    for now in 2..10 {
+        shuttle(&mut d2, &mut h, at(now));
+        got.extend(take_all(&mut h));
+    }
+    assert_eq!(
+        got,
+        [(0, vec![10]), (1, vec![11]), (2, vec![12])],
+        "nothing dropped as a duplicate"
+    );
+    assert_eq!(d2.unacked(), 0);
+    assert_eq!(d2.stats().spurious_acks, 0);
+    assert!(events(&mut h).contains(&Event::PeerRestarted { in_doubt: 0 }));
+}
+
+#[test]
+fn a_lost_release_acknowledgement_is_recovered_by_a_probe_before_the_keepalive() {
+    let (mut d, mut h) = (device_with(|c| c.window = 2), host());
+    connected_pair(&mut d, &mut h);
+    for i in 0..4u8 {
+        d.send(&[i]).unwrap();
+    }
+    // Two records arrive; the host acknowledges their arrival, then releases them, and
+    // that release acknowledgement is lost.
+    drain(&mut d, at(1))
+        .iter()
+        .for_each(|f| h.handle_input(at(1), f));
+    drain(&mut h, at(1))
+        .iter()
+        .for_each(|f| d.handle_input(at(1), f));
+    assert_eq!(take_all(&mut h).len(), 2);
+    drain(&mut h, at(2)); // lost
+    let mut now = 2;
+    while d.unacked() > 2 || h.received().count() < 2 {
+        now = d.poll_timeout().unwrap().millis();
+        assert!(now < 1_000, "recovered only at {now} ms");
+        d.handle_timeout(at(now));
+        shuttle(&mut d, &mut h, at(now));
+    }
+    assert!(d.stats().timeouts >= 1);
+}
+
+#[test]
+fn an_ack_frame_without_the_ack_flag_is_ignored() {
+    let (mut d, mut h) = (device_with(|_| {}), host());
+    connected_pair(&mut d, &mut h);
+    d.send(b"x").unwrap();
+    drain(&mut d, at(1));
+    let mut wire = vec![0u8; 64];
+    let bare = Header {
+        kind: Kind::Ack,
+        seq: 1,
+        ack: 1,
+        credit: 8,
+        ..Header::default()
+    };
+    let n = frame::encode(&bare, &[], &mut wire).unwrap();
+    d.handle_input(at(1), &wire[..n]);
+    assert_eq!(d.unacked(), 1);
+    assert_eq!(d.stats().unexpected, 1);
+}

@@ -264,10 +264,10 @@ def self_checks():
         bad = bytearray(raw_frame(0x09, 0xFE, 0, 0, 0, b"zz", length=5)); bad[-1] ^= 1
         expect(decode_all(cobs_encode(bytes(bad)))[0], ["crc"])
         expect(decode_all(cobs_encode(raw_frame(0, 0xFE, 0, 0, 0, b"zz", 5)))[0], ["unknown-kind"])
-        expect(decode_all(cobs_encode(raw_frame(4, 3, 0, 0, 0, b"zz", 5)))[0], ["reserved-flags"])
+        expect(decode_all(cobs_encode(raw_frame(4, 7, 0, 0, 0, b"zz", 5)))[0], ["reserved-flags"])
 
     def check_sender_rules():                   # MUST NOT send reserved kinds or flags
-        for kind, flags, p in ((0, 0, b""), (8, 0, b""), (4, 2, b""), (4, 0, bytes(65536))):
+        for kind, flags, p in ((0, 0, b""), (8, 0, b""), (4, 4, b""), (4, 0, bytes(65536))):
             with contextlib.suppress(ValueError):
                 raise AssertionError(f"encode accepted {encode(kind, flags, 0, 0, 0, p)!r:.40}")
 

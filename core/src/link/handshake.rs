@@ -81,8 +81,10 @@ impl Hello {
             max_send: u16_at(24),
             window: u16_at(26),
         };
-        // A window of 0 is a valid credit (a bridge whose upstream is down).
-        (hello.session != 0).then_some(hello)
+        // A window of 0 is a valid credit (a bridge whose upstream is down). Every side
+        // accepts at least a REJECT's payload (MIN_FRAME), so less is malformed.
+        let min_payload = (2 + REJECT_TEXT_MAX) as u16;
+        (hello.session != 0 && hello.max_payload >= min_payload).then_some(hello)
     }
 }
 

@@ -52,6 +52,15 @@ use crate::frame::{
 /// be read.
 pub const MIN_FRAME: usize = OVERHEAD + 2 + REJECT_TEXT_MAX;
 
+/// The session identity a HELLO payload announces, if it is a well-formed HELLO of this
+/// protocol version. A server that keeps one [`Link`] per device session reads it from a new
+/// connection's first frame to pick the link that resumes.
+pub fn hello_session(payload: &[u8]) -> Option<u32> {
+    Hello::parse(payload)
+        .filter(|h| h.version == PROTOCOL_VERSION)
+        .map(|h| h.session)
+}
+
 /// A point in time, in milliseconds from an epoch the caller chooses (boot, say).
 /// The link only compares instants and adds durations to them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -397,7 +406,7 @@ impl<S: Storage> Link<S> {
     // ---- inputs --------------------------------------------------------------------
 
     /// A new byte stream to the peer is in place (the first, or one replacing a broken
-    /// one): start or resume the session over it. A client sends HELLO; a server awaits
+    /// one, or a new one after a graceful close): start or resume the session over it. A client sends HELLO; a server awaits
     /// one. Records queued or unacknowledged are kept and resent as the peer needs them.
     pub fn connect(&mut self, now: Instant) {
         self.st.connect(now);
@@ -538,6 +547,8 @@ struct State {
     ping_pending: bool,
     close_pending: bool,
     close_reply_pending: bool,
+    /// Closed, and the peer repeated its CLOSE (our reply was lost).
+    close_echo_pending: bool,
     hs_deadline: Option<Instant>,
     hs_interval: u32,
     close_deadline: Option<Instant>,
@@ -592,6 +603,7 @@ impl State {
             ping_pending: false,
             close_pending: false,
             close_reply_pending: false,
+            close_echo_pending: false,
             hs_deadline: None,
             hs_interval: cfg.handshake_retry_ms,
             close_deadline: None,
@@ -669,9 +681,12 @@ impl State {
     // ---- connection ----------------------------------------------------------------
 
     fn connect(&mut self, now: Instant) {
-        if matches!(self.phase, Phase::Closed) {
-            return;
+        if self.phase == Phase::Closed {
+            // A closed session opens again (the same device, a new run): records queued
+            // since are sent; `close` applies again only if called again.
+            self.closing = false;
         }
+        self.close_deadline = None;
         self.dec.reset();
         self.phase = Phase::Handshaking;
         self.last_rx = now;
@@ -683,8 +698,9 @@ impl State {
         self.ping_pending = false;
         self.welcome_pending = false;
         self.reject_pending = false;
-        self.close_reply_pending = false;
+        // An owed CLOSE reply is kept: it is sent once the session resumes and is flushed.
         self.close_pending = false;
+        self.close_echo_pending = false;
         self.hs_interval = self.cfg.handshake_retry_ms;
         match self.cfg.role {
             Role::Client => {
@@ -711,6 +727,17 @@ impl State {
                 ],
             ));
         }
+        if self.own_max_send() > usize::from(peer.max_payload) {
+            return Some(Reject::new(
+                RejectCode::Capacity,
+                &[
+                    Text::Str("this side sends up to "),
+                    Text::Num(self.own_max_send() as u32),
+                    Text::Str(" bytes; accepted: "),
+                    Text::Num(u32::from(peer.max_payload)),
+                ],
+            ));
+        }
         let ours = self.payload_cap();
         if usize::from(peer.max_send) > ours {
             return Some(Reject::new(
@@ -731,9 +758,15 @@ impl State {
     fn adopt(&mut self, now: Instant, peer: &Hello) {
         let knows_us = peer.peer_session == self.cfg.session;
         let same_peer = self.peer.session == peer.session;
-        // Receive side.
-        if !same_peer {
-            if self.peer.session != 0 {
+        // Receive side: resume only if the peer is the one we knew, knows us too, and still
+        // holds everything from our next expected record on. Otherwise start from the
+        // peer's numbering: a restarted peer (new session, or the same session value
+        // reused by a rebooted device that kept it) must never get a stale acknowledgement.
+        let resume_rx = same_peer && knows_us && seq_lte(peer.tx_base, self.rx_next);
+        if !resume_rx {
+            // Nothing lost and nothing to renumber: e.g. a HELLO retried before its WELCOME.
+            let benign = same_peer && self.rx_next == peer.tx_base && self.held == 0;
+            if self.peer.session != 0 && !benign {
                 self.stats.peer_restarts = self.stats.peer_restarts.wrapping_add(1);
                 warn!(
                     "tether: peer restarted ({=u32:x} -> {=u32:x})",
@@ -774,7 +807,7 @@ impl State {
             session: peer.session,
             max_payload: peer.max_payload,
         };
-        let resumed = same_peer && knows_us;
+        let resumed = resume_rx;
         self.stats.handshakes = self.stats.handshakes.wrapping_add(1);
         if resumed {
             self.stats.resumes = self.stats.resumes.wrapping_add(1);
@@ -822,6 +855,11 @@ impl State {
         rx: &mut [u8],
         rx_len: &mut [u16],
     ) {
+        if self.phase == Phase::Closed && h.kind == Kind::Close {
+            // Our reply was lost and the peer asks again: answer again.
+            self.close_echo_pending = true;
+            return;
+        }
         if matches!(self.phase, Phase::Idle | Phase::Closed | Phase::Dead) {
             self.unexpected();
             return;
@@ -833,7 +871,10 @@ impl State {
             Kind::Reject => {
                 // Handshaking: the peer refused our HELLO. Established (server): the client
                 // refused our WELCOME.
-                if matches!(self.phase, Phase::Handshaking | Phase::Established) {
+                if matches!(
+                    self.phase,
+                    Phase::Handshaking | Phase::Established | Phase::Closing
+                ) {
                     let r = Reject::parse(payload).unwrap_or_else(|| {
                         Reject::new(RejectCode::Malformed, &[Text::Str("(no reason given)")])
                     });
@@ -853,7 +894,7 @@ impl State {
                 }
                 self.on_data(h.seq, payload, rx, rx_len);
             }
-            Kind::Ack if self.connected() => {
+            Kind::Ack if self.connected() && h.flags.contains(Flags::ACK) => {
                 self.on_ack(now, h.seq, h.ack, h.credit, h.flags.contains(Flags::NACK));
             }
             Kind::Ping if self.connected() => self.ack_pending = true,
@@ -1004,7 +1045,11 @@ impl State {
     /// is still out.
     fn arm_rto(&mut self, now: Instant, progress: bool) {
         let unreceived = self.rcv_known != self.snd_max;
-        let starved = self.snd_next != self.tx_next && !seq_lt(self.snd_next, self.peer_limit);
+        // Records waiting for credit or for the window (all received, none released yet):
+        // if the acknowledgement that would free them is lost, only a probe recovers.
+        let blocked = !seq_lt(self.snd_next, self.peer_limit)
+            || !seq_lt(self.snd_next, self.tx_base.wrapping_add(self.window));
+        let starved = self.snd_next != self.tx_next && blocked;
         if unreceived || starved {
             if self.rto_deadline.is_none() || progress {
                 self.rto_deadline = Some(now.plus(self.rto));
@@ -1215,6 +1260,15 @@ impl State {
                 &p,
             );
         }
+        if self.close_echo_pending {
+            self.close_echo_pending = false;
+            let h = Header {
+                kind: Kind::Close,
+                seq: self.tx_next,
+                ..control
+            };
+            return emit(out, &h, &[]);
+        }
         if !self.connected() {
             return None;
         }
@@ -1287,14 +1341,12 @@ impl State {
         }
         if self.close_reply_pending && self.tx_base == self.tx_next {
             self.close_reply_pending = false;
-            let n = emit(
-                out,
-                &Header {
-                    kind: Kind::Close,
-                    ..control
-                },
-                &[],
-            )?;
+            let h = Header {
+                kind: Kind::Close,
+                seq: self.tx_next,
+                ..control
+            };
+            let n = emit(out, &h, &[])?;
             self.finish_close();
             return Some(n);
         }
