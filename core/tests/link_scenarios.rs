@@ -618,9 +618,8 @@ fn a_lost_release_acknowledgement_is_recovered_by_a_probe_before_the_keepalive()
         .for_each(|f| d.handle_input(at(1), f));
     assert_eq!(take_all(&mut h).len(), 2);
     drain(&mut h, at(2)); // lost
-    let mut now = 2;
     while d.unacked() > 2 || h.received().count() < 2 {
-        now = d.poll_timeout().unwrap().millis();
+        let now = d.poll_timeout().unwrap().millis();
         assert!(now < 1_000, "recovered only at {now} ms");
         d.handle_timeout(at(now));
         shuttle(&mut d, &mut h, at(now));
