@@ -1,17 +1,20 @@
 //! `tether`: the command line of Tether on Linux.
 //!
-//! What exists today is the frame layer's toolbox: `tether encode` writes one frame and
-//! `tether decode` dissects a captured byte stream, which is how to check another
-//! implementation against this one. `listen`, `send`, `bridge` and `demo` come with the host
-//! issue, once the core's link layer exists.
+//! `tether listen` logs devices to CSV; `tether send` streams lines to a listener;
+//! `tether encode` and `tether decode` write and dissect single frames.
 
 use std::fs::File;
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufWriter, IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use tether_core::frame::{self, Decoder, DecoderStats, Flags, Header, Kind};
+use tether_host::endpoint::Endpoint;
+use tether_host::listen::{ListenOptions, Listener};
+use tether_host::send::{Progress, SendOptions};
+use tokio::io::AsyncBufReadExt;
 
 /// Stream data between microcontrollers and Linux hosts, reliably.
 #[derive(Debug, Parser)]
@@ -23,6 +26,26 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Accept devices and log their records to a CSV file.
+    ///
+    /// Every device is its own session: a device that reconnects resumes without loss or
+    /// duplicates. A record is acknowledged only after it is written to the CSV (with
+    /// --fsync: on disk). Columns: host_time (RFC 3339, UTC), device (its session id), seq,
+    /// then the record's fields.
+    ///
+    /// Commands to devices: type lines on standard input, `DEVICE COMMAND` (DEVICE as in the
+    /// CSV's device column) or `* COMMAND` for every device; their acknowledgements are
+    /// logged. Ctrl-C or SIGTERM: stop accepting, write and acknowledge what arrived, exit 0.
+    ///
+    /// Example: tether listen tcp://127.0.0.1:5003 --csv readings.csv
+    Listen(ListenArgs),
+    /// Stream lines (from a file or standard input) to a listener, one record each.
+    ///
+    /// Reconnects and resumes on a broken connection; exits 0 only when every record was
+    /// acknowledged, non-zero with the reason otherwise.
+    ///
+    /// Example: printf '21.5,ok\n22.0,ok\n' | tether send tcp://127.0.0.1:5003
+    Send(SendArgs),
     /// Write one Tether frame (COBS-encoded, delimiter included) to standard output.
     ///
     /// The payload is read from standard input, or taken from --payload.
@@ -36,6 +59,52 @@ enum Command {
     ///
     /// Example: tether decode capture.bin
     Decode(DecodeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ListenArgs {
+    /// Where to listen, e.g. tcp://127.0.0.1:5003 or tcp://[::1]:5003 (several allowed).
+    #[arg(required = true)]
+    endpoints: Vec<Endpoint>,
+    /// The CSV file to append records to (created if missing).
+    #[arg(long)]
+    csv: PathBuf,
+    /// Acknowledge records only once they are on disk (fsync per batch).
+    #[arg(long)]
+    fsync: bool,
+    /// Connections served at once; more are refused.
+    #[arg(long, default_value_t = 256)]
+    max_connections: usize,
+    /// Milliseconds a new connection has to say HELLO.
+    #[arg(long, default_value_t = 5_000)]
+    handshake_timeout_ms: u64,
+    /// Milliseconds of silence after which a device is dropped (idle devices send a PING
+    /// every second, so this also detects half-open connections).
+    #[arg(long, default_value_t = 10_000)]
+    idle_timeout_ms: u64,
+    /// Records each device may have in flight.
+    #[arg(long, default_value_t = 64)]
+    window: usize,
+    /// The largest record accepted, in bytes.
+    #[arg(long, default_value_t = 1024)]
+    max_record: usize,
+}
+
+#[derive(Debug, clap::Args)]
+struct SendArgs {
+    /// The listener, e.g. tcp://127.0.0.1:5003.
+    endpoint: Endpoint,
+    /// The lines to send; standard input if absent or "-".
+    input: Option<PathBuf>,
+    /// Records in flight.
+    #[arg(long, default_value_t = 64)]
+    window: u16,
+    /// The longest line, in bytes.
+    #[arg(long, default_value_t = 1024)]
+    max_record: usize,
+    /// Seconds without any acknowledgement before giving up.
+    #[arg(long, default_value_t = 30)]
+    give_up_after: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -99,6 +168,12 @@ enum CliError {
     Write(#[source] io::Error),
     #[error(transparent)]
     Encode(#[from] frame::EncodeError),
+    #[error(transparent)]
+    Listen(#[from] tether_host::listen::ListenError),
+    #[error(transparent)]
+    Send(#[from] tether_host::send::SendError),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] io::Error),
 }
 
 fn main() -> ExitCode {
@@ -106,11 +181,145 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Encode(args) => encode(args).map(|()| ExitCode::SUCCESS),
         Command::Decode(args) => decode(args),
+        Command::Listen(args) => runtime().and_then(|rt| rt.block_on(listen(args))),
+        Command::Send(args) => runtime().and_then(|rt| rt.block_on(send(args))),
     };
     result.unwrap_or_else(|e| {
         eprintln!("tether: {e}");
         ExitCode::from(2)
     })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tracing_subscriber::fmt()
+        .with_writer(io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn listen(args: ListenArgs) -> Result<ExitCode, CliError> {
+    let mut opts = ListenOptions::new(args.endpoints, args.csv);
+    opts.fsync = args.fsync;
+    opts.max_connections = args.max_connections;
+    opts.handshake_timeout = Duration::from_millis(args.handshake_timeout_ms);
+    opts.idle_timeout = Duration::from_millis(args.idle_timeout_ms);
+    opts.window = args.window;
+    opts.max_record = args.max_record;
+    let listener = Listener::bind(opts.clone()).await?;
+    for a in listener.local_addrs() {
+        tracing::info!("listening on tcp://{a}, writing {}", opts.csv.display());
+    }
+    // Commands from standard input: `DEVICE COMMAND` or `* COMMAND`.
+    let commands = listener.commands();
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let Some((who, cmd)) = line.trim().split_once(char::is_whitespace) else {
+                if !line.trim().is_empty() {
+                    tracing::warn!("command lines are `DEVICE COMMAND` or `* COMMAND`");
+                }
+                continue;
+            };
+            let device = if who == "*" {
+                None
+            } else {
+                match u32::from_str_radix(who, 16) {
+                    Ok(d) => Some(d),
+                    Err(_) => {
+                        tracing::warn!("`{who}` is not a device id (hex, as in the CSV)");
+                        continue;
+                    }
+                }
+            };
+            match commands.send(device, cmd.trim().as_bytes()) {
+                0 => tracing::warn!("no such device: {who} (known: {:x?})", commands.devices()),
+                n => tracing::info!("command queued for {n} device(s)"),
+            }
+        }
+    });
+    let summary = listener.run(shutdown_signal()).await?;
+    tracing::info!(
+        "done: {} records from {} devices over {} connections ({} dropped), {} retransmissions",
+        summary.records,
+        summary.devices,
+        summary.connections,
+        summary.dropped_connections,
+        summary.retransmissions
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn send(args: SendArgs) -> Result<ExitCode, CliError> {
+    let mut opts = SendOptions::new(args.endpoint);
+    opts.window = args.window;
+    opts.max_record = args.max_record;
+    opts.give_up_after = Duration::from_secs(args.give_up_after);
+    let terminal = io::stderr().is_terminal();
+    let started = std::time::Instant::now();
+    let mut last_shown = started;
+    let show = move |p: Progress| {
+        if terminal && last_shown.elapsed() > Duration::from_millis(200) {
+            last_shown = std::time::Instant::now();
+            let rate = p.acked as f64 / started.elapsed().as_secs_f64().max(1e-3);
+            eprint!(
+                "\r{} records acknowledged of {} read, {rate:.0}/s   ",
+                p.acked, p.read
+            );
+        }
+    };
+    let summary = match &args.input {
+        Some(p) if p.as_os_str() != "-" => {
+            let file = tokio::fs::File::open(p)
+                .await
+                .map_err(|source| CliError::Read {
+                    what: p.display().to_string(),
+                    source,
+                })?;
+            tether_host::send::send(&opts, tokio::io::BufReader::new(file), show).await?
+        }
+        _ => {
+            tether_host::send::send(&opts, tokio::io::BufReader::new(tokio::io::stdin()), show)
+                .await?
+        }
+    };
+    if terminal {
+        eprintln!();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    tracing::info!(
+        "{} records acknowledged in {secs:.2} s ({:.0}/s), {} reconnects, {} retransmissions",
+        summary.records,
+        summary.records as f64 / secs.max(1e-6),
+        summary.reconnects,
+        summary.retransmissions
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn encode(args: EncodeArgs) -> Result<(), CliError> {

@@ -1,0 +1,571 @@
+//! `tether listen`: accepts many devices at once, each its own session, and logs their
+//! records to one CSV file. A record is acknowledged only after it was written (and, with
+//! `fsync`, is on disk).
+//!
+//! Each device session keeps one [`Link`] for the life of the listener, so a device that
+//! reconnects resumes where it was: the listener reads the HELLO of a new connection, finds
+//! the session it names, and hands the connection to that link.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use tether_core::frame::{Decoder, Kind};
+use tether_core::link::{self, Config, Event, Link, Phase, Role, MIN_FRAME};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use crate::clock::Clock;
+use crate::endpoint::Endpoint;
+use crate::sink::{CsvSink, SinkError};
+use crate::storage::HeapStorage;
+
+/// How the listener behaves. [`ListenOptions::new`] has the documented defaults.
+#[derive(Debug, Clone)]
+pub struct ListenOptions {
+    /// Where to listen.
+    pub endpoints: Vec<Endpoint>,
+    /// The CSV file records are appended to.
+    pub csv: PathBuf,
+    /// Acknowledge records only once they are on disk (fsync after each batch).
+    pub fsync: bool,
+    /// Connections served at once; more are refused. Default 256.
+    pub max_connections: usize,
+    /// A new connection must say HELLO within this. Default 5 s.
+    pub handshake_timeout: Duration,
+    /// A device silent for this long is dropped (it sends PINGs every second when idle,
+    /// so this also catches half-open connections). Default 10 s.
+    pub idle_timeout: Duration,
+    /// Records each device may have in flight: its receive window. Default 64.
+    pub window: usize,
+    /// The largest record accepted, bytes. Default 1024.
+    pub max_record: usize,
+    /// The largest command sent to devices, bytes. Default 64.
+    pub max_command: usize,
+}
+
+impl ListenOptions {
+    /// Defaults for `endpoints`, writing to `csv`.
+    pub fn new(endpoints: Vec<Endpoint>, csv: PathBuf) -> Self {
+        ListenOptions {
+            endpoints,
+            csv,
+            fsync: false,
+            max_connections: 256,
+            handshake_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(10),
+            window: 64,
+            max_record: 1024,
+            max_command: 64,
+        }
+    }
+}
+
+/// Why the listener could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    /// A socket could not be bound.
+    #[error("cannot listen on {endpoint}: {source}")]
+    Bind {
+        /// Where.
+        endpoint: Endpoint,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// The CSV file could not be opened or written.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// An option is out of range.
+    #[error("invalid option: {0}")]
+    Options(String),
+}
+
+/// What a listener did, for its summary line.
+#[derive(Debug, Clone, Default)]
+pub struct ListenSummary {
+    /// Records written to the CSV and acknowledged.
+    pub records: u64,
+    /// Connections accepted.
+    pub connections: u64,
+    /// Device sessions seen.
+    pub devices: usize,
+    /// Retransmissions the listener's links made.
+    pub retransmissions: u64,
+    /// Connections dropped for garbage, protocol violations or time-outs.
+    pub dropped_connections: u64,
+}
+
+/// A way to send commands to connected devices while the listener runs.
+#[derive(Debug, Clone)]
+pub struct Commands {
+    shared: Arc<Shared>,
+}
+
+impl Commands {
+    /// Queues `command` for the device whose session is `device` (or every known device when
+    /// `None`). Returns how many devices it was queued for. Commands are delivered in order,
+    /// across reconnects, and their acknowledgement is logged.
+    pub fn send(&self, device: Option<u32>, command: &[u8]) -> usize {
+        let sessions: Vec<Arc<Mutex<Session>>> = {
+            let map = lock(&self.shared.sessions);
+            match device {
+                Some(d) => map.get(&d).cloned().into_iter().collect(),
+                None => map.values().cloned().collect(),
+            }
+        };
+        for s in &sessions {
+            let mut s = lock(s);
+            s.commands.push_back(command.to_vec());
+            s.wake.notify_one();
+        }
+        sessions.len()
+    }
+
+    /// Commands sent to `device` and not yet acknowledged by it (queued ones included), or
+    /// `None` for an unknown device.
+    pub fn unacknowledged(&self, device: u32) -> Option<u32> {
+        let session = lock(&self.shared.sessions).get(&device).cloned()?;
+        let s = lock(&session);
+        Some(s.link.unacked() + s.commands.len() as u32)
+    }
+
+    /// The device sessions known so far.
+    pub fn devices(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = lock(&self.shared.sessions).keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+/// A bound listener, ready to [`Listener::run`].
+#[derive(Debug)]
+pub struct Listener {
+    sockets: Vec<TcpListener>,
+    addrs: Vec<SocketAddr>,
+    shared: Arc<Shared>,
+}
+
+/// One device session: its link survives connections.
+struct Session {
+    link: Link<HeapStorage>,
+    device: u32,
+    /// Bumped by each new connection; an older connection task seeing a newer generation
+    /// leaves the link alone.
+    generation: u64,
+    commands: VecDeque<Vec<u8>>,
+    wake: Arc<Notify>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Session({:08x})", self.device)
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    opts: ListenOptions,
+    clock: Clock,
+    session_id: u32,
+    sessions: Mutex<HashMap<u32, Arc<Mutex<Session>>>>,
+    sink: Mutex<CsvSink>,
+    records: AtomicU64,
+    connections: AtomicU64,
+    dropped: AtomicU64,
+    active: AtomicU64,
+}
+
+/// Locks, recovering the data of a poisoned mutex (a panicking task must not take every
+/// other device down with it).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Listener {
+    /// Binds every endpoint and opens the CSV file.
+    pub async fn bind(opts: ListenOptions) -> Result<Listener, ListenError> {
+        if opts.window == 0 || opts.window > 32_768 {
+            return Err(ListenError::Options("window must be 1 to 32768".into()));
+        }
+        if opts.max_record > tether_core::frame::MAX_PAYLOAD || opts.max_record + 18 < MIN_FRAME {
+            return Err(ListenError::Options(format!(
+                "max record must be {} to {} bytes",
+                MIN_FRAME - 18,
+                tether_core::frame::MAX_PAYLOAD
+            )));
+        }
+        let mut sockets = Vec::new();
+        let mut addrs = Vec::new();
+        for e in &opts.endpoints {
+            let Endpoint::Tcp(addr) = e;
+            let s = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ListenError::Bind {
+                    endpoint: e.clone(),
+                    source,
+                })?;
+            addrs.push(s.local_addr().map_err(|source| ListenError::Bind {
+                endpoint: e.clone(),
+                source,
+            })?);
+            sockets.push(s);
+        }
+        let sink = CsvSink::open(&opts.csv, opts.fsync)?;
+        let shared = Arc::new(Shared {
+            session_id: crate::random_session(),
+            opts,
+            clock: Clock::new(),
+            sessions: Mutex::new(HashMap::new()),
+            sink: Mutex::new(sink),
+            records: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            active: AtomicU64::new(0),
+        });
+        Ok(Listener {
+            sockets,
+            addrs,
+            shared,
+        })
+    }
+
+    /// The addresses bound (with the ports the system chose for port 0).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// A handle to send commands to devices.
+    pub fn commands(&self) -> Commands {
+        Commands {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Records written and acknowledged so far.
+    pub fn records(&self) -> u64 {
+        self.shared.records.load(Ordering::Relaxed)
+    }
+
+    /// Serves until `shutdown` completes; then stops accepting, writes and acknowledges what
+    /// arrived, closes the connections and returns the summary.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<ListenSummary, ListenError> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        let (accepted_tx, mut accepted) = tokio::sync::mpsc::channel::<(TcpStream, SocketAddr)>(64);
+        for socket in self.sockets {
+            let tx = accepted_tx.clone();
+            let mut stop = stop_rx.clone();
+            tasks.spawn(async move {
+                loop {
+                    tokio::select! {
+                        r = socket.accept() => match r {
+                            Ok(pair) => { if tx.send(pair).await.is_err() { break } }
+                            Err(e) => {
+                                // Out of descriptors, say: wait a little rather than spin.
+                                warn!("accept failed: {e}");
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                        },
+                        _ = stop.changed() => break,
+                    }
+                }
+            });
+        }
+        drop(accepted_tx);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                Some((stream, peer)) = accepted.recv() => {
+                    self.shared.connections.fetch_add(1, Ordering::Relaxed);
+                    let active = self.shared.active.load(Ordering::Relaxed);
+                    if active >= self.shared.opts.max_connections as u64 {
+                        warn!(%peer, "connection refused: limit of {} connections reached", self.shared.opts.max_connections);
+                        self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    let shared = self.shared.clone();
+                    let stop = stop_rx.clone();
+                    shared.active.fetch_add(1, Ordering::Relaxed);
+                    tasks.spawn(async move {
+                        let _ = stream.set_nodelay(true);
+                        serve(&shared, stream, peer, stop).await;
+                        shared.active.fetch_sub(1, Ordering::Relaxed);
+                    });
+                }
+                _ = &mut shutdown => break,
+            }
+        }
+        info!("shutting down: finishing what arrived");
+        let _ = stop_tx.send(true);
+        let drain = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(5), drain)
+            .await
+            .is_err()
+        {
+            warn!("some connections did not close within 5 s");
+        }
+        lock(&self.shared.sink).commit()?;
+        let sessions = lock(&self.shared.sessions);
+        let retransmissions = sessions
+            .values()
+            .map(|s| u64::from(lock(s).link.stats().retransmissions))
+            .sum();
+        Ok(ListenSummary {
+            records: self.shared.records.load(Ordering::Relaxed),
+            connections: self.shared.connections.load(Ordering::Relaxed),
+            devices: sessions.len(),
+            retransmissions,
+            dropped_connections: self.shared.dropped.load(Ordering::Relaxed),
+        })
+    }
+}
+
+impl Shared {
+    fn new_link(&self) -> Link<HeapStorage> {
+        let mut cfg = Config::new(Role::Server, self.session_id);
+        cfg.max_send = self.opts.max_command as u16;
+        cfg.dead_after_ms = self.opts.idle_timeout.as_millis().min(u128::from(u32::MAX)) as u32;
+        let storage = HeapStorage::new(
+            self.opts.window.min(64),
+            self.opts.window,
+            self.opts.max_record + tether_core::frame::OVERHEAD,
+        );
+        // Options were checked in `bind`, so the configuration is valid.
+        Link::new(cfg, storage).unwrap_or_else(|e| unreachable!("checked options: {e:?}"))
+    }
+}
+
+/// Reads a new connection up to its HELLO. Returns the session it names and every byte read
+/// so far, or `None` (after logging why) if the connection is to be dropped.
+async fn read_hello(
+    shared: &Shared,
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+) -> Option<(Option<u32>, Vec<u8>)> {
+    let deadline = tokio::time::Instant::now() + shared.opts.handshake_timeout;
+    let mut decoder = Decoder::new(vec![0u8; MIN_FRAME.max(128)]);
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => {
+                warn!(%peer, "dropped: no HELLO within {:?}", shared.opts.handshake_timeout);
+                return None;
+            }
+            Ok(Ok(0)) => {
+                debug!(%peer, "closed before its HELLO");
+                return None;
+            }
+            Ok(Err(e)) => {
+                debug!(%peer, "read failed before HELLO: {e}");
+                return None;
+            }
+            Ok(Ok(n)) => n,
+        };
+        seen.extend_from_slice(&buf[..n]);
+        let mut input = &buf[..n];
+        while let Some(r) = decoder.decode(&mut input) {
+            match r {
+                Ok(f) if f.header.kind == Kind::Hello => {
+                    return Some((link::hello_session(f.payload), seen));
+                }
+                Ok(f) => {
+                    warn!(%peer, "dropped: protocol violation, {:?} frame before HELLO", f.header.kind);
+                    return None;
+                }
+                Err(e) => debug!(%peer, "garbage before HELLO: {e}"),
+            }
+        }
+        if seen.len() > 4096 {
+            warn!(%peer, "dropped: no valid HELLO in the first 4 KiB (not a Tether device?)");
+            return None;
+        }
+    }
+}
+
+/// Serves one connection until it ends, is superseded, or the listener stops.
+async fn serve(
+    shared: &Shared,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Some((session, seen)) = read_hello(shared, &mut stream, peer).await else {
+        shared.dropped.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    let Some(device) = session else {
+        // A HELLO this version cannot accept: let a throw-away link answer with a REJECT
+        // whose reason the device's user can read.
+        let mut l = shared.new_link();
+        let now = shared.clock.now();
+        l.connect(now);
+        l.handle_input(now, &seen);
+        let reason = l
+            .reject()
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| "malformed HELLO".into());
+        warn!(%peer, "refused: {reason}");
+        let mut out = vec![0u8; l.transmit_len()];
+        while let Some(n) = l.poll_transmit(now, &mut out) {
+            let _ = stream.write_all(&out[..n]).await;
+        }
+        shared.dropped.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    let session = lock(&shared.sessions)
+        .entry(device)
+        .or_insert_with(|| {
+            info!("new device {device:08x}");
+            Arc::new(Mutex::new(Session {
+                link: shared.new_link(),
+                device,
+                generation: 0,
+                commands: VecDeque::new(),
+                wake: Arc::new(Notify::new()),
+            }))
+        })
+        .clone();
+    let (generation, wake) = {
+        let mut s = lock(&session);
+        s.generation += 1;
+        let now = shared.clock.now();
+        s.link.connect(now);
+        s.link.handle_input(now, &seen);
+        (s.generation, s.wake.clone())
+    };
+    info!(%peer, "device {device:08x} connected");
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut out = Vec::with_capacity(64 * 1024);
+    let mut stopping = false;
+    loop {
+        let (deadline, finished) = {
+            let mut s = lock(&session);
+            if s.generation != generation {
+                debug!(%peer, "superseded by a newer connection of device {device:08x}");
+                return;
+            }
+            if let Err(e) = step(shared, &mut s, &mut out) {
+                warn!("device {device:08x}: {e}; its records stay unacknowledged");
+            }
+            let phase = s.link.phase();
+            let finished = matches!(phase, Phase::Closed | Phase::Rejected | Phase::Dead)
+                || (stopping && s.link.received().next().is_none());
+            (s.link.poll_timeout(), finished)
+        };
+        if !out.is_empty() {
+            if let Err(e) = stream.write_all(&out).await {
+                debug!(%peer, "write failed: {e}");
+                break;
+            }
+            out.clear();
+        }
+        if finished {
+            break;
+        }
+        let sleep = deadline.map(|d| shared.clock.instant(d));
+        tokio::select! {
+            r = stream.read(&mut buf) => match r {
+                Ok(0) => { info!(%peer, "device {device:08x} disconnected"); break }
+                Ok(n) => {
+                    let mut s = lock(&session);
+                    if s.generation == generation {
+                        s.link.handle_input(shared.clock.now(), &buf[..n]);
+                    }
+                }
+                Err(e) => { info!(%peer, "device {device:08x} connection lost: {e}"); break }
+            },
+            _ = async { match sleep { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
+                lock(&session).link.handle_timeout(shared.clock.now());
+            }
+            _ = wake.notified() => {}
+            _ = stop.changed(), if !stopping => { stopping = true; }
+        }
+    }
+    let s = lock(&session);
+    match s.link.phase() {
+        Phase::Dead => {
+            warn!(%peer, "device {device:08x} silent for {:?}: connection dropped", shared.opts.idle_timeout)
+        }
+        Phase::Rejected => warn!(%peer, "device {device:08x} refused: {:?}", s.link.reject()),
+        _ => {}
+    }
+}
+
+/// One round of work for a session under its lock: write what arrived, acknowledge it,
+/// queue commands, report events, and gather the frames to send.
+fn step(shared: &Shared, s: &mut Session, out: &mut Vec<u8>) -> Result<(), SinkError> {
+    let now = shared.clock.now();
+    let device = s.device;
+    let mut n = 0;
+    {
+        let mut sink = lock(&shared.sink);
+        let time = SystemTime::now();
+        for r in s.link.received() {
+            sink.write(time, device, r.seq, r.payload)?;
+            n += 1;
+        }
+        if n > 0 {
+            sink.commit()?;
+        }
+    }
+    if n > 0 {
+        s.link.release(n);
+        shared.records.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    while let Some(cmd) = s.commands.front() {
+        match s.link.send(cmd) {
+            Ok(seq) => {
+                info!("command #{seq} queued for device {device:08x}");
+                s.commands.pop_front();
+            }
+            Err(link::SendError::WouldBlock) => break,
+            Err(e) => {
+                warn!("command to device {device:08x} refused: {e:?}");
+                s.commands.pop_front();
+            }
+        }
+    }
+    while let Some(e) = s.link.poll_event() {
+        match e {
+            Event::Connected { resumed } => {
+                info!("device {device:08x}: session established (resumed: {resumed})")
+            }
+            Event::PeerRestarted { in_doubt } => {
+                warn!("device {device:08x} restarted; {in_doubt} commands in doubt, sent again")
+            }
+            Event::Delivered { up_to } => info!(
+                "device {device:08x} acknowledged commands up to #{}",
+                up_to.wrapping_sub(1)
+            ),
+            Event::Rejected { by_us } => warn!(
+                "device {device:08x}: handshake refused (by us: {by_us}): {:?}",
+                s.link.reject()
+            ),
+            Event::PeerDead => warn!("device {device:08x}: no sign of life"),
+            Event::Closed => info!("device {device:08x}: session closed"),
+        }
+    }
+    let mut frame = [0u8; 2048];
+    let len = s.link.transmit_len();
+    let mut big;
+    let buf: &mut [u8] = if len <= frame.len() {
+        &mut frame
+    } else {
+        big = vec![0u8; len];
+        &mut big
+    };
+    while let Some(k) = s.link.poll_transmit(now, buf) {
+        out.extend_from_slice(&buf[..k]);
+    }
+    Ok(())
+}
