@@ -12,6 +12,7 @@
 pub mod clock;
 pub mod endpoint;
 pub mod listen;
+pub mod raw;
 pub mod send;
 pub mod sink;
 pub mod storage;

@@ -48,6 +48,8 @@ pub struct ListenOptions {
     pub max_record: usize,
     /// The largest command sent to devices, bytes. Default 64.
     pub max_command: usize,
+    /// Speak the tutorial's raw protocol instead of Tether (see [`crate::raw`]).
+    pub raw: bool,
 }
 
 impl ListenOptions {
@@ -63,6 +65,7 @@ impl ListenOptions {
             window: 64,
             max_record: 1024,
             max_command: 64,
+            raw: false,
         }
     }
 }
@@ -297,7 +300,14 @@ impl Listener {
                     shared.active.fetch_add(1, Ordering::Relaxed);
                     tasks.spawn(async move {
                         let _ = stream.set_nodelay(true);
-                        serve(&shared, stream, peer, stop).await;
+                        if shared.opts.raw {
+                            match crate::raw::serve(stream, peer, &shared.sink, shared.opts.idle_timeout).await {
+                                Ok(n) => { shared.records.fetch_add(n, Ordering::Relaxed); }
+                                Err(e) => warn!(%peer, "{e}"),
+                            }
+                        } else {
+                            serve(&shared, stream, peer, stop).await;
+                        }
                         shared.active.fetch_sub(1, Ordering::Relaxed);
                     });
                 }

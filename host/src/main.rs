@@ -88,6 +88,10 @@ struct ListenArgs {
     /// The largest record accepted, in bytes.
     #[arg(long, default_value_t = 1024)]
     max_record: usize,
+    /// Speak the tutorial's raw protocol (greeting, "data received" after each chunk, one
+    /// CSV row per chunk) so its scripts work unchanged. No framing, integrity or resume.
+    #[arg(long)]
+    raw: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -105,6 +109,10 @@ struct SendArgs {
     /// Seconds without any acknowledgement before giving up.
     #[arg(long, default_value_t = 30)]
     give_up_after: u64,
+    /// Speak the tutorial's raw protocol to a tutorial-style server: each line in chunks of
+    /// 32 bytes, waiting for the server's answer after each.
+    #[arg(long)]
+    raw: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -172,6 +180,8 @@ enum CliError {
     Listen(#[from] tether_host::listen::ListenError),
     #[error(transparent)]
     Send(#[from] tether_host::send::SendError),
+    #[error(transparent)]
+    RawSend(#[from] tether_host::raw::RawSendError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] io::Error),
 }
@@ -231,6 +241,7 @@ async fn listen(args: ListenArgs) -> Result<ExitCode, CliError> {
     opts.idle_timeout = Duration::from_millis(args.idle_timeout_ms);
     opts.window = args.window;
     opts.max_record = args.max_record;
+    opts.raw = args.raw;
     let listener = Listener::bind(opts.clone()).await?;
     for a in listener.local_addrs() {
         tracing::info!("listening on tcp://{a}, writing {}", opts.csv.display());
@@ -276,6 +287,28 @@ async fn listen(args: ListenArgs) -> Result<ExitCode, CliError> {
 }
 
 async fn send(args: SendArgs) -> Result<ExitCode, CliError> {
+    if args.raw {
+        let chunks = match &args.input {
+            Some(p) if p.as_os_str() != "-" => {
+                let file = tokio::fs::File::open(p)
+                    .await
+                    .map_err(|source| CliError::Read {
+                        what: p.display().to_string(),
+                        source,
+                    })?;
+                tether_host::raw::send(&args.endpoint, tokio::io::BufReader::new(file)).await?
+            }
+            _ => {
+                tether_host::raw::send(
+                    &args.endpoint,
+                    tokio::io::BufReader::new(tokio::io::stdin()),
+                )
+                .await?
+            }
+        };
+        tracing::info!("{chunks} chunks sent and answered");
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut opts = SendOptions::new(args.endpoint);
     opts.window = args.window;
     opts.max_record = args.max_record;

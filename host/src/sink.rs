@@ -123,6 +123,34 @@ impl CsvSink {
         Ok(())
     }
 
+    /// Writes one raw chunk (the tutorial's protocol) as a row: time, peer, chunk number,
+    /// and the chunk as text (invalid UTF-8 replaced).
+    pub fn write_text(
+        &mut self,
+        time: SystemTime,
+        device: &str,
+        seq: u32,
+        chunk: &[u8],
+    ) -> Result<(), SinkError> {
+        if self.needs_header {
+            self.needs_header = false;
+            self.writer
+                .write_record(["host_time", "device", "seq", "field_1"])
+                .map_err(|e| self.io(e.into()))?;
+        }
+        let time = humantime::format_rfc3339_micros(time).to_string();
+        let text = String::from_utf8_lossy(chunk);
+        let seq = seq.to_string();
+        self.writer
+            .write_record([time.as_str(), device, seq.as_str(), text.as_ref()])
+            .map_err(|e| SinkError::Io {
+                path: self.path.clone(),
+                source: e.into(),
+            })?;
+        self.rows += 1;
+        Ok(())
+    }
+
     /// Makes everything written so far durable to the promised degree: flushed to the
     /// operating system, and with `fsync` on disk. Only then may the records be
     /// acknowledged.
