@@ -7,17 +7,20 @@
 //!
 //! ```text
 //!  firmware / host application
-//!         │ frames: Header + payload
+//!         │ send(record) / recv() -> record, release
 //!  ┌──────▼───────────────────────────────────────────────┐
-//!  │ core::frame  header view/Repr, CRC-32C, COBS,         │  no_std, no alloc,
-//!  │              streaming decoder with resync + stats    │  no clock, no IO
+//!  │ core::link   handshake, acknowledgements, credit,     │  no_std, no alloc,
+//!  │              timers, resume (sans-IO)                 │  no clock, no IO
+//!  ├──────────────────────────────────────────────────────┤
+//!  │ core::frame  header view/Repr, CRC-32C, COBS,         │
+//!  │              streaming decoder with resync + stats    │
 //!  └──────▲───────────────────────────────────────────────┘
 //!         │ bytes in / bytes out (any chunking)
-//!  embedded-io Write, or the caller's own buffers
+//!  core::io     drivers over embedded-io: blocking, nb polling, async (feature)
 //! ```
 //!
-//! The link layer (handshake, acknowledgements, credit, resume) builds on [`frame`]; it is
-//! not part of this release yet.
+//! The link layer ([`link`]) builds on [`frame`]; [`io`] moves its bytes through an
+//! `embedded-io` transport, or the program does it itself with its own buffers.
 //!
 //! # Example
 //!
@@ -49,6 +52,7 @@
 //! - `fast-crc`: a 16 KiB slicing-by-16 CRC table (the default is a 1 KiB byte table, sized
 //!   for microcontrollers). The host enables it.
 //! - `defmt`: `defmt::Format` on every public type, for firmware that logs with defmt.
+//! - `async`: [`io`]'s async driver, over `embedded-io-async` (no executor is assumed).
 #![no_std]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -58,5 +62,6 @@
 mod fmt;
 
 pub mod frame;
+pub mod io;
 pub mod link;
 pub mod record;
