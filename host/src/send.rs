@@ -107,7 +107,7 @@ enum Outcome {
 
 /// Streams every line of `input` as a record (the line's text, without its end of line; a
 /// listener parses it as CSV fields) and returns once all are acknowledged.
-pub async fn send<R: AsyncBufRead + Unpin>(
+pub async fn send<R: AsyncBufRead + Unpin + Send + 'static>(
     opts: &SendOptions,
     input: R,
     mut progress: impl FnMut(Progress),
@@ -127,7 +127,24 @@ pub async fn send<R: AsyncBufRead + Unpin>(
     let mut link = Link::new(cfg, storage).map_err(|e| SendError::Options(format!("{e:?}")))?;
     let first = link.next_seq();
     let clock = Clock::new();
-    let mut lines = input.lines();
+    // Lines are read ahead by their own task, so that reading never waits on the network
+    // nor the network on reading; the channel bounds the read-ahead.
+    let (line_tx, mut lines) = tokio::sync::mpsc::channel::<std::io::Result<String>>(4096);
+    tokio::spawn(async move {
+        let mut input = input.lines();
+        loop {
+            let next = input.next_line().await.transpose();
+            let end = !matches!(next, Some(Ok(_)));
+            if let Some(item) = next {
+                if line_tx.send(item).await.is_err() {
+                    return;
+                }
+            }
+            if end {
+                return;
+            }
+        }
+    });
     let mut read: u64 = 0;
     let mut eof = false;
     let mut summary = SendSummary::default();
@@ -210,12 +227,12 @@ pub async fn send<R: AsyncBufRead + Unpin>(
 
 /// One connection's worth of sending.
 #[allow(clippy::too_many_arguments)] // the sender's state, lent to one connection
-async fn drive<R: AsyncBufRead + Unpin>(
+async fn drive(
     opts: &SendOptions,
     clock: &Clock,
     link: &mut Link<HeapStorage>,
     mut stream: TcpStream,
-    lines: &mut tokio::io::Lines<R>,
+    lines: &mut tokio::sync::mpsc::Receiver<std::io::Result<String>>,
     read: &mut u64,
     eof: &mut bool,
     last_progress: &mut tokio::time::Instant,
@@ -227,6 +244,14 @@ async fn drive<R: AsyncBufRead + Unpin>(
     let mut frame = vec![0u8; link.transmit_len()];
     let mut closing = false;
     loop {
+        // Queue what is already read, as far as the link takes it, before transmitting.
+        while !*eof && link.can_send() {
+            match lines.try_recv() {
+                Ok(line) => queue(link, line, read)?,
+                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
+                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => *eof = true,
+            }
+        }
         let now = clock.now();
         while let Some(n) = link.poll_transmit(now, &mut frame) {
             out.extend_from_slice(&frame[..n]);
@@ -283,23 +308,36 @@ async fn drive<R: AsyncBufRead + Unpin>(
                 Ok(n) => link.handle_input(clock.now(), &buf[..n]),
                 Err(e) => return Ok(Outcome::Reconnect(format!("read failed: {e}"))),
             },
-            line = lines.next_line(), if want_line => match line.map_err(SendError::Input)? {
+            line = lines.recv(), if want_line => match line {
                 None => *eof = true,
-                Some(text) => {
-                    *read += 1;
-                    let bytes = text.trim_end_matches('\r').as_bytes();
-                    match link.send(bytes) {
-                        Ok(_) => {}
-                        Err(LinkSendError::TooLong { max }) => {
-                            return Err(SendError::TooLong { line: *read, len: bytes.len(), max });
-                        }
-                        Err(e) => return Err(SendError::Options(format!("queueing line {}: {e:?}", *read))),
-                    }
-                }
+                Some(line) => queue(link, line, read)?,
             },
             _ = async { match deadline { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
                 link.handle_timeout(clock.now());
             }
         }
+    }
+}
+
+/// Queues one line read from the input as a record.
+fn queue(
+    link: &mut Link<HeapStorage>,
+    line: std::io::Result<String>,
+    read: &mut u64,
+) -> Result<(), SendError> {
+    let text = line.map_err(SendError::Input)?;
+    *read += 1;
+    let bytes = text.trim_end_matches('\r').as_bytes();
+    match link.send(bytes) {
+        Ok(_) => Ok(()),
+        Err(LinkSendError::TooLong { max }) => Err(SendError::TooLong {
+            line: *read,
+            len: bytes.len(),
+            max,
+        }),
+        Err(e) => Err(SendError::Options(format!(
+            "queueing line {}: {e:?}",
+            *read
+        ))),
     }
 }
