@@ -646,3 +646,33 @@ fn an_ack_frame_without_the_ack_flag_is_ignored() {
     assert_eq!(d.unacked(), 1);
     assert_eq!(d.stats().unexpected, 1);
 }
+
+#[test]
+fn two_closed_sides_never_keep_answering_each_other() {
+    // The initiator's retry crosses the reply: both end Closed, and the stray CLOSE gets
+    // at most one answer, which the initiator does not answer again.
+    let (mut d, mut h) = (device_with(|_| {}), host());
+    connected_pair(&mut d, &mut h);
+    d.close();
+    let first = drain(&mut d, at(1));
+    first.iter().for_each(|f| h.handle_input(at(1), f));
+    let reply = drain(&mut h, at(1)); // delayed
+    d.handle_timeout(at(400)); // the retry fires
+    let retry = drain(&mut d, at(400));
+    assert_eq!(kinds(&retry), [Kind::Close]);
+    reply.iter().for_each(|f| d.handle_input(at(401), f));
+    assert_eq!(d.phase(), Phase::Closed);
+    retry.iter().for_each(|f| h.handle_input(at(402), f));
+    let mut exchanged = 0;
+    for now in 402..420 {
+        let (a, b) = (drain(&mut d, at(now)), drain(&mut h, at(now)));
+        exchanged += a.len() + b.len();
+        a.iter().for_each(|f| h.handle_input(at(now), f));
+        b.iter().for_each(|f| d.handle_input(at(now), f));
+    }
+    assert!(
+        exchanged <= 1,
+        "{exchanged} frames exchanged after both closed"
+    );
+    assert_eq!((d.phase(), h.phase()), (Phase::Closed, Phase::Closed));
+}

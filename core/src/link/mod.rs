@@ -549,6 +549,9 @@ struct State {
     close_reply_pending: bool,
     /// Closed, and the peer repeated its CLOSE (our reply was lost).
     close_echo_pending: bool,
+    /// Closed by sending the reply to the peer's CLOSE (so a repeated CLOSE means our
+    /// reply was lost).
+    closed_by_reply: bool,
     hs_deadline: Option<Instant>,
     hs_interval: u32,
     close_deadline: Option<Instant>,
@@ -604,6 +607,7 @@ impl State {
             close_pending: false,
             close_reply_pending: false,
             close_echo_pending: false,
+            closed_by_reply: false,
             hs_deadline: None,
             hs_interval: cfg.handshake_retry_ms,
             close_deadline: None,
@@ -856,8 +860,12 @@ impl State {
         rx_len: &mut [u16],
     ) {
         if self.phase == Phase::Closed && h.kind == Kind::Close {
-            // Our reply was lost and the peer asks again: answer again.
-            self.close_echo_pending = true;
+            // We closed by replying, and the peer asks again: our reply was lost, answer
+            // again. A side that closed on receiving the reply never answers, so two
+            // closed sides cannot keep answering each other.
+            if self.closed_by_reply {
+                self.close_echo_pending = true;
+            }
             return;
         }
         if matches!(self.phase, Phase::Idle | Phase::Closed | Phase::Dead) {
@@ -1198,6 +1206,7 @@ impl State {
     }
 
     fn finish_close(&mut self) {
+        self.closed_by_reply = false;
         self.phase = Phase::Closed;
         self.close_deadline = None;
         self.rto_deadline = None;
@@ -1348,6 +1357,7 @@ impl State {
             };
             let n = emit(out, &h, &[])?;
             self.finish_close();
+            self.closed_by_reply = true;
             return Some(n);
         }
         if self.phase == Phase::Closing && !self.close_reply_pending && self.tx_base == self.tx_next
