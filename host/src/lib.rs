@@ -4,12 +4,14 @@
 //!   it is written;
 //! - [`send`]: a client that streams lines as records and resumes across broken
 //!   connections;
+//! - [`demo`]: a listener and simulated devices on loopback, the README's main job;
 //! - [`endpoint`], [`sink`], [`storage`], [`clock`]: the pieces they share.
 //!
 //! Both drive `tether_core::link::Link` over tokio TCP streams: the protocol lives in the
 //! core, the host only moves bytes, keeps time and writes files.
 
 pub mod clock;
+pub mod demo;
 pub mod endpoint;
 pub mod listen;
 pub mod raw;

@@ -1,0 +1,218 @@
+//! `tether demo`: a listener on loopback and simulated devices (the firmware-sim device
+//! model, the same code firmware runs) streaming readings to it over TCP and answering
+//! commands; at the end the CSV is checked and a summary printed.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tether_core::link::LinkStorage;
+use tether_firmware_sim::device::{Device, DeviceConfig, DeviceStats};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tracing::{debug, info};
+
+use crate::clock::Clock;
+use crate::endpoint::Endpoint;
+use crate::listen::{ListenError, ListenOptions, ListenSummary, Listener};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Simulated devices.
+    pub devices: usize,
+    /// How long they stream.
+    pub seconds: f64,
+    /// Where the CSV goes (replaced if it exists: it is a demo).
+    pub csv: PathBuf,
+    /// Milliseconds between a device's readings.
+    pub period_ms: u32,
+}
+
+/// What happened.
+#[derive(Debug, Clone)]
+pub struct DemoSummary {
+    /// The listener's account.
+    pub listener: ListenSummary,
+    /// Seconds the devices streamed.
+    pub seconds: f64,
+    /// Rows in the CSV, per device, each device's sequence numbers checked to run 0, 1, 2…
+    /// without a gap or a repeat.
+    pub rows_per_device: Vec<(String, u64)>,
+    /// Retransmissions by the devices.
+    pub device_retransmissions: u64,
+    /// Commands the devices acted on (`status` and `output on` to each).
+    pub commands_applied: u64,
+}
+
+/// Why the demo failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// The listener failed.
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    /// The CSV does not hold what was acknowledged.
+    #[error("CSV check failed: {0}")]
+    Check(String),
+    /// A file could not be handled.
+    #[error("{0}")]
+    Io(String),
+}
+
+type DemoDevice = Device<LinkStorage<16, 16, 128>>;
+
+/// Runs one simulated device against `addr` until `stop`; returns its statistics and its
+/// link's retransmissions.
+async fn run_device(
+    index: usize,
+    addr: std::net::SocketAddr,
+    period_ms: u32,
+    stop: Arc<AtomicBool>,
+) -> (DeviceStats, u32) {
+    // Session values in a recognisable range; seeds make each device's sensor different.
+    let session = 0xD0_0000 + index as u32 + 1;
+    let mut cfg = DeviceConfig::new(session, index as u64 + 1);
+    cfg.period_ms = period_ms;
+    let mut device = match DemoDevice::new(cfg, LinkStorage::new()) {
+        Ok(d) => d,
+        Err(e) => unreachable!("the demo's device configuration is valid: {e}"),
+    };
+    let clock = Clock::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut frame = vec![0u8; device.link().transmit_len()];
+    let mut out = Vec::with_capacity(16 * 1024);
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(mut stream) = TcpStream::connect(addr).await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        if device.transport_up(clock.now()).is_err() {
+            break;
+        }
+        while !stop.load(Ordering::Relaxed) {
+            let now = clock.now();
+            device.poll(now);
+            while let Some(n) = device.poll_transmit(now, &mut frame) {
+                out.extend_from_slice(&frame[..n]);
+            }
+            if !out.is_empty() {
+                if stream.write_all(&out).await.is_err() {
+                    break;
+                }
+                out.clear();
+            }
+            let deadline = device.poll_timeout().map(|d| clock.instant(d));
+            tokio::select! {
+                r = stream.read(&mut buf) => match r {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => device.handle_input(clock.now(), &buf[..n]),
+                },
+                _ = async { match deadline { Some(t) => tokio::time::sleep_until(t).await, None => tokio::time::sleep(Duration::from_millis(100)).await } } => {}
+            }
+            if device.needs_transport() {
+                break;
+            }
+        }
+        device.transport_down();
+        debug!("device {session:08x} lost its connection");
+    }
+    (device.stats(), device.link().stats().retransmissions)
+}
+
+/// Runs the demo.
+pub async fn run(opts: &DemoOptions) -> Result<DemoSummary, DemoError> {
+    match std::fs::remove_file(&opts.csv) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(DemoError::Io(format!(
+                "cannot replace {}: {e}",
+                opts.csv.display()
+            )))
+        }
+    }
+    let endpoint = Endpoint::Tcp(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    let listener = Listener::bind(ListenOptions::new(vec![endpoint], opts.csv.clone())).await?;
+    let addr = listener.local_addrs()[0];
+    info!("listener on tcp://{addr}, writing {}", opts.csv.display());
+    let commands = listener.commands();
+    let (stop_listener, stopped) = tokio::sync::oneshot::channel::<()>();
+    let listening = tokio::spawn(listener.run(async {
+        let _ = stopped.await;
+    }));
+    let stop = Arc::new(AtomicBool::new(false));
+    let devices: Vec<_> = (0..opts.devices)
+        .map(|i| tokio::spawn(run_device(i, addr, opts.period_ms, stop.clone())))
+        .collect();
+    info!(
+        "{} simulated devices streaming a reading every {} ms",
+        opts.devices, opts.period_ms
+    );
+    // A third of the way in, command every device: ask for its status, switch its output.
+    let total = Duration::from_secs_f64(opts.seconds.max(0.1));
+    tokio::time::sleep(total / 3).await;
+    for cmd in [&b"status"[..], b"output on"] {
+        let n = commands.send(None, cmd);
+        info!(
+            "command `{}` sent to {n} devices",
+            String::from_utf8_lossy(cmd)
+        );
+    }
+    tokio::time::sleep(total - total / 3).await;
+    // Stop the listener first: it writes and acknowledges what arrived; then the devices.
+    let _ = stop_listener.send(());
+    let listener = match listening.await {
+        Ok(r) => r?,
+        Err(e) => return Err(DemoError::Io(format!("listener task: {e}"))),
+    };
+    stop.store(true, Ordering::Relaxed);
+    let mut device_retransmissions = 0;
+    let mut commands_applied = 0;
+    for d in devices {
+        if let Ok((stats, retransmissions)) = d.await {
+            commands_applied += u64::from(stats.commands_applied);
+            device_retransmissions += u64::from(retransmissions);
+        }
+    }
+    let rows_per_device = check_csv(&opts.csv)?;
+    Ok(DemoSummary {
+        listener,
+        seconds: opts.seconds,
+        rows_per_device,
+        device_retransmissions,
+        commands_applied,
+    })
+}
+
+/// Checks that every device's rows have sequence numbers 0, 1, 2… with no gap and no
+/// repeat; returns the rows per device.
+fn check_csv(path: &std::path::Path) -> Result<Vec<(String, u64)>, DemoError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_path(path)
+        .map_err(|e| DemoError::Check(format!("cannot read {}: {e}", path.display())))?;
+    let mut next: HashMap<String, u64> = HashMap::new();
+    for (i, row) in reader.records().enumerate() {
+        let row = row.map_err(|e| DemoError::Check(format!("row {}: {e}", i + 2)))?;
+        let (Some(device), Some(seq)) = (row.get(1), row.get(2)) else {
+            return Err(DemoError::Check(format!("row {} is short", i + 2)));
+        };
+        let seq: u64 = seq
+            .parse()
+            .map_err(|_| DemoError::Check(format!("row {}: bad seq {seq}", i + 2)))?;
+        let expected = next.entry(device.to_owned()).or_insert(0);
+        if seq != *expected {
+            return Err(DemoError::Check(format!(
+                "device {device}: seq {seq} where {expected} was due (row {})",
+                i + 2
+            )));
+        }
+        *expected += 1;
+    }
+    let mut rows: Vec<(String, u64)> = next.into_iter().collect();
+    rows.sort();
+    Ok(rows)
+}
