@@ -146,6 +146,23 @@ impl Commands {
     }
 }
 
+/// What a running listener is doing, for a status line.
+#[derive(Debug, Clone)]
+pub struct Status {
+    shared: Arc<Shared>,
+}
+
+impl Status {
+    /// Records written and acknowledged, device sessions known, connections open.
+    pub fn snapshot(&self) -> (u64, usize, u64) {
+        (
+            self.shared.records.load(Ordering::Relaxed),
+            lock(&self.shared.sessions).len(),
+            self.shared.active.load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// A bound listener, ready to [`Listener::run`].
 #[derive(Debug)]
 pub struct Listener {
@@ -246,6 +263,13 @@ impl Listener {
     /// A handle to send commands to devices.
     pub fn commands(&self) -> Commands {
         Commands {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// A handle for a status display.
+    pub fn status(&self) -> Status {
+        Status {
             shared: self.shared.clone(),
         }
     }

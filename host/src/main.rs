@@ -303,6 +303,23 @@ async fn listen(args: ListenArgs) -> Result<ExitCode, CliError> {
             }
         }
     });
+    // A live status line on a terminal (silent otherwise): records/s, devices, records.
+    if io::stderr().is_terminal() {
+        let status = listener.status();
+        tokio::spawn(async move {
+            let mut last = 0u64;
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let (records, devices, connected) = status.snapshot();
+                eprint!(
+                    "\r{records} records, {}/s, {devices} devices ({connected} connected)   ",
+                    records - last
+                );
+                last = records;
+            }
+        });
+    }
     let summary = listener.run(shutdown_signal()).await?;
     tracing::info!(
         "done: {} records from {} devices over {} connections ({} dropped), {} retransmissions",

@@ -94,3 +94,57 @@ fn oversized_payload_is_refused_with_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("exceeds the maximum of 65535"));
 }
+
+#[test]
+fn sigint_stops_the_listener_cleanly_with_everything_acknowledged_written() {
+    let dir = std::env::temp_dir().join(format!("tether-sigint-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let csv = dir.join("out.csv");
+    let _ = std::fs::remove_file(&csv);
+    // The test must know the port to connect to, so it picks a free one.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = format!("tcp://127.0.0.1:{port}");
+    let mut listener = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["listen", &endpoint, "--csv"])
+        .arg(&csv)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed().as_secs() < 10,
+            "the listener never listened"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let lines: String = (0..5_000).map(|i| format!("{i},x\n")).collect();
+    let sent = tether(&["send", &endpoint], lines.as_bytes());
+    assert!(sent.status.success(), "{}", text(&sent.stderr));
+    // SIGINT, as Ctrl-C sends it.
+    let killed = Command::new("kill")
+        .args(["-INT", &listener.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = listener.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed().as_secs() < 10,
+            "the listener did not stop on SIGINT"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+    let rows = std::fs::read_to_string(&csv).unwrap().lines().count();
+    assert_eq!(rows, 5_001, "header and every acknowledged record");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
