@@ -365,26 +365,28 @@ async fn demo(args: DemoArgs) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The lines to send: a file, or standard input for none or "-".
+async fn open_input(
+    path: Option<&std::path::Path>,
+) -> Result<Box<dyn tokio::io::AsyncBufRead + Unpin + Send>, CliError> {
+    Ok(match path {
+        Some(p) if p.as_os_str() != "-" => {
+            let file = tokio::fs::File::open(p)
+                .await
+                .map_err(|source| CliError::Read {
+                    what: p.display().to_string(),
+                    source,
+                })?;
+            Box::new(tokio::io::BufReader::new(file))
+        }
+        _ => Box::new(tokio::io::BufReader::new(tokio::io::stdin())),
+    })
+}
+
 async fn send(args: SendArgs) -> Result<ExitCode, CliError> {
+    let input = open_input(args.input.as_deref()).await?;
     if args.raw {
-        let chunks = match &args.input {
-            Some(p) if p.as_os_str() != "-" => {
-                let file = tokio::fs::File::open(p)
-                    .await
-                    .map_err(|source| CliError::Read {
-                        what: p.display().to_string(),
-                        source,
-                    })?;
-                tether_host::raw::send(&args.endpoint, tokio::io::BufReader::new(file)).await?
-            }
-            _ => {
-                tether_host::raw::send(
-                    &args.endpoint,
-                    tokio::io::BufReader::new(tokio::io::stdin()),
-                )
-                .await?
-            }
-        };
+        let chunks = tether_host::raw::send(&args.endpoint, input).await?;
         tracing::info!("{chunks} chunks sent and answered");
         return Ok(ExitCode::SUCCESS);
     }
@@ -405,21 +407,7 @@ async fn send(args: SendArgs) -> Result<ExitCode, CliError> {
             );
         }
     };
-    let summary = match &args.input {
-        Some(p) if p.as_os_str() != "-" => {
-            let file = tokio::fs::File::open(p)
-                .await
-                .map_err(|source| CliError::Read {
-                    what: p.display().to_string(),
-                    source,
-                })?;
-            tether_host::send::send(&opts, tokio::io::BufReader::new(file), show).await?
-        }
-        _ => {
-            tether_host::send::send(&opts, tokio::io::BufReader::new(tokio::io::stdin()), show)
-                .await?
-        }
-    };
+    let summary = tether_host::send::send(&opts, input, show).await?;
     if terminal {
         eprintln!();
     }

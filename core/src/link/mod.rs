@@ -935,18 +935,9 @@ impl State {
             self.unexpected();
             return;
         }
-        match Hello::parse(payload) {
-            None => self.refused(
-                Reject::new(RejectCode::Malformed, &[Text::Str("malformed HELLO")]),
-                true,
-            ),
-            Some(peer) => match self.refuse(&peer) {
-                Some(r) => self.refused(r, true),
-                None => {
-                    self.adopt(now, &peer);
-                    self.welcome_pending = true;
-                }
-            },
+        if let Some(peer) = self.acceptable_peer(payload, "malformed HELLO") {
+            self.adopt(now, &peer);
+            self.welcome_pending = true;
         }
     }
 
@@ -956,16 +947,23 @@ impl State {
             self.unexpected();
             return;
         }
-        match Hello::parse(payload) {
-            None => self.refused(
-                Reject::new(RejectCode::Malformed, &[Text::Str("malformed WELCOME")]),
-                true,
-            ),
-            Some(peer) => match self.refuse(&peer) {
-                Some(r) => self.refused(r, true),
-                None => self.adopt(now, &peer),
-            },
+        if let Some(peer) = self.acceptable_peer(payload, "malformed WELCOME") {
+            self.adopt(now, &peer);
         }
+    }
+
+    /// Parses a HELLO or WELCOME and checks it; refuses the peer (REJECT) if it is
+    /// malformed or cannot be served.
+    fn acceptable_peer(&mut self, payload: &[u8], malformed: &'static str) -> Option<Hello> {
+        let reject = match Hello::parse(payload) {
+            None => Reject::new(RejectCode::Malformed, &[Text::Str(malformed)]),
+            Some(peer) => match self.refuse(&peer) {
+                None => return Some(peer),
+                Some(r) => r,
+            },
+        };
+        self.refused(reject, true);
+        None
     }
 
     fn on_data(&mut self, seq: u32, payload: &[u8], rx: &mut [u8], rx_len: &mut [u16]) {
