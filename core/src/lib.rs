@@ -49,9 +49,11 @@
 //! ```
 //!
 //! # Features
-//! - `fast-crc`: a 16 KiB slicing-by-16 CRC table (the default is a 1 KiB byte table, sized
-//!   for microcontrollers). The host enables it.
-//! - `defmt`: `defmt::Format` on every public type, for firmware that logs with defmt.
+//! - CRC back ends (default: a 1 KiB byte table, sized for microcontrollers):
+//!   `small-crc`, a 64-byte nibble table for firmware short of flash; `fast-crc`, a 16 KiB
+//!   slicing-by-16 table; `hw-crc` (std), the CPU's CRC-32C instructions, which the host uses.
+//! - `defmt`: `defmt::Format` on every public type, and the core's log messages (handshakes,
+//!   restarts, refusals, time-outs) through defmt.
 //! - `async`: [`io`]'s async driver, over `embedded-io-async` (no executor is assumed).
 #![no_std]
 #![forbid(unsafe_code)]
