@@ -5,6 +5,7 @@
 //! - [`send`]: a client that streams lines as records and resumes across broken
 //!   connections;
 //! - [`demo`]: a listener and simulated devices on loopback, the README's main job;
+//! - [`sim`]: simulated devices through a fault injector, and the CSV check;
 //! - [`endpoint`], [`sink`], [`storage`], [`clock`]: the pieces they share.
 //!
 //! Both drive `tether_core::link::Link` over tokio TCP streams: the protocol lives in the
@@ -16,6 +17,7 @@ pub mod endpoint;
 pub mod listen;
 pub mod raw;
 pub mod send;
+pub mod sim;
 pub mod sink;
 pub mod storage;
 

@@ -526,7 +526,6 @@ struct State {
     peer_limit: u32,
     rto: u32,
     rto_deadline: Option<Instant>,
-    nack_handled: Option<u32>,
     delivered_reported: u32,
     // Receiving: [rx_released, rx_next) are held in the ring after `held_old` records of
     // a previous peer session numbered from `old_base`.
@@ -540,6 +539,8 @@ struct State {
     ack_pending: bool,
     nack_pending: bool,
     nack_sent_for: Option<u32>,
+    /// The out-of-order frame that triggered the last NACK.
+    nack_trigger: u32,
     // Control frames.
     hello_pending: bool,
     welcome_pending: bool,
@@ -588,7 +589,6 @@ impl State {
             peer_limit: cfg.first_seq,
             rto: cfg.rto_initial_ms,
             rto_deadline: None,
-            nack_handled: None,
             delivered_reported: cfg.first_seq,
             rx_next: 0,
             rx_released: 0,
@@ -600,6 +600,7 @@ impl State {
             ack_pending: false,
             nack_pending: false,
             nack_sent_for: None,
+            nack_trigger: 0,
             hello_pending: false,
             welcome_pending: false,
             reject_pending: false,
@@ -806,7 +807,6 @@ impl State {
         self.rcv_known = rcv;
         self.snd_next = rcv;
         self.peer_limit = rel.wrapping_add(u32::from(peer.window));
-        self.nack_handled = None;
         self.peer = Peer {
             session: peer.session,
             max_payload: peer.max_payload,
@@ -974,8 +974,13 @@ impl State {
         }
         if seq != self.rx_next {
             self.stats.out_of_order = self.stats.out_of_order.wrapping_add(1);
-            if self.nack_sent_for != Some(self.rx_next) {
+            // One NACK per gap and retransmission round: the first frame past the gap, and
+            // again when a frame at or before the one that triggered the last NACK comes
+            // back (the sender went back, and the record we lack was lost again).
+            let first = self.nack_sent_for != Some(self.rx_next);
+            if first || seq_lte(seq, self.nack_trigger) {
                 self.nack_pending = true;
+                self.nack_trigger = seq;
             }
             return;
         }
@@ -1017,13 +1022,12 @@ impl State {
         if progress {
             self.rcv_known = rcv;
             self.rto = self.cfg.rto_initial_ms;
-            self.nack_handled = None;
         }
         if seq_lt(self.snd_next, self.rcv_known) {
             self.snd_next = self.rcv_known;
         }
-        if nack && self.nack_handled != Some(rcv) && seq_lt(rcv, self.snd_next) {
-            self.nack_handled = Some(rcv);
+        // The receiver sends one NACK per retransmission round, so each one is acted on.
+        if nack && seq_lt(rcv, self.snd_next) {
             self.snd_next = rcv;
             self.stats.fast_retransmits = self.stats.fast_retransmits.wrapping_add(1);
         }
