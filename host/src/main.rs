@@ -399,8 +399,8 @@ async fn sim(args: SimArgs) -> Result<ExitCode, CliError> {
     let Some(csv) = &args.verify else {
         return Ok(ExitCode::SUCCESS);
     };
-    // The listener acknowledged everything after writing it; give its file a moment to be
-    // complete on disk from this process's point of view (it is, once flushed).
+    // Every reading was acknowledged, and the listener acknowledges only what it has
+    // written and flushed: the CSV holds them all now.
     let v = tether_host::sim::verify(csv, opts.seed, opts.devices, opts.records)
         .map_err(CliError::Sim)?;
     println!(
