@@ -1271,14 +1271,15 @@ impl State {
                 &p,
             );
         }
+        // Every CLOSE (initiator's, reply, answer) carries seq = tx_next.
+        let close = Header {
+            kind: Kind::Close,
+            seq: self.tx_next,
+            ..control
+        };
         if self.close_echo_pending {
             self.close_echo_pending = false;
-            let h = Header {
-                kind: Kind::Close,
-                seq: self.tx_next,
-                ..control
-            };
-            return emit(out, &h, &[]);
+            return emit(out, &close, &[]);
         }
         if !self.connected() {
             return None;
@@ -1352,12 +1353,7 @@ impl State {
         }
         if self.close_reply_pending && self.tx_base == self.tx_next {
             self.close_reply_pending = false;
-            let h = Header {
-                kind: Kind::Close,
-                seq: self.tx_next,
-                ..control
-            };
-            let n = emit(out, &h, &[])?;
+            let n = emit(out, &close, &[])?;
             self.finish_close();
             self.closed_by_reply = true;
             return Some(n);
@@ -1368,12 +1364,7 @@ impl State {
             if due {
                 self.close_pending = false;
                 self.close_deadline = Some(now.plus(self.rto));
-                let h = Header {
-                    kind: Kind::Close,
-                    seq: self.tx_next,
-                    ..control
-                };
-                return emit(out, &h, &[]);
+                return emit(out, &close, &[]);
             }
         }
         if self.ping_pending {
