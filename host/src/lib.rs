@@ -36,3 +36,36 @@ pub fn random_session() -> u32 {
     h.write_u32(std::process::id());
     (h.finish() as u32).max(1)
 }
+
+/// Turns on TCP keepalive (first probe after 10 s of silence, then every 5 s, 3 probes), so
+/// the kernel too notices a peer that vanished without closing (power loss, a pulled cable).
+/// The link's own PINGs and idle time-out catch it as well; this covers the time before a
+/// handshake and peers that do not speak Tether (`--raw`). Best effort: an error is ignored.
+pub fn tcp_keepalive(stream: &tokio::net::TcpStream) {
+    let params = socket2::TcpKeepalive::new()
+        .with_time(std::time::Duration::from_secs(10))
+        .with_interval(std::time::Duration::from_secs(5))
+        .with_retries(3);
+    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&params);
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn keepalive_is_on_for_both_ends() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        for s in [&client, &server] {
+            super::tcp_keepalive(s);
+            let r = socket2::SockRef::from(s);
+            assert!(r.keepalive().unwrap());
+            assert_eq!(
+                r.tcp_keepalive_time().unwrap(),
+                std::time::Duration::from_secs(10)
+            );
+        }
+    }
+}

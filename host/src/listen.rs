@@ -324,6 +324,7 @@ impl Listener {
                     shared.active.fetch_add(1, Ordering::Relaxed);
                     tasks.spawn(async move {
                         let _ = stream.set_nodelay(true);
+                        crate::tcp_keepalive(&stream);
                         if shared.opts.raw {
                             match crate::raw::serve(stream, peer, &shared.sink, shared.opts.idle_timeout).await {
                                 Ok(n) => { shared.records.fetch_add(n, Ordering::Relaxed); }

@@ -182,6 +182,7 @@ pub async fn send<R: AsyncBufRead + Unpin + Send + 'static>(
                 }
             };
         let _ = stream.set_nodelay(true);
+        crate::tcp_keepalive(&stream);
         connections += 1;
         if connections > 1 {
             summary.reconnects += 1;
