@@ -1261,15 +1261,7 @@ impl State {
         }
         if self.phase == Phase::Handshaking && self.hello_pending {
             self.hello_pending = false;
-            let p: [u8; HELLO_LEN] = self.our_hello().emit();
-            return emit(
-                out,
-                &Header {
-                    kind: Kind::Hello,
-                    ..control
-                },
-                &p,
-            );
+            return self.emit_hello(Kind::Hello, out);
         }
         // Every CLOSE (initiator's, reply, answer) carries seq = tx_next.
         let close = Header {
@@ -1286,15 +1278,7 @@ impl State {
         }
         if self.welcome_pending {
             self.welcome_pending = false;
-            let p: [u8; HELLO_LEN] = self.our_hello().emit();
-            return emit(
-                out,
-                &Header {
-                    kind: Kind::Welcome,
-                    ..control
-                },
-                &p,
-            );
+            return self.emit_hello(Kind::Welcome, out);
         }
         let data_ready = seq_lt(self.snd_next, self.tx_next)
             && seq_lt(self.snd_next, self.peer_limit)
@@ -1372,6 +1356,16 @@ impl State {
             return emit(out, &control, &[]);
         }
         None
+    }
+
+    /// A HELLO or WELCOME (`kind`) carrying this side's view of the session.
+    fn emit_hello(&self, kind: Kind, out: &mut [u8]) -> Option<usize> {
+        let payload: [u8; HELLO_LEN] = self.our_hello().emit();
+        let h = Header {
+            kind,
+            ..Header::default()
+        };
+        emit(out, &h, &payload)
     }
 
     fn poll_event(&mut self) -> Option<Event> {
