@@ -11,6 +11,7 @@
 //! Both drive `tether_core::link::Link` over tokio TCP streams: the protocol lives in the
 //! core, the host only moves bytes, keeps time and writes files.
 
+pub mod bench;
 pub mod clock;
 pub mod demo;
 pub mod endpoint;

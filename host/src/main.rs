@@ -68,6 +68,15 @@ enum Command {
     /// Example: tether sim tcp://127.0.0.1:5003 --devices 4 --records 10000
     ///          --faults corrupt=0.01,loss=0.01,cuts=20 --seed 7 --verify readings.csv
     Sim(SimArgs),
+    /// Measure Tether against raw TCP and the tutorial, on loopback, in one run.
+    ///
+    /// Raw TCP vs bulk records; 16-byte records into CSV (tether send → tether listen, every
+    /// record checked); stop-and-wait (window 1) vs the tutorial's own Python server; one
+    /// record's round trip vs a raw TCP ping-pong; the listener's memory with 1,000 idle
+    /// devices. Prints a table (and JSON with --json); build with --release first.
+    ///
+    /// Example: tether bench --json bench.json
+    Bench(BenchArgs),
     /// Write one Tether frame (COBS-encoded, delimiter included) to standard output.
     ///
     /// The payload is read from standard input, or taken from --payload.
@@ -181,6 +190,26 @@ struct DemoArgs {
 }
 
 #[derive(Debug, clap::Args)]
+struct BenchArgs {
+    /// Write the results as JSON to this file too.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// A tenth of the volumes: a quick check, not figures to quote.
+    #[arg(long)]
+    quick: bool,
+    /// Concurrent devices for the memory measurement (0 skips it).
+    #[arg(long, default_value_t = 1000)]
+    devices: usize,
+    /// Skip the tutorial's Python server even if python3 is there.
+    #[arg(long)]
+    no_tutorial: bool,
+    /// Scratch directory for CSV and input files (default: a new one under the system's
+    /// temporary directory, removed afterwards).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
 struct EncodeArgs {
     /// Frame kind.
     #[arg(long, value_enum, default_value_t = KindArg::Data)]
@@ -251,6 +280,8 @@ enum CliError {
     Demo(#[from] tether_host::demo::DemoError),
     #[error("{0}")]
     Sim(String),
+    #[error(transparent)]
+    Bench(#[from] tether_host::bench::BenchError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] io::Error),
 }
@@ -264,11 +295,46 @@ fn main() -> ExitCode {
         Command::Send(args) => runtime().and_then(|rt| rt.block_on(send(args))),
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo(args))),
         Command::Sim(args) => runtime().and_then(|rt| rt.block_on(sim(args))),
+        Command::Bench(args) => bench(args),
     };
     result.unwrap_or_else(|e| {
         eprintln!("tether: {e}");
         ExitCode::from(2)
     })
+}
+
+fn bench(args: BenchArgs) -> Result<ExitCode, CliError> {
+    use tether_host::bench;
+    let exe = std::env::current_exe().map_err(|e| CliError::Read {
+        what: "the path of this program".into(),
+        source: e,
+    })?;
+    let scratch = args.dir.is_none();
+    let dir = args.dir.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("tether-bench-{}", std::process::id()))
+    });
+    let mut opts = bench::BenchOptions::new(exe, dir.clone());
+    if args.quick {
+        opts = opts.quick();
+    }
+    opts.devices = args.devices;
+    opts.tutorial = !args.no_tutorial;
+    let machine = bench::machine();
+    eprintln!("bench: {machine}");
+    let result = bench::run(&opts);
+    if scratch {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let rows = result?;
+    println!("Machine: {machine}\n");
+    print!("{}", bench::table(&rows));
+    if let Some(path) = args.json {
+        std::fs::write(&path, bench::json(&rows, &machine)).map_err(|e| CliError::Read {
+            what: format!("{} (writing)", path.display()),
+            source: e,
+        })?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {

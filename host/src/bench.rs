@@ -1,0 +1,977 @@
+//! `tether bench`: the whole-program benchmark. In one run, on loopback, with the same
+//! buffer sizes (64 KiB reads and writes) on both sides of each comparison, it measures:
+//!
+//! - raw TCP throughput (the physical reference) and Tether's bulk throughput (a `Link` pair
+//!   moving large records over a loopback TCP connection) → ratio;
+//! - small records (16-byte payloads) end to end: `tether send` → `tether listen` → CSV, two
+//!   processes, every record checked in the CSV → records/s;
+//! - the tutorial's stop-and-wait: `tether send --window 1` and, where python3 is there, the
+//!   tutorial's own server with a client in its style → ratio;
+//! - one record's round trip (send → acknowledged, i.e. written) against a raw TCP
+//!   ping-pong of the same 16 bytes → ratio;
+//! - the resident memory of a `tether listen` serving 1,000 concurrent devices, idle after
+//!   streaming, per connection, and that none of their records was lost.
+//!
+//! The programs measured are the real ones: the listener and sender run as child processes
+//! of the `tether` binary given in [`BenchOptions::exe`].
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant as StdInstant};
+
+use tether_core::frame::OVERHEAD;
+use tether_core::link::{Config, Link, Phase, Role};
+
+use crate::storage::HeapStorage;
+
+/// What to measure and how much. [`BenchOptions::new`] has the defaults; `quick` divides
+/// the volumes by ten (a smoke run, not figures to quote).
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// The `tether` binary run as listener and sender.
+    pub exe: PathBuf,
+    /// A scratch directory (CSV files, input files); created if missing.
+    pub dir: PathBuf,
+    /// Bytes moved by the raw TCP and the Tether bulk measurements.
+    pub bulk_bytes: u64,
+    /// Payload of a bulk record.
+    pub bulk_payload: usize,
+    /// Records of 16 bytes sent into the CSV.
+    pub small_records: u64,
+    /// Records sent stop-and-wait (Tether window 1, and the tutorial).
+    pub stop_and_wait_records: u64,
+    /// Round trips timed.
+    pub round_trips: u32,
+    /// Concurrent devices for the memory measurement (0 skips it).
+    pub devices: usize,
+    /// Run the tutorial's Python server and client if python3 is available.
+    pub tutorial: bool,
+}
+
+impl BenchOptions {
+    /// Full-size defaults.
+    pub fn new(exe: PathBuf, dir: PathBuf) -> Self {
+        BenchOptions {
+            exe,
+            dir,
+            bulk_bytes: 2 << 30,
+            bulk_payload: 16 * 1024,
+            small_records: 2_000_000,
+            stop_and_wait_records: 20_000,
+            round_trips: 5_000,
+            devices: 1_000,
+            tutorial: true,
+        }
+    }
+
+    /// A tenth of everything (the devices stay at 1,000: that is the target).
+    pub fn quick(mut self) -> Self {
+        self.bulk_bytes /= 10;
+        self.small_records /= 10;
+        self.stop_and_wait_records /= 10;
+        self.round_trips /= 10;
+        self
+    }
+}
+
+/// One line of the results table.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// What was measured.
+    pub name: String,
+    /// Tether's figure.
+    pub value: f64,
+    /// Its unit.
+    pub unit: &'static str,
+    /// The reference measured in the same run, if any: what, and its figure.
+    pub baseline: Option<(String, f64)>,
+    /// Tether / baseline, when that is the comparison.
+    pub ratio: Option<f64>,
+    /// The target from DESIGN.md, in words, and whether it is met.
+    pub target: Option<(String, bool)>,
+    /// Anything worth knowing about the figure.
+    pub note: String,
+}
+
+/// Why the benchmark could not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// A system call failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A measurement's result was wrong (records lost, a child failed…).
+    #[error("{0}")]
+    Failed(String),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BenchError {
+    let what = what.into();
+    move |source| BenchError::Io { what, source }
+}
+
+/// Buffers on both sides of every comparison.
+const BUF: usize = 64 * 1024;
+
+/// The machine, for the report.
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| format!("{:.0} GiB", kb as f64 / 1_048_576.0))
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    format!("{cpu}, {cores} cores, {mem}, Linux {kernel}")
+}
+
+/// Runs every measurement, printing progress on standard error, and returns the rows.
+pub fn run(opts: &BenchOptions) -> Result<Vec<Row>, BenchError> {
+    std::fs::create_dir_all(&opts.dir).map_err(io(format!("creating {}", opts.dir.display())))?;
+    let mut rows = Vec::new();
+
+    eprintln!(
+        "bench: raw TCP and Tether bulk, {} MiB each",
+        opts.bulk_bytes >> 20
+    );
+    let raw = raw_tcp_throughput(opts.bulk_bytes)?;
+    let bulk = tether_bulk_throughput(opts.bulk_bytes, opts.bulk_payload)?;
+    let gib = (1u64 << 30) as f64;
+    rows.push(Row {
+        name: format!("bulk, {} KiB records", opts.bulk_payload / 1024),
+        value: bulk / gib,
+        unit: "GiB/s",
+        baseline: Some(("raw TCP".into(), raw / gib)),
+        ratio: Some(bulk / raw),
+        target: Some(("≥ 50 % of raw TCP".into(), bulk / raw >= 0.5)),
+        note: "Link pair over loopback TCP, window 64, CRC and acks".into(),
+    });
+
+    eprintln!(
+        "bench: {} small records into CSV (tether send → tether listen)",
+        opts.small_records
+    );
+    let small = small_records_into_csv(opts, opts.small_records, 256, "small")?;
+    rows.push(Row {
+        name: "16-byte records into CSV".into(),
+        value: small,
+        unit: "records/s",
+        baseline: None,
+        ratio: None,
+        target: Some(("≥ 2,000,000 records/s".into(), small >= 2_000_000.0)),
+        note: format!(
+            "{} records, window 256, every record checked in the CSV",
+            opts.small_records
+        ),
+    });
+
+    eprintln!(
+        "bench: stop-and-wait, {} records (tether send --window 1; the tutorial)",
+        opts.stop_and_wait_records
+    );
+    let saw = small_records_into_csv(opts, opts.stop_and_wait_records, 1, "window1")?;
+    let tutorial = if opts.tutorial {
+        tutorial_rate(opts)?
+    } else {
+        None
+    };
+    rows.push(Row {
+        name: "stop-and-wait into CSV (window 1)".into(),
+        value: saw,
+        unit: "records/s",
+        baseline: tutorial.map(|t| ("the tutorial (Python)".into(), t)),
+        ratio: tutorial.map(|t| saw / t),
+        target: None,
+        note: if tutorial.is_some() {
+            "the tutorial: its own server, a client in its style, 32-byte packets".into()
+        } else {
+            "python3 not found: the tutorial was not run".into()
+        },
+    });
+    rows.push(Row {
+        name: "16-byte records into CSV vs the tutorial".into(),
+        value: small,
+        unit: "records/s",
+        baseline: tutorial.map(|t| ("the tutorial (Python)".into(), t)),
+        ratio: tutorial.map(|t| small / t),
+        target: Some((
+            "≥ 100 × the tutorial".into(),
+            tutorial.is_some_and(|t| small >= 100.0 * t),
+        )),
+        note: "window 256".into(),
+    });
+
+    eprintln!("bench: round trips, {} each", opts.round_trips);
+    let (raw_rtt, raw_p99) = raw_ping_pong(opts.round_trips)?;
+    let (rtt, p99) = tether_round_trip(opts, opts.round_trips)?;
+    rows.push(Row {
+        name: "one record's round trip (median)".into(),
+        value: rtt * 1e6,
+        unit: "µs",
+        baseline: Some(("raw TCP ping-pong".into(), raw_rtt * 1e6)),
+        ratio: Some(rtt / raw_rtt),
+        target: Some(("≤ 1.5 × raw".into(), rtt / raw_rtt <= 1.5)),
+        note: format!(
+            "send → acknowledged (written to CSV by tether listen); p99 {:.1} µs vs raw {:.1} µs",
+            p99 * 1e6,
+            raw_p99 * 1e6
+        ),
+    });
+
+    if opts.devices > 0 {
+        eprintln!(
+            "bench: {} concurrent devices against one listener",
+            opts.devices
+        );
+        let (per_conn, total, records) = idle_devices_memory(opts)?;
+        rows.push(Row {
+            name: format!("listener memory, {} idle devices", opts.devices),
+            value: per_conn / 1024.0,
+            unit: "KiB/connection",
+            baseline: None,
+            ratio: None,
+            target: Some(("≤ 64 KiB per idle connection".into(), per_conn <= 65536.0)),
+            note: format!(
+                "RSS grew {:.1} MiB; {records} records, none lost or duplicated",
+                total / 1_048_576.0
+            ),
+        });
+    }
+    Ok(rows)
+}
+
+/// The results as a table for a terminal (and a README).
+pub fn table(rows: &[Row]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| measurement | Tether | baseline | ratio | target | met |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|");
+    for r in rows {
+        let base = r
+            .baseline
+            .as_ref()
+            .map(|(n, v)| format!("{n}: {}", num(*v)))
+            .unwrap_or_else(|| "—".into());
+        let ratio = r
+            .ratio
+            .map(|x| format!("{x:.2}×"))
+            .unwrap_or_else(|| "—".into());
+        let (target, met) = match &r.target {
+            Some((t, m)) => (t.clone(), if *m { "yes" } else { "no" }),
+            None => ("—".into(), "—"),
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} {} | {base} | {ratio} | {target} | {met} |",
+            r.name,
+            num(r.value),
+            r.unit
+        );
+    }
+    s
+}
+
+/// The results as JSON.
+pub fn json(rows: &[Row], machine: &str) -> String {
+    let rows: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "name": r.name,
+                "value": r.value,
+                "unit": r.unit,
+                "baseline": r.baseline.as_ref().map(|(n, v)| serde_json::json!({"name": n, "value": v})),
+                "ratio": r.ratio,
+                "target": r.target.as_ref().map(|(t, m)| serde_json::json!({"target": t, "met": m})),
+                "note": r.note,
+            })
+        })
+        .collect();
+    let doc = serde_json::json!({ "machine": machine, "results": rows });
+    serde_json::to_string_pretty(&doc).unwrap_or_default()
+}
+
+fn num(v: f64) -> String {
+    if v >= 1000.0 {
+        let n = v.round() as u64;
+        let s = n.to_string();
+        let mut out = String::new();
+        for (i, c) in s.chars().enumerate() {
+            if i > 0 && (s.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        out
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn loopback() -> Result<TcpListener, BenchError> {
+    TcpListener::bind("127.0.0.1:0").map_err(io("binding a loopback port"))
+}
+
+fn local(l: &TcpListener) -> Result<SocketAddr, BenchError> {
+    l.local_addr().map_err(io("reading a local address"))
+}
+
+/// Bytes/s of a plain TCP stream: one thread writes 64 KiB chunks, one reads them.
+fn raw_tcp_throughput(total: u64) -> Result<f64, BenchError> {
+    let l = loopback()?;
+    let addr = local(&l)?;
+    let reader = std::thread::spawn(move || -> std::io::Result<u64> {
+        let (mut s, _) = l.accept()?;
+        let mut buf = vec![0u8; BUF];
+        let mut got = 0u64;
+        loop {
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                return Ok(got);
+            }
+            got += n as u64;
+        }
+    });
+    let start = StdInstant::now();
+    let mut s = TcpStream::connect(addr).map_err(io("connecting"))?;
+    let chunk = vec![0x5Au8; BUF];
+    let mut sent = 0u64;
+    while sent < total {
+        let n = (total - sent).min(BUF as u64) as usize;
+        s.write_all(&chunk[..n]).map_err(io("writing"))?;
+        sent += n as u64;
+    }
+    drop(s);
+    let got = join(reader)?;
+    let secs = start.elapsed().as_secs_f64();
+    if got != total {
+        return Err(BenchError::Failed(format!(
+            "raw TCP: {got} of {total} bytes arrived"
+        )));
+    }
+    Ok(total as f64 / secs)
+}
+
+fn join<T>(h: std::thread::JoinHandle<std::io::Result<T>>) -> Result<T, BenchError> {
+    h.join()
+        .map_err(|_| BenchError::Failed("a benchmark thread panicked".into()))?
+        .map_err(io("a benchmark thread"))
+}
+
+fn now(start: StdInstant) -> tether_core::link::Instant {
+    tether_core::link::Instant::from_millis(start.elapsed().as_millis() as u64)
+}
+
+/// Bytes/s of records moved by a client `Link` to a server `Link` over loopback TCP, each
+/// side reading 64 KiB at a time, the server releasing each record as it arrives.
+fn tether_bulk_throughput(total: u64, payload: usize) -> Result<f64, BenchError> {
+    const WINDOW: u16 = 64;
+    let frame = payload + OVERHEAD;
+    let records = total.div_ceil(payload as u64);
+    let l = loopback()?;
+    let addr = local(&l)?;
+    let server = std::thread::spawn(move || -> std::io::Result<u64> {
+        let (mut s, _) = l.accept()?;
+        let _ = s.set_nodelay(true);
+        let clock = StdInstant::now();
+        let mut link = Link::new(
+            Config::new(Role::Server, 2),
+            HeapStorage::new(4, usize::from(WINDOW), frame),
+        )
+        .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+        link.connect(now(clock));
+        let mut buf = vec![0u8; BUF];
+        let mut out = Vec::with_capacity(BUF);
+        let mut tx = vec![0u8; link.transmit_len()];
+        let mut bytes = 0u64;
+        loop {
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                return Ok(bytes);
+            }
+            let t = now(clock);
+            link.handle_input(t, &buf[..n]);
+            let mut k = 0;
+            for r in link.received() {
+                bytes += r.payload.len() as u64;
+                k += 1;
+            }
+            link.release(k);
+            while let Some(m) = link.poll_transmit(t, &mut tx) {
+                out.extend_from_slice(&tx[..m]);
+            }
+            if !out.is_empty() {
+                s.write_all(&out)?;
+                out.clear();
+            }
+        }
+    });
+    let start = StdInstant::now();
+    let s = TcpStream::connect(addr).map_err(io("connecting"))?;
+    let _ = s.set_nodelay(true);
+    let mut cfg = Config::new(Role::Client, 1);
+    cfg.window = WINDOW;
+    let link = Link::new(cfg, HeapStorage::new(usize::from(WINDOW), 4, frame))
+        .map_err(|e| BenchError::Failed(format!("bulk link: {e:?}")))?;
+    let state = Arc::new((Mutex::new(link), Condvar::new()));
+    let reader = {
+        let state = state.clone();
+        let mut rs = s.try_clone().map_err(io("cloning a socket"))?;
+        std::thread::spawn(move || -> std::io::Result<()> {
+            let mut buf = vec![0u8; BUF];
+            loop {
+                let n = rs.read(&mut buf)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                let (m, cv) = &*state;
+                let mut link = m.lock().map_err(|_| std::io::Error::other("poisoned"))?;
+                link.handle_input(now(start), &buf[..n]);
+                cv.notify_one();
+            }
+        })
+    };
+    let record = vec![0xA5u8; payload];
+    let mut ws = s;
+    let mut queued = 0u64;
+    let mut out = Vec::with_capacity(BUF * 2);
+    let mut tx = vec![0u8; frame * 2 + 8];
+    {
+        let (m, _) = &*state;
+        m.lock()
+            .map_err(|_| BenchError::Failed("poisoned".into()))?
+            .connect(now(start));
+    }
+    loop {
+        {
+            let (m, cv) = &*state;
+            let mut link = m
+                .lock()
+                .map_err(|_| BenchError::Failed("poisoned".into()))?;
+            let deadline = StdInstant::now() + Duration::from_secs(10);
+            loop {
+                if link.phase() == Phase::Established {
+                    while queued < records && link.send(&record).is_ok() {
+                        queued += 1;
+                    }
+                }
+                let t = now(start);
+                while out.len() < BUF {
+                    match link.poll_transmit(t, &mut tx) {
+                        Some(k) => out.extend_from_slice(&tx[..k]),
+                        None => break,
+                    }
+                }
+                if !out.is_empty() || (queued == records && link.unacked() == 0) {
+                    break;
+                }
+                if StdInstant::now() > deadline {
+                    return Err(BenchError::Failed("bulk: no progress for 10 s".into()));
+                }
+                link = cv
+                    .wait_timeout(link, Duration::from_millis(5))
+                    .map_err(|_| BenchError::Failed("poisoned".into()))?
+                    .0;
+                link.handle_timeout(now(start));
+            }
+        }
+        if out.is_empty() {
+            break;
+        }
+        ws.write_all(&out).map_err(io("writing"))?;
+        out.clear();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    ws.shutdown(std::net::Shutdown::Both)
+        .map_err(io("closing"))?;
+    let got = join(server)?;
+    let _ = reader.join();
+    if got != records * payload as u64 {
+        return Err(BenchError::Failed(format!(
+            "bulk: {got} of {} bytes delivered",
+            records * payload as u64
+        )));
+    }
+    Ok(got as f64 / secs)
+}
+
+/// A child process killed when dropped.
+struct Kid(Child);
+
+impl Drop for Kid {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `tether listen` on a free loopback port, writing `csv`; returns it and its address.
+fn start_listener(
+    opts: &BenchOptions,
+    csv: &Path,
+    extra: &[&str],
+) -> Result<(Kid, SocketAddr), BenchError> {
+    let _ = std::fs::remove_file(csv);
+    let mut child = Command::new(&opts.exe)
+        .arg("listen")
+        .arg("tcp://127.0.0.1:0")
+        .arg("--csv")
+        .arg(csv)
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(io(format!("starting {} listen", opts.exe.display())))?;
+    let stderr = child
+        .stderr
+        .take()
+        .ok_or_else(|| BenchError::Failed("no stderr".into()))?;
+    let kid = Kid(child);
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let Some(Ok(line)) = lines.next() else {
+            return Err(BenchError::Failed(
+                "tether listen ended before saying where it listens".into(),
+            ));
+        };
+        if let Some(rest) = line.split("listening on tcp://").nth(1) {
+            let a = rest.split(',').next().unwrap_or_default();
+            break a
+                .parse::<SocketAddr>()
+                .map_err(|_| BenchError::Failed(format!("cannot read the address in `{line}`")))?;
+        }
+    };
+    // Keep draining its log so that it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Ok((kid, addr))
+}
+
+/// Sends `n` 16-byte lines with `tether send --window W` into a `tether listen`; checks
+/// every record is in the CSV exactly once; returns records/s (from the sender's start to
+/// its exit, i.e. until the last record was acknowledged as written).
+fn small_records_into_csv(
+    opts: &BenchOptions,
+    n: u64,
+    window: u16,
+    name: &str,
+) -> Result<f64, BenchError> {
+    let input = opts.dir.join(format!("{name}.txt"));
+    {
+        let f = std::fs::File::create(&input).map_err(io("writing the input"))?;
+        let mut w = std::io::BufWriter::new(f);
+        for i in 0..n {
+            // 16 bytes: "00000042,2100042"
+            writeln!(w, "{:08},{:07}", i % 100_000_000, (i * 7) % 10_000_000)
+                .map_err(io("writing the input"))?;
+        }
+        w.flush().map_err(io("writing the input"))?;
+    }
+    let csv = opts.dir.join(format!("{name}.csv"));
+    let window_arg = window.to_string();
+    let (_listener, addr) =
+        start_listener(opts, &csv, &["--window", &window_arg, "--max-record", "66"])?;
+    let start = StdInstant::now();
+    let status = Command::new(&opts.exe)
+        .arg("send")
+        .arg(format!("tcp://{addr}"))
+        .arg(&input)
+        .args(["--window", &window_arg, "--max-record", "66"])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .status()
+        .map_err(io("running tether send"))?;
+    let secs = start.elapsed().as_secs_f64();
+    if !status.success() {
+        return Err(BenchError::Failed(format!("tether send failed: {status}")));
+    }
+    check_csv(&csv, n)?;
+    let _ = std::fs::remove_file(&input);
+    let _ = std::fs::remove_file(&csv);
+    Ok(n as f64 / secs)
+}
+
+/// Every input line 0..n exactly once in the CSV (acked means written, so it is complete
+/// the moment the sender exits).
+fn check_csv(csv: &Path, n: u64) -> Result<(), BenchError> {
+    let f = std::fs::File::open(csv).map_err(io(format!("reading {}", csv.display())))?;
+    let mut seen = vec![false; n as usize];
+    let mut rows = 0u64;
+    for line in BufReader::with_capacity(1 << 20, f).lines().skip(1) {
+        let line = line.map_err(io("reading the CSV"))?;
+        let i = line
+            .split(',')
+            .nth(3)
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| BenchError::Failed(format!("unexpected CSV row `{line}`")))?;
+        let slot = seen
+            .get_mut(i as usize)
+            .ok_or_else(|| BenchError::Failed(format!("record {i} out of range")))?;
+        if std::mem::replace(slot, true) {
+            return Err(BenchError::Failed(format!("record {i} written twice")));
+        }
+        rows += 1;
+    }
+    if rows != n {
+        return Err(BenchError::Failed(format!(
+            "{rows} of {n} records in the CSV"
+        )));
+    }
+    Ok(())
+}
+
+/// The tutorial's server (verbatim, tests/tutorial) with a client in its style: 32-byte
+/// packets, each answered before the next. Records/s, or `None` without python3.
+fn tutorial_rate(opts: &BenchOptions) -> Result<Option<f64>, BenchError> {
+    const SERVER: &str = include_str!("../../tests/tutorial/tcp_server_csv.py");
+    const CLIENT: &str = r#"
+import socket, sys, time
+n = int(sys.argv[1])
+for attempt in range(100):
+    try:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.connect(('127.0.0.1', 5003))
+        break
+    except ConnectionRefusedError:
+        time.sleep(0.05)
+s.recv(1024)
+packet = b'0' * 32
+start = time.perf_counter()
+for i in range(n):
+    s.send(packet)
+    s.recv(1024)
+print(time.perf_counter() - start)
+s.close()
+"#;
+    if Command::new("python3").arg("--version").output().is_err() {
+        return Ok(None);
+    }
+    let dir = opts.dir.join("tutorial");
+    std::fs::create_dir_all(&dir).map_err(io("creating the tutorial's directory"))?;
+    let _server = Kid(Command::new("python3")
+        .args(["-c", SERVER])
+        .current_dir(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(io("starting the tutorial's server"))?);
+    let out = Command::new("python3")
+        .args(["-c", CLIENT, &opts.stop_and_wait_records.to_string()])
+        .output()
+        .map_err(io("running the tutorial-style client"))?;
+    let secs: f64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .map_err(|_| {
+            BenchError::Failed(format!(
+                "the tutorial client failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        })?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(Some(opts.stop_and_wait_records as f64 / secs))
+}
+
+fn median_p99(mut v: Vec<f64>) -> (f64, f64) {
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.99))
+}
+
+/// A raw TCP ping-pong: 16 bytes out, the same 16 back. Seconds: median and p99.
+fn raw_ping_pong(rounds: u32) -> Result<(f64, f64), BenchError> {
+    let l = loopback()?;
+    let addr = local(&l)?;
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut s, _) = l.accept()?;
+        s.set_nodelay(true)?;
+        let mut b = [0u8; 16];
+        loop {
+            match s.read_exact(&mut b) {
+                Ok(()) => s.write_all(&b)?,
+                Err(_) => return Ok(()),
+            }
+        }
+    });
+    let mut s = TcpStream::connect(addr).map_err(io("connecting"))?;
+    s.set_nodelay(true).map_err(io("setting TCP_NODELAY"))?;
+    let mut times = Vec::with_capacity(rounds as usize);
+    let mut b = [7u8; 16];
+    for _ in 0..rounds.max(1) {
+        let t = StdInstant::now();
+        s.write_all(&b).map_err(io("ping"))?;
+        s.read_exact(&mut b).map_err(io("pong"))?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    drop(s);
+    join(echo)?;
+    Ok(median_p99(times))
+}
+
+/// One 16-byte record at a time to a `tether listen`, each timed from `send` until its
+/// acknowledgement arrived (the listener acknowledges after writing it to the CSV).
+fn tether_round_trip(opts: &BenchOptions, rounds: u32) -> Result<(f64, f64), BenchError> {
+    let csv = opts.dir.join("rtt.csv");
+    let (_listener, addr) = start_listener(opts, &csv, &[])?;
+    let mut s = TcpStream::connect(addr).map_err(io("connecting"))?;
+    s.set_nodelay(true).map_err(io("setting TCP_NODELAY"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(io("setting a timeout"))?;
+    let start = StdInstant::now();
+    let mut cfg = Config::new(Role::Client, crate::random_session());
+    cfg.window = 1;
+    let mut link = Link::new(cfg, HeapStorage::new(1, 4, tether_core::link::MIN_FRAME))
+        .map_err(|e| BenchError::Failed(format!("{e:?}")))?;
+    let mut tx = vec![0u8; link.transmit_len()];
+    let mut buf = vec![0u8; BUF];
+    let mut out = Vec::new();
+    link.connect(now(start));
+    let mut exchange = |link: &mut Link<HeapStorage>,
+                        done: &dyn Fn(&Link<HeapStorage>) -> bool|
+     -> Result<(), BenchError> {
+        for _ in 0..10_000 {
+            let t = now(start);
+            while let Some(k) = link.poll_transmit(t, &mut tx) {
+                out.extend_from_slice(&tx[..k]);
+            }
+            if !out.is_empty() {
+                s.write_all(&out).map_err(io("writing"))?;
+                out.clear();
+            }
+            if done(link) {
+                return Ok(());
+            }
+            let n = s.read(&mut buf).map_err(io("reading"))?;
+            if n == 0 {
+                return Err(BenchError::Failed(
+                    "the listener closed the connection".into(),
+                ));
+            }
+            link.handle_input(now(start), &buf[..n]);
+        }
+        Err(BenchError::Failed("round trip: no acknowledgement".into()))
+    };
+    exchange(&mut link, &|l| l.phase() == Phase::Established)?;
+    let mut times = Vec::with_capacity(rounds as usize);
+    for i in 0..rounds.max(1) {
+        let record = format!("{i:08},{:07}", 0);
+        let t = StdInstant::now();
+        link.send(record.as_bytes())
+            .map_err(|e| BenchError::Failed(format!("send: {e:?}")))?;
+        exchange(&mut link, &|l| l.unacked() == 0)?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    check_csv(&csv, u64::from(rounds.max(1)))?;
+    let _ = std::fs::remove_file(&csv);
+    Ok(median_p99(times))
+}
+
+/// Resident memory of a process, bytes.
+fn rss(pid: u32) -> Result<u64, BenchError> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(io("reading the listener's memory"))?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .ok_or_else(|| BenchError::Failed("no VmRSS".into()))
+}
+
+/// `opts.devices` devices connect to one `tether listen`, send 10 records each, wait for
+/// their acknowledgements and stay connected, idle (answering keepalives). Returns the
+/// listener's RSS growth per connection, the growth, and the records checked in the CSV.
+fn idle_devices_memory(opts: &BenchOptions) -> Result<(f64, f64, u64), BenchError> {
+    const RECORDS: u32 = 10;
+    let csv = opts.dir.join("devices.csv");
+    let max = (opts.devices * 2).to_string();
+    let (listener, addr) = start_listener(
+        opts,
+        &csv,
+        &["--max-connections", &max, "--idle-timeout-ms", "60000"],
+    )?;
+    let pid = listener.0.id();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(io("starting a runtime"))?;
+    // Let the listener settle, then take its baseline.
+    std::thread::sleep(Duration::from_millis(300));
+    let before = rss(pid)?;
+    let (hold_tx, hold_rx) = tokio::sync::watch::channel(false);
+    let (idle_tx, mut idle_rx) = tokio::sync::mpsc::channel::<()>(opts.devices);
+    let tasks: Vec<_> = (0..opts.devices)
+        .map(|i| {
+            let hold = hold_rx.clone();
+            let idle = idle_tx.clone();
+            rt.spawn(idle_device(addr, i as u32 + 1, RECORDS, idle, hold))
+        })
+        .collect();
+    drop(idle_tx);
+    let all_idle = rt.block_on(async {
+        let mut n = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        while n < opts.devices {
+            match tokio::time::timeout_at(deadline, idle_rx.recv()).await {
+                Ok(Some(())) => n += 1,
+                _ => break,
+            }
+        }
+        n
+    });
+    // Settle, then measure while every device is connected and idle.
+    std::thread::sleep(Duration::from_millis(500));
+    let during = rss(pid)?;
+    let _ = hold_tx.send(true);
+    let mut failures = Vec::new();
+    for t in tasks {
+        match rt.block_on(t) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failures.push(e),
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    if all_idle < opts.devices || !failures.is_empty() {
+        return Err(BenchError::Failed(format!(
+            "{all_idle} of {} devices streamed and went idle; {} failed, first: {}",
+            opts.devices,
+            failures.len(),
+            failures.first().cloned().unwrap_or_default()
+        )));
+    }
+    drop(listener);
+    // Every record of every device exactly once.
+    let f = std::fs::File::open(&csv).map_err(io("reading the CSV"))?;
+    let mut seen = std::collections::HashSet::new();
+    for line in BufReader::new(f).lines().skip(1) {
+        let line = line.map_err(io("reading the CSV"))?;
+        let mut cols = line.split(',').skip(1);
+        let key = (
+            cols.next().unwrap_or_default().to_owned(),
+            cols.next().unwrap_or_default().to_owned(),
+        );
+        if !seen.insert(key) {
+            return Err(BenchError::Failed(format!("duplicated row `{line}`")));
+        }
+    }
+    let expected = opts.devices as u64 * u64::from(RECORDS);
+    if seen.len() as u64 != expected {
+        return Err(BenchError::Failed(format!(
+            "{} of {expected} records in the CSV",
+            seen.len()
+        )));
+    }
+    let _ = std::fs::remove_file(&csv);
+    let grown = during.saturating_sub(before) as f64;
+    Ok((grown / opts.devices as f64, grown, expected))
+}
+
+/// One device: connect, stream `records`, wait for their acknowledgement, report idle, stay
+/// connected (answering keepalives) until `hold` turns true, then close.
+async fn idle_device(
+    addr: SocketAddr,
+    session: u32,
+    records: u32,
+    idle: tokio::sync::mpsc::Sender<()>,
+    mut hold: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let clock = crate::clock::Clock::new();
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("device {session}: connect: {e}"))?;
+    let mut link = Link::new(
+        Config::new(Role::Client, session),
+        HeapStorage::new(16, 4, tether_core::link::MIN_FRAME),
+    )
+    .map_err(|e| format!("{e:?}"))?;
+    link.connect(clock.now());
+    for i in 0..records {
+        let r = format!("{session},{i}");
+        link.send(r.as_bytes())
+            .map_err(|e| format!("device {session}: {e:?}"))?;
+    }
+    let mut tx = vec![0u8; link.transmit_len()];
+    let mut buf = vec![0u8; 4096];
+    let mut reported = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        let mut out = Vec::new();
+        while let Some(k) = link.poll_transmit(clock.now(), &mut tx) {
+            out.extend_from_slice(&tx[..k]);
+        }
+        if !out.is_empty() {
+            s.write_all(&out)
+                .await
+                .map_err(|e| format!("device {session}: write: {e}"))?;
+        }
+        while link.poll_event().is_some() {}
+        match link.phase() {
+            Phase::Closed => return Ok(()),
+            Phase::Rejected | Phase::Dead => {
+                return Err(format!("device {session}: link {:?}", link.phase()))
+            }
+            _ => {}
+        }
+        if !reported && link.phase() == Phase::Established && link.unacked() == 0 {
+            reported = true;
+            let _ = idle.send(()).await;
+        }
+        let wake = link
+            .poll_timeout()
+            .map(|t| clock.instant(t))
+            .unwrap_or(deadline)
+            .min(deadline);
+        tokio::select! {
+            r = s.read(&mut buf) => match r {
+                Ok(0) => return Err(format!("device {session}: the listener closed the connection")),
+                Ok(n) => link.handle_input(clock.now(), &buf[..n]),
+                Err(e) => return Err(format!("device {session}: read: {e}")),
+            },
+            _ = tokio::time::sleep_until(wake) => {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(format!("device {session}: timed out"));
+                }
+                link.handle_timeout(clock.now());
+            }
+            r = hold.changed(), if reported && link.phase() == Phase::Established => {
+                if r.is_err() || *hold.borrow() { link.close(); }
+            }
+        }
+    }
+}
