@@ -88,9 +88,27 @@ fn head_and_tail(header: &Header, payload: &[u8]) -> Option<([u8; super::HEADER_
 /// `out` must hold at least [`max_encoded_len`]`(payload.len())` bytes, the worst case, so
 /// that whether a frame fits never depends on its content.
 pub fn encode(header: &Header, payload: &[u8], out: &mut [u8]) -> Result<usize, EncodeError> {
-    let (head, tail) =
-        head_and_tail(header, payload).ok_or(EncodeError::PayloadTooLong { len: payload.len() })?;
-    let needed = max_encoded_len(payload.len());
+    encode_parts(header, payload, &[], out)
+}
+
+/// [`encode`] of a payload given in two parts, `payload ‖ trailer` (an authenticated
+/// link's frame trailer), without copying them together.
+pub(crate) fn encode_parts(
+    header: &Header,
+    payload: &[u8],
+    trailer: &[u8],
+    out: &mut [u8],
+) -> Result<usize, EncodeError> {
+    let len = payload.len() + trailer.len();
+    let head = header
+        .to_bytes(len)
+        .ok_or(EncodeError::PayloadTooLong { len })?;
+    let mut crc = Crc32c::new();
+    crc.update(&head);
+    crc.update(payload);
+    crc.update(trailer);
+    let tail = crc.finalize().to_le_bytes();
+    let needed = max_encoded_len(len);
     if out.len() < needed {
         return Err(EncodeError::BufferTooSmall {
             needed,
@@ -98,7 +116,7 @@ pub fn encode(header: &Header, payload: &[u8], out: &mut [u8]) -> Result<usize, 
         });
     }
     let mut sink = SliceSink::new(out);
-    let Ok(()) = encode_blocks(&[&head, payload, &tail], &mut sink);
+    let Ok(()) = encode_blocks(&[&head, payload, trailer, &tail], &mut sink);
     let n = sink.finish();
     // Within bounds: COBS never writes more than max_encoded_len - 1 bytes.
     out[n] = DELIMITER;

@@ -38,6 +38,8 @@ mod header;
 pub use self::crc::{crc32c, Crc32c};
 pub(crate) use self::decoder::DecodeState;
 pub use self::decoder::{Decoder, DecoderStats, Frame, FrameError};
+#[cfg(feature = "auth")]
+pub(crate) use self::encoder::encode_parts;
 pub use self::encoder::{encode, write_frame, EncodeError, WriteFrameError};
 pub use self::header::{Flags, FrameView, Header, HeaderError, Kind};
 

@@ -29,6 +29,9 @@ pub(crate) struct Hello {
     pub max_send: u16,
     /// The credit the sender grants: records beyond `rx_released` it accepts now.
     pub window: u16,
+    /// The authentication extension (PROTOCOL.md 9.14), if the payload has one.
+    #[cfg(feature = "auth")]
+    pub auth: Option<super::auth::Ext>,
 }
 
 impl Hello {
@@ -63,9 +66,17 @@ impl Hello {
                 max_payload: 0,
                 max_send: 0,
                 window: 0,
+                #[cfg(feature = "auth")]
+                auth: None,
             });
         }
-        if p.len() != HELLO_LEN || p[1] != 0 {
+        #[cfg(feature = "auth")]
+        let auth = super::auth::Ext::parse(p);
+        #[cfg(feature = "auth")]
+        let len_ok = p.len() == HELLO_LEN || auth.is_some();
+        #[cfg(not(feature = "auth"))]
+        let len_ok = p.len() == HELLO_LEN;
+        if !len_ok || p[1] != 0 {
             return None;
         }
         let u32_at = |i: usize| u32::from_le_bytes([p[i], p[i + 1], p[i + 2], p[i + 3]]);
@@ -80,6 +91,8 @@ impl Hello {
             max_payload: u16_at(22),
             max_send: u16_at(24),
             window: u16_at(26),
+            #[cfg(feature = "auth")]
+            auth,
         };
         // A window of 0 is a valid credit (a bridge whose upstream is down). Every side
         // accepts at least a REJECT's payload (MIN_FRAME), so less is malformed.
@@ -101,6 +114,12 @@ pub enum RejectCode {
     Malformed,
     /// The peer is not taking connections now (e.g. a listener at its connection limit).
     Busy,
+    /// Authentication failed: the peer holds another key, or none for this device.
+    Auth,
+    /// This side requires authentication and the peer did not offer it.
+    AuthRequired,
+    /// The peer offered authentication and this side does not take it.
+    AuthUnsupported,
     /// A code this version does not know.
     Other(u8),
 }
@@ -112,6 +131,9 @@ impl RejectCode {
             RejectCode::Capacity => 2,
             RejectCode::Malformed => 3,
             RejectCode::Busy => 4,
+            RejectCode::Auth => 5,
+            RejectCode::AuthRequired => 6,
+            RejectCode::AuthUnsupported => 7,
             RejectCode::Other(c) => c,
         }
     }
@@ -122,6 +144,9 @@ impl RejectCode {
             2 => RejectCode::Capacity,
             3 => RejectCode::Malformed,
             4 => RejectCode::Busy,
+            5 => RejectCode::Auth,
+            6 => RejectCode::AuthRequired,
+            7 => RejectCode::AuthUnsupported,
             other => RejectCode::Other(other),
         }
     }
@@ -132,6 +157,9 @@ impl RejectCode {
 pub(crate) enum Text<'a> {
     Str(&'a str),
     Num(u32),
+    /// Eight lowercase hex digits (a device's key id, as the host prints it).
+    #[cfg(feature = "auth")]
+    Hex(u32),
 }
 
 /// A REJECT's content: code and human-readable reason, held without allocation.
@@ -172,6 +200,15 @@ impl Reject {
                     }
                     // ASCII digits are UTF-8.
                     r.push(core::str::from_utf8(&digits[i..]).unwrap_or(""));
+                }
+                #[cfg(feature = "auth")]
+                Text::Hex(n) => {
+                    let mut digits = [0u8; 8];
+                    for (k, d) in digits.iter_mut().enumerate() {
+                        let v = (n >> (28 - 4 * k)) & 0xF;
+                        *d = b"0123456789abcdef"[v as usize];
+                    }
+                    r.push(core::str::from_utf8(&digits).unwrap_or(""));
                 }
             }
         }
@@ -276,6 +313,8 @@ mod tests {
             max_payload: 110,
             max_send: 64,
             window: 4,
+            #[cfg(feature = "auth")]
+            auth: None,
         };
         assert_eq!(Hello::parse(&h.emit()), Some(h));
         let mut bad = h.emit();

@@ -34,9 +34,14 @@
 //! assert!(matches!(device.poll_event(), Some(Event::Connected { resumed: false })));
 //! ```
 
+#[cfg(feature = "auth")]
+pub mod auth;
 mod handshake;
 mod seq;
 mod storage;
+
+#[cfg(feature = "auth")]
+pub use self::auth::Key;
 
 pub use self::handshake::{Reject, RejectCode, PROTOCOL_VERSION, REJECT_TEXT_MAX};
 pub use self::seq::{seq_diff, seq_lt, seq_lte};
@@ -59,6 +64,32 @@ pub fn hello_session(payload: &[u8]) -> Option<u32> {
     Hello::parse(payload)
         .filter(|h| h.version == PROTOCOL_VERSION)
         .map(|h| h.session)
+}
+
+/// The key id an authenticated HELLO names (PROTOCOL.md 9.14), if the payload is a
+/// well-formed HELLO of this protocol version with an authentication extension. A server
+/// with a key per device reads it from a new connection's first frame to pick the key.
+#[cfg(feature = "auth")]
+pub fn hello_key_id(payload: &[u8]) -> Option<u32> {
+    Hello::parse(payload)
+        .filter(|h| h.version == PROTOCOL_VERSION)
+        .and_then(|h| h.auth)
+        .map(|a| a.key_id)
+}
+
+/// Encodes a REJECT frame with `code` and the reason `text` (cut to
+/// [`REJECT_TEXT_MAX`] bytes at a character boundary) into `out`, which must hold
+/// `frame::max_encoded_len(2 + REJECT_TEXT_MAX)` bytes: for a server that refuses a
+/// connection before it gives it a link (a listener at its connection limit, or a device
+/// without a key). Returns the frame's length.
+pub fn reject_frame(code: RejectCode, text: &str, out: &mut [u8]) -> Option<usize> {
+    let r = Reject::new(code, &[Text::Str(text)]);
+    let mut buf = [0u8; 2 + REJECT_TEXT_MAX];
+    let h = Header {
+        kind: Kind::Reject,
+        ..Header::default()
+    };
+    emit(out, &h, r.emit(&mut buf))
 }
 
 /// A point in time, in milliseconds from an epoch the caller chooses (boot, say).
@@ -284,6 +315,15 @@ pub struct LinkStats {
     pub tx_high_water: u16,
     /// The most receive slots ever in use.
     pub rx_high_water: u16,
+    /// Frames of an authenticated session dropped for a MAC that does not match (altered,
+    /// forged, or from another connection).
+    #[cfg(feature = "auth")]
+    pub auth_failures: u32,
+    /// Frames of an authenticated session with a good MAC dropped because their counter was
+    /// not above the last one accepted (replayed), and HELLOs replayed into a handshake
+    /// already confirmed.
+    #[cfg(feature = "auth")]
+    pub replays: u32,
     /// The frame decoder's counters: bytes and frames in, CRC and framing errors.
     pub decoder: DecoderStats,
 }
@@ -325,6 +365,37 @@ impl<S: Storage> Link<S> {
         }
         let st = State::new(config, slot, ntx, nrx);
         Ok(Link { storage, st })
+    }
+
+    /// Turns authentication on with `key`, or off with `None` (PROTOCOL.md 9.14); it applies
+    /// from the next [`Link::connect`]. Call it before connecting.
+    ///
+    /// `nonce_seed` gives the link its randomness: the link numbers its handshake nonces in
+    /// the first 4 bytes, so the last 12 bytes must never repeat for the same key: take them
+    /// from a hardware random number generator, or from a boot counter kept in flash and the
+    /// chip's unique id. A client takes one nonce per connect, a server one per handshake.
+    ///
+    /// An authenticated session adds [`auth::TRAILER_LEN`] bytes to every frame, so the
+    /// records this side accepts and sends are that much shorter than with the same storage
+    /// unauthenticated; the frame size must leave at least 66 bytes for a record
+    /// ([`ConfigError::FrameSize`] otherwise).
+    #[cfg(feature = "auth")]
+    pub fn set_auth(
+        &mut self,
+        key: Option<Key>,
+        nonce_seed: [u8; auth::NONCE_LEN],
+    ) -> Result<(), ConfigError> {
+        if key.is_some() && self.st.slot < MIN_FRAME + auth::TRAILER_LEN {
+            return Err(ConfigError::FrameSize(self.st.slot));
+        }
+        self.st.auth.set(key, nonce_seed);
+        Ok(())
+    }
+
+    /// The id of the key this link authenticates with, if authentication is on.
+    #[cfg(feature = "auth")]
+    pub fn auth_key_id(&self) -> Option<u32> {
+        self.st.auth.key.as_ref().map(Key::id)
     }
 
     // ---- getters -------------------------------------------------------------------
@@ -561,6 +632,8 @@ struct State {
     reject: Option<Reject>,
     events: Pending,
     stats: LinkStats,
+    #[cfg(feature = "auth")]
+    auth: auth::Auth,
 }
 
 impl State {
@@ -617,11 +690,23 @@ impl State {
             reject: None,
             events: Pending::default(),
             stats: LinkStats::default(),
+            #[cfg(feature = "auth")]
+            auth: auth::Auth::new(),
         }
     }
 
+    /// The longest record this side accepts: the frame less header, CRC and, in an
+    /// authenticated session, the trailer.
     fn payload_cap(&self) -> usize {
-        self.slot - OVERHEAD
+        self.slot - OVERHEAD - self.trailer_len()
+    }
+
+    fn trailer_len(&self) -> usize {
+        #[cfg(feature = "auth")]
+        if self.auth.key.is_some() {
+            return auth::TRAILER_LEN;
+        }
+        0
     }
 
     /// The largest record this side sends, as announced.
@@ -680,6 +765,8 @@ impl State {
             max_send: self.own_max_send() as u16,
             // The credit granted from `rx_released` on, as in every acknowledgement.
             window: self.credit(),
+            #[cfg(feature = "auth")]
+            auth: None,
         }
     }
 
@@ -707,6 +794,8 @@ impl State {
         self.close_pending = false;
         self.close_echo_pending = false;
         self.hs_interval = self.cfg.handshake_retry_ms;
+        #[cfg(feature = "auth")]
+        self.auth.connect(self.cfg.role == Role::Client);
         match self.cfg.role {
             Role::Client => {
                 self.hello_pending = true;
@@ -719,8 +808,8 @@ impl State {
         }
     }
 
-    /// Why `peer` cannot be talked to, if it cannot.
-    fn refuse(&self, peer: &Hello) -> Option<Reject> {
+    /// Why `peer` cannot be talked to, if it cannot. `payload` is the HELLO or WELCOME.
+    fn refuse(&self, peer: &Hello, payload: &[u8]) -> Option<Reject> {
         if peer.version != PROTOCOL_VERSION {
             return Some(Reject::new(
                 RejectCode::Version,
@@ -732,6 +821,12 @@ impl State {
                 ],
             ));
         }
+        #[cfg(feature = "auth")]
+        if let Some(r) = self.refuse_auth(peer, payload) {
+            return Some(r);
+        }
+        #[cfg(not(feature = "auth"))]
+        let _ = payload;
         if self.own_max_send() > usize::from(peer.max_payload) {
             return Some(Reject::new(
                 RejectCode::Capacity,
@@ -859,6 +954,10 @@ impl State {
         rx: &mut [u8],
         rx_len: &mut [u16],
     ) {
+        #[cfg(feature = "auth")]
+        let Some(payload) = self.open(h, payload) else {
+            return;
+        };
         if self.phase == Phase::Closed && h.kind == Kind::Close {
             // We closed by replying, and the peer asks again: our reply was lost, answer
             // again. A side that closed on receiving the reply never answers, so two
@@ -876,6 +975,12 @@ impl State {
         match h.kind {
             Kind::Hello => self.on_hello(now, payload),
             Kind::Welcome => self.on_welcome(now, payload),
+            #[cfg(feature = "auth")]
+            Kind::Reject if self.auth_holds() => {
+                // The peer proved the key on this connection, so it refuses nothing now:
+                // the REJECT is forged.
+                self.stats.auth_failures = self.stats.auth_failures.wrapping_add(1);
+            }
             Kind::Reject => {
                 // Handshaking: the peer refused our HELLO. Established (server): the client
                 // refused our WELCOME.
@@ -921,6 +1026,126 @@ impl State {
         }
     }
 
+    /// An authenticated session whose peer proved the connection key (a frame under it
+    /// arrived intact): only frames under that key, and a HELLO that passes authentication,
+    /// affect it; a REJECT or a refused HELLO is unauthenticated and ignored.
+    #[cfg(feature = "auth")]
+    fn auth_holds(&self) -> bool {
+        self.auth.key.is_some() && self.auth.confirmed && self.connected()
+    }
+
+    /// The direction byte of the frames this side sends.
+    #[cfg(feature = "auth")]
+    fn own_dir(&self) -> u8 {
+        match self.cfg.role {
+            Role::Client => auth::DIR_CLIENT,
+            Role::Server => auth::DIR_SERVER,
+        }
+    }
+
+    /// In an authenticated link, checks the trailer of a DATA, ACK, PING or CLOSE frame and
+    /// returns the payload without it; `None` (counted) drops the frame, which then does
+    /// not even prove the peer alive. Other frames, and every frame of a link without a
+    /// key, pass unchanged.
+    #[cfg(feature = "auth")]
+    fn open<'p>(&mut self, h: &Header, payload: &'p [u8]) -> Option<&'p [u8]> {
+        if self.auth.key.is_none() || matches!(h.kind, Kind::Hello | Kind::Welcome | Kind::Reject) {
+            return Some(payload);
+        }
+        let peer_dir = match self.cfg.role {
+            Role::Client => auth::DIR_SERVER,
+            Role::Server => auth::DIR_CLIENT,
+        };
+        let head = h.to_bytes(payload.len())?;
+        match self.auth.open(peer_dir, &head, payload) {
+            Ok(p) => Some(p),
+            Err(auth::Refused::Mac) => {
+                self.stats.auth_failures = self.stats.auth_failures.wrapping_add(1);
+                debug!("tether: frame with a bad MAC dropped");
+                None
+            }
+            Err(auth::Refused::Replay) => {
+                self.stats.replays = self.stats.replays.wrapping_add(1);
+                debug!("tether: replayed frame dropped");
+                None
+            }
+        }
+    }
+
+    /// Why an authenticated (or unauthenticated) HELLO or WELCOME is refused, if it is: an
+    /// authentication mismatch, another key id, or a tag that the key did not make.
+    #[cfg(feature = "auth")]
+    fn refuse_auth(&self, peer: &Hello, payload: &[u8]) -> Option<Reject> {
+        let server = self.cfg.role == Role::Server;
+        let (key, ext) = match (&self.auth.key, &peer.auth) {
+            (None, None) => return None,
+            (None, Some(_)) => {
+                return Some(Reject::new(
+                    RejectCode::AuthUnsupported,
+                    &[Text::Str("authentication offered; this side has no key")],
+                ))
+            }
+            (Some(_), None) => {
+                let text = if server {
+                    "authentication required: this side takes keyed devices only"
+                } else {
+                    "the server did not authenticate; this side requires it"
+                };
+                return Some(Reject::new(RejectCode::AuthRequired, &[Text::Str(text)]));
+            }
+            (Some(key), Some(ext)) => (key, ext),
+        };
+        if ext.key_id != key.id() {
+            return Some(Reject::new(
+                RejectCode::Auth,
+                &[Text::Str("no key for device "), Text::Hex(ext.key_id)],
+            ));
+        }
+        let proved = if server {
+            key.verifies_hello(payload)
+        } else {
+            self.auth.check_welcome(payload).is_some()
+        };
+        if proved {
+            return None;
+        }
+        let who: &[Text<'_>] = if server {
+            &[
+                Text::Str("authentication failed for device "),
+                Text::Hex(ext.key_id),
+                Text::Str(": wrong key"),
+            ]
+        } else {
+            &[Text::Str("the server failed authentication: wrong key")]
+        };
+        Some(Reject::new(RejectCode::Auth, who))
+    }
+
+    /// A server's side of an authenticated handshake, after the HELLO was checked: a new
+    /// connection key for a new client nonce, the same one for a retransmitted HELLO.
+    /// `false`: the HELLO is a replay into a handshake the client already confirmed (it
+    /// has sent a frame under the key since), and is ignored.
+    #[cfg(feature = "auth")]
+    fn server_keys(&mut self, nonce_c: [u8; auth::NONCE_LEN]) -> bool {
+        if self.auth.conn.is_some() && self.auth.peer == nonce_c {
+            if self.auth.confirmed {
+                self.stats.replays = self.stats.replays.wrapping_add(1);
+                return false;
+            }
+            return true;
+        }
+        let nonce_s = self.auth.next_nonce();
+        let conn = self
+            .auth
+            .key
+            .as_ref()
+            .and_then(|k| k.conn(&nonce_c, &nonce_s));
+        self.auth.own = nonce_s;
+        self.auth.peer = nonce_c;
+        self.auth.rekey(conn);
+        true
+    }
+
     fn unexpected(&mut self) {
         self.stats.unexpected = self.stats.unexpected.wrapping_add(1);
     }
@@ -936,6 +1161,12 @@ impl State {
             return;
         }
         if let Some(peer) = self.acceptable_peer(payload, "malformed HELLO") {
+            #[cfg(feature = "auth")]
+            if let Some(ext) = peer.auth {
+                if !self.server_keys(ext.nonce) {
+                    return;
+                }
+            }
             self.adopt(now, &peer);
             self.welcome_pending = true;
         }
@@ -948,6 +1179,13 @@ impl State {
             return;
         }
         if let Some(peer) = self.acceptable_peer(payload, "malformed WELCOME") {
+            #[cfg(feature = "auth")]
+            if self.auth.key.is_some() {
+                // Checked in `acceptable_peer`: the server proved the key for our nonce.
+                let conn = self.auth.check_welcome(payload);
+                self.auth.rekey(conn);
+                self.auth.confirmed = true;
+            }
             self.adopt(now, &peer);
         }
     }
@@ -957,11 +1195,17 @@ impl State {
     fn acceptable_peer(&mut self, payload: &[u8], malformed: &'static str) -> Option<Hello> {
         let reject = match Hello::parse(payload) {
             None => Reject::new(RejectCode::Malformed, &[Text::Str(malformed)]),
-            Some(peer) => match self.refuse(&peer) {
+            Some(peer) => match self.refuse(&peer, payload) {
                 None => return Some(peer),
                 Some(r) => r,
             },
         };
+        #[cfg(feature = "auth")]
+        if self.auth_holds() {
+            // Unauthenticated bytes do not end an authenticated session.
+            self.stats.auth_failures = self.stats.auth_failures.wrapping_add(1);
+            return None;
+        }
         self.refused(reject, true);
         None
     }
@@ -1271,7 +1515,7 @@ impl State {
         };
         if self.close_echo_pending {
             self.close_echo_pending = false;
-            return emit(out, &close, &[]);
+            return self.emit_session(out, &close, &[]);
         }
         if !self.connected() {
             return None;
@@ -1301,7 +1545,7 @@ impl State {
                 ack: self.rx_released,
                 credit: self.credit(),
             };
-            return emit(out, &h, &[]);
+            return self.emit_session(out, &h, &[]);
         }
         if data_ready {
             let seq = self.snd_next;
@@ -1322,7 +1566,7 @@ impl State {
                 h.ack = self.rx_released;
                 h.credit = self.credit();
             }
-            let n = emit(out, &h, payload)?;
+            let n = self.emit_session(out, &h, payload)?;
             self.snd_next = seq.wrapping_add(1);
             if seq_lt(seq, self.snd_max) {
                 self.stats.retransmissions = self.stats.retransmissions.wrapping_add(1);
@@ -1337,7 +1581,7 @@ impl State {
         }
         if self.close_reply_pending && self.tx_base == self.tx_next {
             self.close_reply_pending = false;
-            let n = emit(out, &close, &[])?;
+            let n = self.emit_session(out, &close, &[])?;
             self.finish_close();
             self.closed_by_reply = true;
             return Some(n);
@@ -1348,24 +1592,43 @@ impl State {
             if due {
                 self.close_pending = false;
                 self.close_deadline = Some(now.plus(self.rto));
-                return emit(out, &close, &[]);
+                return self.emit_session(out, &close, &[]);
             }
         }
         if self.ping_pending {
             self.ping_pending = false;
-            return emit(out, &control, &[]);
+            return self.emit_session(out, &control, &[]);
         }
         None
     }
 
-    /// A HELLO or WELCOME (`kind`) carrying this side's view of the session.
+    /// A HELLO or WELCOME (`kind`) carrying this side's view of the session, with the
+    /// authentication extension in an authenticated link.
     fn emit_hello(&self, kind: Kind, out: &mut [u8]) -> Option<usize> {
         let payload: [u8; HELLO_LEN] = self.our_hello().emit();
         let h = Header {
             kind,
             ..Header::default()
         };
+        #[cfg(feature = "auth")]
+        if self.auth.key.is_some() {
+            let mut p = [0u8; auth::AUTH_HELLO_LEN];
+            p[..HELLO_LEN].copy_from_slice(&payload);
+            self.auth.fill_ext(kind == Kind::Hello, &mut p)?;
+            return emit(out, &h, &p);
+        }
         emit(out, &h, &payload)
+    }
+
+    /// A DATA, ACK, PING or CLOSE frame; in an authenticated link, with its trailer.
+    fn emit_session(&mut self, out: &mut [u8], h: &Header, payload: &[u8]) -> Option<usize> {
+        #[cfg(feature = "auth")]
+        if self.auth.key.is_some() {
+            let head = h.to_bytes(payload.len() + auth::TRAILER_LEN)?;
+            let trailer = self.auth.seal(self.own_dir(), &head, payload)?;
+            return frame::encode_parts(h, payload, &trailer, out).ok();
+        }
+        emit(out, h, payload)
     }
 
     fn poll_event(&mut self) -> Option<Event> {

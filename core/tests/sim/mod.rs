@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 
-use tether_core::link::{Config, Event, Instant, Link, LinkStorage, Phase, Role};
+use tether_core::link::{Config, Event, Instant, Link, LinkStorage, Phase, Role, Storage};
 
 pub const FRAME: usize = 96;
 pub type Store = LinkStorage<8, 8, FRAME>;
@@ -146,6 +146,8 @@ pub struct Outcome {
     pub max_held_host: usize,
     pub connected_events: u32,
     pub restarts: u32,
+    /// Frames an authenticated link dropped: bad MAC, replayed counter (both sides).
+    pub auth_drops: u32,
 }
 
 pub fn record(i: u32) -> Vec<u8> {
@@ -167,11 +169,45 @@ pub fn config(role: Role, session: u32, s: &Scenario) -> Config {
 
 /// Runs a scenario to completion or to its bound; returns what happened or why it stopped.
 pub fn run(s: &Scenario) -> Result<Outcome, String> {
-    let mut rng = Rng::new(s.seed);
-    let mut device =
+    let device =
         Link::new(config(Role::Client, 0xD00D, s), Store::new()).map_err(|e| format!("{e:?}"))?;
-    let mut host =
+    let host =
         Link::new(config(Role::Server, 0x0057, s), Store::new()).map_err(|e| format!("{e:?}"))?;
+    drive(s, device, host)
+}
+
+/// Storage for authenticated runs: the same records as [`Store`], plus the frame trailer.
+#[cfg(feature = "auth")]
+pub type AuthStore = LinkStorage<8, 8, { FRAME + tether_core::link::auth::TRAILER_LEN }>;
+
+/// [`run`] with both sides authenticating with the same key (PROTOCOL.md 9.14).
+#[cfg(feature = "auth")]
+pub fn run_auth(s: &Scenario) -> Result<Outcome, String> {
+    use tether_core::link::Key;
+    let key = Key::new(0x0000_ABCD, [0x5A; 32]);
+    let mut device = Link::new(config(Role::Client, 0xD00D, s), AuthStore::new())
+        .map_err(|e| format!("{e:?}"))?;
+    let mut host = Link::new(config(Role::Server, 0x0057, s), AuthStore::new())
+        .map_err(|e| format!("{e:?}"))?;
+    let seed = s.seed.to_le_bytes();
+    let mut d_seed = [0xD0; 16];
+    d_seed[8..].copy_from_slice(&seed);
+    let mut h_seed = [0x40; 16];
+    h_seed[8..].copy_from_slice(&seed);
+    device
+        .set_auth(Some(key.clone()), d_seed)
+        .map_err(|e| format!("{e:?}"))?;
+    host.set_auth(Some(key), h_seed)
+        .map_err(|e| format!("{e:?}"))?;
+    drive(s, device, host)
+}
+
+fn drive<S: Storage>(
+    s: &Scenario,
+    mut device: Link<S>,
+    mut host: Link<S>,
+) -> Result<Outcome, String> {
+    let mut rng = Rng::new(s.seed);
     let mut up = Pipe::default(); // device -> host
     let mut down = Pipe::default(); // host -> device
     let mut out = Outcome::default();
@@ -283,6 +319,10 @@ pub fn run(s: &Scenario) -> Result<Outcome, String> {
             out.host_unacked = host.unacked();
             out.virtual_ms = now;
             out.retransmissions = device.stats().retransmissions + host.stats().retransmissions;
+            #[cfg(feature = "auth")]
+            for st in [device.stats(), host.stats()] {
+                out.auth_drops += st.auth_failures + st.replays;
+            }
             return Ok(out);
         }
         if now > limit_ms {
@@ -358,5 +398,13 @@ pub fn check(s: &Scenario, o: &Outcome) -> Result<(), String> {
 pub fn run_and_check(s: &Scenario) -> Result<Outcome, String> {
     let o = run(s).map_err(|e| format!("{e}\n  replay: {s:?}"))?;
     check(s, &o).map_err(|e| format!("{e}\n  replay: {s:?}"))?;
+    Ok(o)
+}
+
+/// [`run_and_check`] with authentication on both sides.
+#[cfg(feature = "auth")]
+pub fn run_and_check_auth(s: &Scenario) -> Result<Outcome, String> {
+    let o = run_auth(s).map_err(|e| format!("{e}\n  replay (auth): {s:?}"))?;
+    check(s, &o).map_err(|e| format!("{e}\n  replay (auth): {s:?}"))?;
     Ok(o)
 }
