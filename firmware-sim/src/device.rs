@@ -33,7 +33,10 @@
 //! - [`Device::handle_input`] with the bytes read; [`Device::poll`] when
 //!   [`Device::poll_timeout`]'s instant has passed (more often is harmless);
 //!   [`Device::poll_transmit`] until `None`, writing each frame.
-//! - Or [`Device::drive`] does one round of that over an `embedded-io` transport.
+//! - Or [`Device::drive`] does one round of that over a blocking `embedded-io` transport
+//!   (a socket: any error is a broken connection), and [`Device::drive_nb`] over a
+//!   non-blocking one (a UART, through `tether_core::io::nb`); `firmware-sim/qemu` runs the
+//!   latter on a Cortex-M3 under QEMU.
 //!
 //! ```
 //! use tether_core::link::{Config, Instant, Link, LinkStorage, Role};
@@ -63,6 +66,7 @@
 //! # Ok::<(), tether_firmware_sim::device::DeviceError>(())
 //! ```
 
+use tether_core::io::nb;
 use tether_core::link::{ConfigError, Event, Instant, Link, Phase, Role, SendError, Storage};
 use tether_core::record::{Full, RecordWriter, TYPED};
 
@@ -585,6 +589,48 @@ impl<S: Storage> Device<S> {
             }
         }
         io.flush().map_err(|e| self.broken(DriveError::Io(e)))
+    }
+
+    /// One round of a firmware main loop over a non-blocking transport (a UART's FIFOs),
+    /// through `tether-core`'s [`nb::Driver`](tether_core::io::nb::Driver): reads what the
+    /// transport has ready, lets the link's timers fire, writes as much as the transport
+    /// takes now (a frame it takes only part of stays in `driver` for the next call), then
+    /// acts on what came in and takes a reading if one is due. It never waits.
+    ///
+    /// Frames queued by that last step go out in the next call: call it again at once while
+    /// the returned [`Progress`](tether_core::io::nb::Progress) is not idle, and otherwise
+    /// when input is ready or [`Device::poll_timeout`] has passed.
+    ///
+    /// Unlike [`Device::drive`], nothing here takes the transport for broken: a UART has no
+    /// end and no failure that a new connection would mend. Only the end of the stream
+    /// (`progress.eof`) or an error marks the device without transport; reset `driver`
+    /// before the next [`Device::transport_up`] (the rest of a half-sent frame belongs to
+    /// the old connection). Without a transport it only polls.
+    pub fn drive_nb<T, B>(
+        &mut self,
+        now: Instant,
+        io: &mut T,
+        driver: &mut nb::Driver<B>,
+    ) -> Result<nb::Progress, nb::Error<T::Error>>
+    where
+        T: embedded_io::Read
+            + embedded_io::ReadReady
+            + embedded_io::Write
+            + embedded_io::WriteReady,
+        B: AsMut<[u8]>,
+    {
+        if !self.online {
+            self.poll(now);
+            return Ok(nb::Progress::default());
+        }
+        let progress = driver.poll(&mut self.link, io, now).inspect_err(|_| {
+            self.transport_down();
+        })?;
+        if progress.eof {
+            self.transport_down();
+        }
+        self.work(now);
+        Ok(progress)
     }
 
     fn broken<E>(&mut self, e: DriveError<E>) -> DriveError<E> {
