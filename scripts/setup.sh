@@ -8,8 +8,9 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 command -v cargo >/dev/null || { log "cargo not found: install Rust with rustup first"; exit 1; }
 command -v rustup >/dev/null || { log "rustup not found: the embedded targets need it"; exit 1; }
 
-# Embedded targets: the core must keep building for Cortex-M0 (v6-M) and Cortex-M4F (v7E-M).
-targets=(thumbv6m-none-eabi thumbv7em-none-eabihf)
+# Embedded targets: the core must keep building for Cortex-M0 (v6-M) and Cortex-M4F (v7E-M);
+# the QEMU firmware (firmware-sim/qemu) is a Cortex-M3 (v7-M) image.
+targets=(thumbv6m-none-eabi thumbv7em-none-eabihf thumbv7m-none-eabi)
 installed=$(rustup target list --installed)
 for t in "${targets[@]}"; do
   grep -qx "$t" <<<"$installed" || { log "adding target $t"; rustup target add "$t"; }
@@ -24,6 +25,16 @@ done
 if ! command -v python3 >/dev/null; then
   log "installing python3"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 >/dev/null
+fi
+
+# QEMU runs the Cortex-M3 firmware (scripts/firmware-qemu.sh); defmt-print decodes its defmt log.
+if ! command -v qemu-system-arm >/dev/null; then
+  log "installing qemu-system-arm"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-system-arm >/dev/null
+fi
+if ! command -v defmt-print >/dev/null; then
+  log "installing defmt-print (about a minute and a half)"
+  cargo install defmt-print --locked --quiet
 fi
 
 # cargo-fuzz, when a nightly toolchain is there to run it.

@@ -44,6 +44,9 @@ done
 step "footprint of tether-core on a Cortex-M4F (report, not a gate)"
 scripts/size-report.sh
 
+step "real firmware: the Cortex-M3 image under QEMU streaming to tether listen, defmt, footprint"
+scripts/firmware-qemu.sh
+
 fuzz_seconds=${FUZZ_SECONDS:-15}
 if [[ $fuzz_seconds -gt 0 ]] && cargo +nightly fuzz --version >/dev/null 2>&1; then
   step "fuzzing, ${fuzz_seconds}s per target"
