@@ -469,8 +469,25 @@ fn bridge(
     Ok(())
 }
 
-/// One CSV row of the device: seq and fields.
-type Rows = Vec<(u32, Vec<String>)>;
+/// One CSV row of a device: when the listener wrote it (seconds into the UTC day), its seq
+/// and its fields.
+struct Row {
+    host_s: f64,
+    seq: u32,
+    fields: Vec<String>,
+}
+
+type Rows = Vec<Row>;
+
+/// Seconds into the day of an RFC 3339 time (`2026-11-25T11:32:06.367209Z`).
+fn day_seconds(t: &str) -> Option<f64> {
+    let time = t.split('T').nth(1)?.trim_end_matches('Z');
+    let mut parts = time.split(':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let s: f64 = parts.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
+}
 
 /// The CSV's rows by device (header skipped).
 fn read_csv(path: &Path) -> HashMap<String, Rows> {
@@ -481,10 +498,14 @@ fn read_csv(path: &Path) -> HashMap<String, Rows> {
         if cols.len() < 4 {
             continue;
         }
-        let Ok(seq) = cols[2].parse() else { continue };
-        by.entry(cols[1].to_owned())
-            .or_default()
-            .push((seq, cols[3..].iter().map(|s| s.to_string()).collect()));
+        let (Ok(seq), Some(host_s)) = (cols[2].parse(), day_seconds(cols[0])) else {
+            continue;
+        };
+        by.entry(cols[1].to_owned()).or_default().push(Row {
+            host_s,
+            seq,
+            fields: cols[3..].iter().map(|s| s.to_string()).collect(),
+        });
     }
     by
 }
@@ -493,13 +514,13 @@ fn read_csv(path: &Path) -> HashMap<String, Rows> {
 /// order, with the values of the replayed sensor. Returns the replies (rows whose first
 /// field is text) and the readings' `output` fields.
 fn check_exactly_once(rows: &Rows) -> (Vec<Vec<String>>, Vec<bool>) {
-    for (i, (seq, _)) in rows.iter().enumerate() {
-        assert_eq!(*seq as usize, i, "CSV seq: a gap or a repeat at row {i}");
+    for (i, r) in rows.iter().enumerate() {
+        assert_eq!(r.seq as usize, i, "CSV seq: a gap or a repeat at row {i}");
     }
     let mut sensor = Sensor::new(SENSOR_SEED);
     let (mut replies, mut outputs) = (Vec::new(), Vec::new());
     let mut next = 0u32;
-    for (seq, f) in rows {
+    for Row { seq, fields: f, .. } in rows {
         let Ok(counter) = f[0].parse::<u32>() else {
             replies.push(f.clone());
             continue;
@@ -559,37 +580,47 @@ fn wait_exit_ok(qemu: &mut Qemu) -> Duration {
     ran
 }
 
-fn figures(name: &str, qemu: &Qemu, bridge: &Bridge, ran: Duration, rows: &Rows) {
+/// Prints the run's figures; returns the device's clock rate against the host's (device
+/// milliseconds per host millisecond between the first and the last reading).
+fn figures(name: &str, bridge: &Bridge, ran: Duration, rows: &Rows) -> f64 {
     let first = bridge.stats.first_byte_us.load(Ordering::Relaxed);
-    let ms = |f: &Vec<String>| f.get(1).and_then(|v| v.parse::<u64>().ok());
-    let readings: Vec<&Vec<String>> = rows
+    let readings: Vec<(f64, u64)> = rows
         .iter()
-        .map(|(_, f)| f)
-        .filter(|f| f[0].parse::<u32>().is_ok())
+        .filter(|r| r.fields[0].parse::<u32>().is_ok())
+        .filter_map(|r| Some((r.host_s, r.fields.get(1)?.parse::<u64>().ok()?)))
         .collect();
-    let span = match (
-        readings.first().and_then(|f| ms(f)),
-        readings.last().and_then(|f| ms(f)),
-    ) {
-        (Some(a), Some(b)) if b > a => b - a,
-        _ => 0,
+    let (span, host_span) = match (readings.first(), readings.last()) {
+        (Some(&(h0, d0)), Some(&(h1, d1))) if d1 > d0 => {
+            // Across midnight, the host's seconds of the day start again.
+            let h = if h1 >= h0 {
+                h1 - h0
+            } else {
+                h1 + 86_400.0 - h0
+            };
+            (d1 - d0, h * 1000.0)
+        }
+        _ => (0, 0.0),
     };
+    let rate = span as f64 / host_span.max(1.0);
     let bytes = bridge.stats.to_host.load(Ordering::Relaxed);
     eprintln!(
-        "{name}: boot to first byte of HELLO {:.1} ms; {} readings in {} ms of device time ({:.0} records/s); \
+        "{name}: boot to first byte of HELLO {:.1} ms; {} readings in {} ms of device time \
+         ({:.0} records/s; the host saw {:.0} ms: device clock x{:.3}); \
          {} bytes device->host, {} host->device ({:.1} KiB/s device->host over the run); \
          QEMU ran {:.2} s; listener dialled {} times",
         first as f64 / 1000.0,
         readings.len(),
         span,
         readings.len() as f64 * 1000.0 / span.max(1) as f64,
+        host_span,
+        rate,
         bytes,
         bridge.stats.to_device.load(Ordering::Relaxed),
         bytes as f64 / 1024.0 / ran.as_secs_f64(),
         ran.as_secs_f64(),
         1 + bridge.stats.listener_dials.load(Ordering::Relaxed),
     );
-    let _ = qemu;
+    rate
 }
 
 #[test]
@@ -655,7 +686,13 @@ fn firmware_under_qemu_streams_every_reading_once_and_obeys_commands() {
         qemu.output()
     );
 
-    figures("stream", &qemu, &bridge, ran, rows);
+    // The device's clock (SysTick) keeps pace with the host's: the link's timers mean what
+    // they say. (Loose bounds: the host stamps rows when it writes them, in batches.)
+    let rate = figures("stream", &bridge, ran, rows);
+    assert!(
+        (0.9..1.1).contains(&rate),
+        "the device's clock runs at x{rate:.3} of the host's"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -711,7 +748,7 @@ fn firmware_under_qemu_resumes_after_a_cut_with_nothing_lost_or_repeated() {
     assert!(replies.is_empty(), "{replies:?}");
     assert!(outputs.iter().all(|&o| !o));
 
-    figures("cut", &qemu, &bridge, ran, rows);
+    figures("cut", &bridge, ran, rows);
     eprintln!("cut: firmware says: {out}");
     let _ = std::fs::remove_dir_all(&dir);
 }
