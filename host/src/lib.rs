@@ -15,6 +15,7 @@ pub mod bench;
 pub mod clock;
 pub mod demo;
 pub mod endpoint;
+pub mod keys;
 pub mod listen;
 pub mod raw;
 pub mod send;

@@ -50,6 +50,10 @@ pub struct ListenOptions {
     pub max_command: usize,
     /// Speak the tutorial's raw protocol instead of Tether (see [`crate::raw`]).
     pub raw: bool,
+    /// Authenticate devices with these pre-shared keys (`PROTOCOL.md` 9.14); a device
+    /// without a key, with the wrong key or without authentication is refused. Default
+    /// none: devices are not authenticated, and one that asks for it is refused.
+    pub keys: Option<Arc<crate::keys::KeyTable>>,
 }
 
 impl ListenOptions {
@@ -66,6 +70,7 @@ impl ListenOptions {
             max_record: 1024,
             max_command: 64,
             raw: false,
+            keys: None,
         }
     }
 }
@@ -220,6 +225,13 @@ impl Listener {
                 tether_core::frame::MAX_PAYLOAD
             )));
         }
+        let trailer = tether_core::link::auth::TRAILER_LEN;
+        if opts.keys.is_some() && opts.max_record > tether_core::frame::MAX_PAYLOAD - trailer {
+            return Err(ListenError::Options(format!(
+                "with --keys, max record must be at most {} bytes (each frame carries a {trailer}-byte MAC trailer)",
+                tether_core::frame::MAX_PAYLOAD - trailer
+            )));
+        }
         let mut sockets = Vec::new();
         let mut addrs = Vec::new();
         for e in &opts.endpoints {
@@ -372,7 +384,13 @@ impl Shared {
         let storage = HeapStorage::new(
             self.opts.window.min(64),
             self.opts.window,
-            self.opts.max_record + tether_core::frame::OVERHEAD,
+            self.opts.max_record
+                + tether_core::frame::OVERHEAD
+                + self
+                    .opts
+                    .keys
+                    .as_ref()
+                    .map_or(0, |_| tether_core::link::auth::TRAILER_LEN),
         );
         // Options were checked in `bind`, so the configuration is valid.
         Link::new(cfg, storage).unwrap_or_else(|e| unreachable!("checked options: {e:?}"))
@@ -457,6 +475,16 @@ async fn serve(
         shared.dropped.fetch_add(1, Ordering::Relaxed);
         return;
     };
+    // Authentication (9.14) is decided before any state is kept for the device.
+    let key = match crate::keys::admit(shared.opts.keys.as_deref(), &seen) {
+        Ok(key) => key,
+        Err(refusal) => {
+            warn!(%peer, "device {device:08x} refused: {refusal}; nothing of it is written");
+            let _ = stream.write_all(&refusal.frame()).await;
+            shared.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    };
     let session = lock(&shared.sessions)
         .entry(device)
         .or_insert_with(|| {
@@ -470,6 +498,13 @@ async fn serve(
             }))
         })
         .clone();
+    let bound = crate::keys::bind(&mut lock(&session).link, key);
+    if let Err(refusal) = bound {
+        warn!(%peer, "device {device:08x} refused: {refusal}");
+        let _ = stream.write_all(&refusal.frame()).await;
+        shared.dropped.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
     let (generation, wake) = {
         let mut s = lock(&session);
         s.generation += 1;

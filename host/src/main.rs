@@ -123,6 +123,10 @@ struct ListenArgs {
     /// CSV row per chunk) so its scripts work unchanged. No framing, integrity or resume.
     #[arg(long)]
     raw: bool,
+    /// Authenticate devices: a file of `DEVICE_ID HEX_KEY` lines (mode 600), one a device.
+    /// Devices without a key, with another key or without authentication are refused.
+    #[arg(long, value_name = "FILE")]
+    keys: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -144,6 +148,10 @@ struct SendArgs {
     /// 32 bytes, waiting for the server's answer after each.
     #[arg(long)]
     raw: bool,
+    /// Authenticate with this device's key: a file with one `DEVICE_ID HEX_KEY` line (mode
+    /// 600). Keys are never taken from the command line.
+    #[arg(long, value_name = "FILE")]
+    key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -275,6 +283,8 @@ enum CliError {
     #[error(transparent)]
     Send(#[from] tether_host::send::SendError),
     #[error(transparent)]
+    Keys(#[from] tether_host::keys::KeyError),
+    #[error(transparent)]
     RawSend(#[from] tether_host::raw::RawSendError),
     #[error(transparent)]
     Demo(#[from] tether_host::demo::DemoError),
@@ -379,6 +389,15 @@ async fn listen(args: ListenArgs) -> Result<ExitCode, CliError> {
     opts.window = args.window;
     opts.max_record = args.max_record;
     opts.raw = args.raw;
+    if let Some(path) = &args.keys {
+        let keys = tether_host::keys::load_table(path)?;
+        tracing::info!(
+            "authenticating devices: {} keys from {}",
+            keys.len(),
+            path.display()
+        );
+        opts.keys = Some(std::sync::Arc::new(keys));
+    }
     let listener = Listener::bind(opts.clone()).await?;
     for a in listener.local_addrs() {
         tracing::info!("listening on tcp://{a}, writing {}", opts.csv.display());
@@ -549,6 +568,9 @@ async fn send(args: SendArgs) -> Result<ExitCode, CliError> {
     let mut opts = SendOptions::new(args.endpoint);
     opts.window = args.window;
     opts.max_record = args.max_record;
+    if let Some(path) = &args.key_file {
+        opts.key = Some(tether_host::keys::load_one(path)?);
+    }
     opts.give_up_after = Duration::from_secs(args.give_up_after);
     let terminal = io::stderr().is_terminal();
     let started = std::time::Instant::now();

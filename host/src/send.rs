@@ -26,6 +26,8 @@ pub struct SendOptions {
     pub give_up_after: Duration,
     /// This sender's session identity; random by default.
     pub session: u32,
+    /// Authenticate with this pre-shared key (`PROTOCOL.md` 9.14). Default none.
+    pub key: Option<tether_core::link::Key>,
 }
 
 impl SendOptions {
@@ -37,6 +39,7 @@ impl SendOptions {
             max_record: 1024,
             give_up_after: Duration::from_secs(30),
             session: crate::random_session(),
+            key: None,
         }
     }
 }
@@ -121,10 +124,20 @@ pub async fn send<R: AsyncBufRead + Unpin + Send + 'static>(
             tether_core::frame::MAX_PAYLOAD
         )));
     }
+    // An authenticated frame carries a MAC trailer besides the record.
+    let frame_len = frame_len
+        + opts
+            .key
+            .as_ref()
+            .map_or(0, |_| tether_core::link::auth::TRAILER_LEN);
     let mut cfg = Config::new(Role::Client, opts.session.max(1));
     cfg.window = opts.window;
     let storage = HeapStorage::new(usize::from(opts.window.max(1)), 8, frame_len);
     let mut link = Link::new(cfg, storage).map_err(|e| SendError::Options(format!("{e:?}")))?;
+    if let Some(key) = &opts.key {
+        link.set_auth(Some(key.clone()), crate::keys::nonce_seed())
+            .map_err(|e| SendError::Options(format!("{e:?}")))?;
+    }
     let first = link.next_seq();
     let clock = Clock::new();
     // Lines are read ahead by their own task, so that reading never waits on the network
