@@ -594,3 +594,143 @@ proptest! {
         prop_assert_eq!(records_in(&h), 4);
     }
 }
+
+// ---- PROTOCOL.md 9.14.6: the test vector, recomputed from the spec's formulas ----------
+
+const SPEC: &str = include_str!("../../PROTOCOL.md");
+
+fn hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .chunks(32)
+        .map(|c| c.join(" "))
+        .collect::<Vec<_>>()
+        .join("\n         ")
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    s.split_whitespace()
+        .map(|b| u8::from_str_radix(b, 16).expect("hex byte"))
+        .collect()
+}
+
+/// The `tether-auth-vector` block of the spec as key → value (continuation lines joined).
+fn spec_vector() -> std::collections::BTreeMap<String, String> {
+    let mut map = std::collections::BTreeMap::new();
+    let mut lines = SPEC.lines().skip_while(|l| l.trim() != "```tether-auth-vector");
+    lines.next();
+    let mut last = String::new();
+    for line in lines {
+        if line.trim() == "```" {
+            break;
+        }
+        if line.starts_with(' ') {
+            let v: &mut String = map.get_mut(&last).expect("continuation");
+            v.push(' ');
+            v.push_str(line.trim());
+        } else {
+            let (k, v) = line.split_once(':').expect("key: value");
+            last = k.trim().to_string();
+            map.insert(last.clone(), v.trim().to_string());
+        }
+    }
+    map
+}
+
+fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    use hmac::Mac;
+    let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+    for p in parts {
+        m.update(p);
+    }
+    m.finalize().into_bytes().into()
+}
+
+fn payload_of(wire: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let raw = raw_of(wire);
+    (raw[14..raw.len() - 4].to_vec(), raw)
+}
+
+#[test]
+fn the_spec_vector_is_what_the_reference_sends_and_what_the_formulas_give() {
+    let psk: [u8; 32] = core::array::from_fn(|i| i as u8);
+    let key = Key::new(ID, psk);
+    let mut c_seed = [0u8; 16];
+    let mut s_seed = [0u8; 16];
+    for i in 4..16 {
+        c_seed[i] = 0xc0 + i as u8;
+        s_seed[i] = 0x50 + i as u8;
+    }
+    let mut d = Link::new(Config::new(Role::Client, 0xd1), Store::new()).unwrap();
+    let mut h = Link::new(Config::new(Role::Server, 0x51), Store::new()).unwrap();
+    d.set_auth(Some(key.clone()), c_seed).unwrap();
+    h.set_auth(Some(key), s_seed).unwrap();
+    d.send(b"21.5").unwrap();
+    let now = Instant::from_millis(0);
+    connect(&mut d, &mut h, now);
+    let mut buf = vec![0u8; 512];
+    let n = d.poll_transmit(now, &mut buf).unwrap();
+    let hello_wire = buf[..n].to_vec();
+    h.handle_input(now, &hello_wire);
+    let n = h.poll_transmit(now, &mut buf).unwrap();
+    let welcome_wire = buf[..n].to_vec();
+    d.handle_input(now, &welcome_wire);
+    while let Some(n) = h.poll_transmit(now, &mut buf) {
+        d.handle_input(now, &buf[..n]); // the server's ACK
+    }
+    let n = d.poll_transmit(now, &mut buf).unwrap();
+    let data_wire = buf[..n].to_vec();
+    let s0 = h.stats().records_in;
+    h.handle_input(now, &data_wire);
+    assert_eq!(h.stats().records_in, s0 + 1);
+    assert_eq!(h.recv().unwrap().payload, b"21.5");
+
+    // The formulas of 9.14.
+    let (hello, _) = payload_of(&hello_wire);
+    let (welcome, _) = payload_of(&welcome_wire);
+    let (data, data_raw) = payload_of(&data_wire);
+    assert_eq!((hello.len(), welcome.len()), (64, 64));
+    let nonce_c = &hello[32..48];
+    let nonce_s = &welcome[32..48];
+    let tag_c = hmac(&psk, &[b"tether-v1 hello", &hello[..48]]);
+    assert_eq!(&hello[48..], &tag_c[..16], "tag_c");
+    let k = hmac(&psk, &[b"tether-v1 key", &ID.to_le_bytes(), nonce_c, nonce_s]);
+    let tag_s = hmac(&k, &[b"tether-v1 welcome", &welcome[..48]]);
+    assert_eq!(&welcome[48..], &tag_s[..16], "tag_s");
+    let body = data_raw.len() - 4 - 8;
+    let mac = hmac(&k, &[&[0x01], &data_raw[..body]]);
+    assert_eq!(&data_raw[body..body + 8], &mac[..8], "frame MAC");
+    assert_eq!(&data[data.len() - 14..data.len() - 8], &[1, 0, 0, 0, 0, 0], "counter 1");
+
+    let ours = [
+        ("psk", hex(&psk)),
+        ("key-id", format!("{ID:08x}")),
+        ("nonce-c", hex(nonce_c)),
+        ("nonce-s", hex(nonce_s)),
+        ("hello", hex(&hello)),
+        ("hello-wire", hex(&hello_wire)),
+        ("k", hex(&k)),
+        ("welcome", hex(&welcome)),
+        ("welcome-wire", hex(&welcome_wire)),
+        ("data-raw", hex(&data_raw)),
+        ("data-wire", hex(&data_wire)),
+    ];
+    if std::env::var_os("TETHER_PRINT_AUTH_VECTOR").is_some() {
+        println!("```tether-auth-vector");
+        for (k, v) in &ours {
+            println!("{k:<12} {v}", k = format!("{k}:"));
+        }
+        println!("```");
+    }
+    let spec = spec_vector();
+    for (k, v) in &ours {
+        let want = spec.get(*k).unwrap_or_else(|| panic!("PROTOCOL.md lacks `{k}`"));
+        if *k == "key-id" {
+            assert_eq!(want, v, "{k}");
+        } else {
+            assert_eq!(unhex(want), unhex(v), "{k}");
+        }
+    }
+}
