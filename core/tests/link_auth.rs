@@ -619,7 +619,9 @@ fn unhex(s: &str) -> Vec<u8> {
 /// The `tether-auth-vector` block of the spec as key → value (continuation lines joined).
 fn spec_vector() -> std::collections::BTreeMap<String, String> {
     let mut map = std::collections::BTreeMap::new();
-    let mut lines = SPEC.lines().skip_while(|l| l.trim() != "```tether-auth-vector");
+    let mut lines = SPEC
+        .lines()
+        .skip_while(|l| l.trim() != "```tether-auth-vector");
     lines.next();
     let mut last = String::new();
     for line in lines {
@@ -696,13 +698,20 @@ fn the_spec_vector_is_what_the_reference_sends_and_what_the_formulas_give() {
     let nonce_s = &welcome[32..48];
     let tag_c = hmac(&psk, &[b"tether-v1 hello", &hello[..48]]);
     assert_eq!(&hello[48..], &tag_c[..16], "tag_c");
-    let k = hmac(&psk, &[b"tether-v1 key", &ID.to_le_bytes(), nonce_c, nonce_s]);
+    let k = hmac(
+        &psk,
+        &[b"tether-v1 key", &ID.to_le_bytes(), nonce_c, nonce_s],
+    );
     let tag_s = hmac(&k, &[b"tether-v1 welcome", &welcome[..48]]);
     assert_eq!(&welcome[48..], &tag_s[..16], "tag_s");
     let body = data_raw.len() - 4 - 8;
     let mac = hmac(&k, &[&[0x01], &data_raw[..body]]);
     assert_eq!(&data_raw[body..body + 8], &mac[..8], "frame MAC");
-    assert_eq!(&data[data.len() - 14..data.len() - 8], &[1, 0, 0, 0, 0, 0], "counter 1");
+    assert_eq!(
+        &data[data.len() - 14..data.len() - 8],
+        &[1, 0, 0, 0, 0, 0],
+        "counter 1"
+    );
 
     let ours = [
         ("psk", hex(&psk)),
@@ -726,7 +735,9 @@ fn the_spec_vector_is_what_the_reference_sends_and_what_the_formulas_give() {
     }
     let spec = spec_vector();
     for (k, v) in &ours {
-        let want = spec.get(*k).unwrap_or_else(|| panic!("PROTOCOL.md lacks `{k}`"));
+        let want = spec
+            .get(*k)
+            .unwrap_or_else(|| panic!("PROTOCOL.md lacks `{k}`"));
         if *k == "key-id" {
             assert_eq!(want, v, "{k}");
         } else {
