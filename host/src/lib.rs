@@ -18,6 +18,7 @@ pub mod endpoint;
 pub mod keys;
 pub mod listen;
 pub mod raw;
+pub mod recover;
 pub mod send;
 pub mod sim;
 pub mod sink;

@@ -37,6 +37,10 @@ pub struct ListenOptions {
     pub fsync: bool,
     /// Connections served at once; more are refused. Default 256.
     pub max_connections: usize,
+    /// Device sessions kept (each holds its link's buffers, about 76 KiB at the default
+    /// window and record size). At the limit, a new device takes the place of the one idle
+    /// longest with nothing pending; it resumes exactly once when it comes back. Default 256.
+    pub max_devices: usize,
     /// A new connection must say HELLO within this. Default 5 s.
     pub handshake_timeout: Duration,
     /// A device silent for this long is dropped (it sends PINGs every second when idle,
@@ -64,6 +68,7 @@ impl ListenOptions {
             csv,
             fsync: false,
             max_connections: 256,
+            max_devices: 256,
             handshake_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(10),
             window: 64,
@@ -89,6 +94,9 @@ pub enum ListenError {
     /// The CSV file could not be opened or written.
     #[error(transparent)]
     Sink(#[from] SinkError),
+    /// The CSV file could not be checked or repaired after a crash.
+    #[error(transparent)]
+    Recover(#[from] crate::recover::RecoverError),
     /// An option is out of range.
     #[error("invalid option: {0}")]
     Options(String),
@@ -185,6 +193,12 @@ struct Session {
     generation: u64,
     commands: VecDeque<Vec<u8>>,
     wake: Arc<Notify>,
+    /// Whether a connection serves it now, and since when it is without one.
+    connected: bool,
+    idle_since: std::time::Instant,
+    /// Where its records are in the CSV, so that what it sends again after a listener
+    /// restart is written once.
+    resume: crate::recover::Resume,
 }
 
 impl std::fmt::Debug for Session {
@@ -197,8 +211,10 @@ impl std::fmt::Debug for Session {
 struct Shared {
     opts: ListenOptions,
     clock: Clock,
-    session_id: u32,
     sessions: Mutex<HashMap<u32, Arc<Mutex<Session>>>>,
+    /// Each device's last record in the CSV as found at start (see [`crate::recover`]),
+    /// taken by its session when it first connects.
+    recovered: Mutex<HashMap<u32, u32>>,
     sink: Mutex<CsvSink>,
     records: AtomicU64,
     connections: AtomicU64,
@@ -248,12 +264,14 @@ impl Listener {
             })?);
             sockets.push(s);
         }
+        let recovered = crate::recover::recover(&opts.csv)?;
+        crate::recover::log_recovered(&opts.csv, &recovered);
         let sink = CsvSink::open(&opts.csv, opts.fsync)?;
         let shared = Arc::new(Shared {
-            session_id: crate::random_session(),
             opts,
             clock: Clock::new(),
             sessions: Mutex::new(HashMap::new()),
+            recovered: Mutex::new(recovered.last_seq),
             sink: Mutex::new(sink),
             records: AtomicU64::new(0),
             connections: AtomicU64::new(0),
@@ -337,6 +355,7 @@ impl Listener {
                     tasks.spawn(async move {
                         let _ = stream.set_nodelay(true);
                         crate::tcp_keepalive(&stream);
+                        limit_send_buffer(&stream);
                         if shared.opts.raw {
                             match crate::raw::serve(stream, peer, &shared.sink, shared.opts.idle_timeout).await {
                                 Ok(n) => { shared.records.fetch_add(n, Ordering::Relaxed); }
@@ -378,11 +397,14 @@ impl Listener {
 
 impl Shared {
     fn new_link(&self) -> Link<HeapStorage> {
-        let mut cfg = Config::new(Role::Server, self.session_id);
+        // Each link its own identity: a device whose session was forgotten (see `admit`)
+        // must see a new one, or it would resume against state that is gone (9.5.5).
+        let mut cfg = Config::new(Role::Server, crate::random_session());
         cfg.max_send = self.opts.max_command as u16;
         cfg.dead_after_ms = self.opts.idle_timeout.as_millis().min(u128::from(u32::MAX)) as u32;
+        // Commands are few and short: 8 in flight is plenty (each slot is a record long).
         let storage = HeapStorage::new(
-            self.opts.window.min(64),
+            self.opts.window.min(8),
             self.opts.window,
             self.opts.max_record
                 + tether_core::frame::OVERHEAD
@@ -395,6 +417,62 @@ impl Shared {
         // Options were checked in `bind`, so the configuration is valid.
         Link::new(cfg, storage).unwrap_or_else(|e| unreachable!("checked options: {e:?}"))
     }
+}
+
+/// The session of `device`, made if new. At `max_devices` sessions, the one idle longest
+/// with nothing pending (no connection, no record held, no command unacknowledged) makes
+/// room; its last written record is kept, so that it resumes exactly once if it returns
+/// (its new link has a new session identity, so the device takes it as a listener
+/// restart). `None` if every session is busy.
+fn admit(shared: &Shared, device: u32) -> Option<Arc<Mutex<Session>>> {
+    let mut map = lock(&shared.sessions);
+    if let Some(s) = map.get(&device) {
+        return Some(s.clone());
+    }
+    if map.len() >= shared.opts.max_devices.max(1) {
+        let (_, victim) = map
+            .iter()
+            .filter_map(|(&d, s)| {
+                let mut s = lock(s);
+                let idle = !s.connected
+                    && s.commands.is_empty()
+                    && s.link.unacked() == 0
+                    && s.link.received().next().is_none();
+                idle.then_some((s.idle_since, d))
+            })
+            .min()?;
+        if let Some(old) = map.remove(&victim) {
+            let last = lock(&old).resume.last_written();
+            if let Some(last) = last {
+                lock(&shared.recovered).insert(victim, last);
+            }
+            info!("device {victim:08x} forgotten to make room for {device:08x} ({} sessions, --max-devices); it resumes if it returns", shared.opts.max_devices);
+        }
+    }
+    info!("new device {device:08x}");
+    let session = Arc::new(Mutex::new(Session {
+        link: shared.new_link(),
+        device,
+        generation: 0,
+        commands: VecDeque::new(),
+        wake: Arc::new(Notify::new()),
+        connected: false,
+        idle_since: std::time::Instant::now(),
+        resume: crate::recover::Resume::new(lock(&shared.recovered).remove(&device)),
+    }));
+    map.insert(device, session.clone());
+    Some(session)
+}
+
+/// The kernel's send buffer of an accepted connection, bytes (Linux doubles it for its own
+/// bookkeeping). A listener sends devices only acknowledgements and short commands, so this
+/// is ample; it bounds the kernel memory a device that never reads can pin (otherwise up to
+/// `tcp_wmem`'s maximum, 4 MiB) and makes such a device's connection back up within seconds,
+/// so the listener's write time-out drops it.
+pub const ACCEPTED_SEND_BUFFER: usize = 32 * 1024;
+
+fn limit_send_buffer(s: &TcpStream) {
+    let _ = socket2::SockRef::from(s).set_send_buffer_size(ACCEPTED_SEND_BUFFER);
 }
 
 /// Reads a new connection up to its HELLO. Returns the session it names and every byte read
@@ -485,19 +563,11 @@ async fn serve(
             return;
         }
     };
-    let session = lock(&shared.sessions)
-        .entry(device)
-        .or_insert_with(|| {
-            info!("new device {device:08x}");
-            Arc::new(Mutex::new(Session {
-                link: shared.new_link(),
-                device,
-                generation: 0,
-                commands: VecDeque::new(),
-                wake: Arc::new(Notify::new()),
-            }))
-        })
-        .clone();
+    let Some(session) = admit(shared, device) else {
+        warn!(%peer, "device {device:08x} refused: {} device sessions are in use, none idle (--max-devices)", shared.opts.max_devices);
+        shared.dropped.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
     let bound = crate::keys::bind(&mut lock(&session).link, key);
     if let Err(refusal) = bound {
         warn!(%peer, "device {device:08x} refused: {refusal}");
@@ -508,6 +578,10 @@ async fn serve(
     let (generation, wake) = {
         let mut s = lock(&session);
         s.generation += 1;
+        s.connected = true;
+        if let Some(notice) = s.resume.on_hello(crate::recover::hello_in(&seen)) {
+            crate::recover::report(&shared.sink, device, &notice);
+        }
         let now = shared.clock.now();
         s.link.connect(now);
         s.link.handle_input(now, &seen);
@@ -533,9 +607,19 @@ async fn serve(
             (s.link.poll_timeout(), finished)
         };
         if !out.is_empty() {
-            if let Err(e) = stream.write_all(&out).await {
-                debug!(%peer, "write failed: {e}");
-                break;
+            // A peer that does not read backs our writes up: it gets as long as a silent
+            // one, then is dropped, so it cannot hold a connection (and its buffers) forever.
+            match tokio::time::timeout(shared.opts.idle_timeout, stream.write_all(&out)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    debug!(%peer, "write failed: {e}");
+                    break;
+                }
+                Err(_) => {
+                    warn!(%peer, "device {device:08x} dropped: it read nothing for {:?} (its connection backed up)", shared.opts.idle_timeout);
+                    shared.dropped.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
             }
             out.clear();
         }
@@ -561,10 +645,17 @@ async fn serve(
             _ = stop.changed(), if !stopping => { stopping = true; }
         }
     }
-    let s = lock(&session);
+    let mut s = lock(&session);
+    if s.generation == generation {
+        s.connected = false;
+        s.idle_since = std::time::Instant::now();
+    }
     match s.link.phase() {
         Phase::Dead => {
-            warn!(%peer, "device {device:08x} silent for {:?}: connection dropped", shared.opts.idle_timeout)
+            let d = s.link.stats().decoder;
+            shared.dropped.fetch_add(1, Ordering::Relaxed);
+            warn!(%peer, "device {device:08x} silent for {:?}: connection dropped (frames from it this session: {} valid, {} too long, {} corrupt)",
+                shared.opts.idle_timeout, d.frames, d.too_long, d.crc_errors + d.cobs_errors)
         }
         Phase::Rejected => warn!(%peer, "device {device:08x} refused: {:?}", s.link.reject()),
         _ => {}
@@ -581,7 +672,10 @@ fn step(shared: &Shared, s: &mut Session, out: &mut Vec<u8>) -> Result<(), SinkE
         let mut sink = lock(&shared.sink);
         let time = SystemTime::now();
         for r in s.link.received() {
-            sink.write(time, device, r.seq, r.payload)?;
+            // Sent again after a listener restart, and already in the CSV: released unwritten.
+            if !s.resume.already_written(r.seq) {
+                sink.write(time, device, r.seq, r.payload)?;
+            }
             n += 1;
         }
         if n > 0 {
@@ -611,7 +705,8 @@ fn step(shared: &Shared, s: &mut Session, out: &mut Vec<u8>) -> Result<(), SinkE
                 info!("device {device:08x}: session established (resumed: {resumed})")
             }
             Event::PeerRestarted { in_doubt } => {
-                warn!("device {device:08x} restarted; {in_doubt} commands in doubt, sent again")
+                warn!("device {device:08x} restarted; {in_doubt} commands in doubt, sent again");
+                crate::recover::report_restart(&shared.sink, device, s.resume.restarted());
             }
             Event::Delivered { up_to } => info!(
                 "device {device:08x} acknowledged commands up to #{}",

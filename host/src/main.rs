@@ -106,6 +106,10 @@ struct ListenArgs {
     /// Connections served at once; more are refused.
     #[arg(long, default_value_t = 256)]
     max_connections: usize,
+    /// Device sessions kept (about 76 KiB each at the default window and record size); at
+    /// the limit a new device replaces the one idle longest with nothing pending.
+    #[arg(long, default_value_t = 256)]
+    max_devices: usize,
     /// Milliseconds a new connection has to say HELLO.
     #[arg(long, default_value_t = 5_000)]
     handshake_timeout_ms: u64,
@@ -384,6 +388,7 @@ async fn listen(args: ListenArgs) -> Result<ExitCode, CliError> {
     let mut opts = ListenOptions::new(args.endpoints, args.csv);
     opts.fsync = args.fsync;
     opts.max_connections = args.max_connections;
+    opts.max_devices = args.max_devices;
     opts.handshake_timeout = Duration::from_millis(args.handshake_timeout_ms);
     opts.idle_timeout = Duration::from_millis(args.idle_timeout_ms);
     opts.window = args.window;

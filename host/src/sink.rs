@@ -151,6 +151,29 @@ impl CsvSink {
         Ok(())
     }
 
+    /// Writes a marker row for `device`: time, device, an empty seq, and `text` (which
+    /// starts with `<`). The listener marks discontinuities in a device's records this way
+    /// (see [`crate::recover`]).
+    pub fn write_note(
+        &mut self,
+        time: SystemTime,
+        device: u32,
+        text: &str,
+    ) -> Result<(), SinkError> {
+        if self.needs_header {
+            self.needs_header = false;
+            self.writer
+                .write_record(["host_time", "device", "seq", "field_1"])
+                .map_err(|e| self.io(e.into()))?;
+        }
+        let time = humantime::format_rfc3339_micros(time).to_string();
+        let device = format!("{device:08x}");
+        self.writer
+            .write_record([time.as_str(), device.as_str(), "", text])
+            .map_err(|e| self.io(e.into()))?;
+        Ok(())
+    }
+
     /// Makes everything written so far durable to the promised degree: flushed to the
     /// operating system, and with `fsync` on disk. Only then may the records be
     /// acknowledged.

@@ -1,0 +1,502 @@
+//! Crash safety for `tether listen`: what a listener recovers from its own CSV when it
+//! starts, and how a device that resumes after a listener crash gets every record into the
+//! CSV exactly once.
+//!
+//! The CSV is the listener's only durable state. A record is acknowledged only after its row
+//! was handed to the operating system (with `--fsync`, after it is on disk), so after a
+//! crash (kill -9, a panic; with `--fsync` also a power cut) every acknowledged record has
+//! its row. What a crash leaves behind, and how it is dealt with:
+//!
+//! - **A torn last row**: rows are appended through a buffer, so a crash can cut the last
+//!   one short. [`recover`] finds it (no end of line, an open quote, or not a row of this
+//!   listener) and truncates the file before it. Its record was not acknowledged (its batch
+//!   was not committed), so the device still has it and sends it again.
+//! - **Rows written but not acknowledged**: a batch reached the file and the listener died
+//!   before its acknowledgement went out. The device sends those records again, and the
+//!   new listener process, which cannot take over the old one's link state (its session
+//!   identity is new, as `PROTOCOL.md` 9.1 requires), would write them twice. [`recover`]
+//!   therefore reads each device's last written sequence number from the CSV, and
+//!   [`Resume`] skips re-sent records up to it when the device resumes its session (its
+//!   HELLO names an earlier listener session).
+//! - **A device that restarted** (its HELLO names no listener, so it lost its own state)
+//!   while keeping its identity: its numbering starts afresh. That is reported in the log
+//!   and by a marker row in the CSV, and nothing is skipped.
+//!
+//! Startup reads the whole CSV once, streaming (measured: 0.75 s for a million rows, 62 MB,
+//! on a 2-core VM, release build), keeping a few dozen bytes per device.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use tether_core::frame::{Decoder, Kind};
+use tracing::{info, warn};
+
+use crate::sink::CsvSink;
+
+/// Why the CSV could not be recovered.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoverError {
+    /// The file could not be read or repaired.
+    #[error("recovering CSV file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the system said.
+        source: io::Error,
+    },
+}
+
+/// What [`recover`] found in an existing CSV.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// Each device's last row: the sequence number of its record written last.
+    pub last_seq: HashMap<u32, u32>,
+    /// Rows read (records and marker rows, not the header).
+    pub rows: u64,
+    /// Bytes cut from the end: a torn last row (0 if none).
+    pub truncated: u64,
+    /// The text that was cut, shortened, for the log.
+    pub torn: Option<String>,
+}
+
+/// Reads the CSV at `path` (if it exists), truncates a torn last row, and returns each
+/// device's last written sequence number.
+pub fn recover(path: &Path) -> Result<Recovered, RecoverError> {
+    let err = |source| RecoverError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Recovered::default()),
+        Err(e) => return Err(err(e)),
+    };
+    let len = file.metadata().map_err(err)?.len();
+    if len == 0 {
+        return Ok(Recovered::default());
+    }
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(BufReader::with_capacity(256 * 1024, file));
+    let mut found = Recovered::default();
+    let mut row = csv::ByteRecord::new();
+    // Where the last record read starts, whether it is well formed, and its device and seq.
+    let mut last: Option<LastRow> = None;
+    let mut first = true;
+    loop {
+        let start = reader.position().byte();
+        match reader.read_byte_record(&mut row) {
+            Ok(false) => break,
+            Ok(true) => {}
+            // Invalid UTF-8 is not an error for byte records; a read error is.
+            Err(e) => return Err(err(io::Error::other(e))),
+        }
+        if let Some((_, _, Some((device, seq)))) = last {
+            found.last_seq.insert(device, seq);
+        }
+        let parsed = parse_row(&row);
+        let ok = if first {
+            row.get(0) == Some(b"host_time".as_slice())
+        } else {
+            // A row of this listener has a time, a device and (except marker rows) a seq.
+            row.len() >= 3 && row.get(0).is_some_and(|t| !t.is_empty())
+        };
+        if !first {
+            found.rows += 1;
+        }
+        first = false;
+        last = Some((start, ok, parsed));
+    }
+    let Some((start, ok, parsed)) = last else {
+        return Ok(found);
+    };
+    // The last record is whole if it ends with an end of line and closes its quotes.
+    let mut file = reader.into_inner().into_inner();
+    let mut tail = Vec::new();
+    file.seek(SeekFrom::Start(start)).map_err(err)?;
+    file.take(len - start).read_to_end(&mut tail).map_err(err)?;
+    let quotes = tail.iter().filter(|&&b| b == b'"').count();
+    let whole = ok && tail.last() == Some(&b'\n') && quotes % 2 == 0;
+    if whole {
+        if let Some((device, seq)) = parsed {
+            found.last_seq.insert(device, seq);
+        }
+        return Ok(found);
+    }
+    let file = OpenOptions::new().write(true).open(path).map_err(err)?;
+    file.set_len(start).map_err(err)?;
+    file.sync_all().map_err(err)?;
+    found.truncated = len - start;
+    found.rows = found.rows.saturating_sub(1);
+    let shown = String::from_utf8_lossy(&tail[..tail.len().min(80)]).into_owned();
+    found.torn = Some(shown);
+    Ok(found)
+}
+
+/// Where a row starts, whether it is well formed, and its device and seq.
+type LastRow = (u64, bool, Option<(u32, u32)>);
+
+/// The device and seq of a record row (`None` for the header, marker rows and rows of
+/// `--raw`, whose device is a peer address).
+fn parse_row(row: &csv::ByteRecord) -> Option<(u32, u32)> {
+    let device = std::str::from_utf8(row.get(1)?).ok()?;
+    let seq = std::str::from_utf8(row.get(2)?).ok()?;
+    if device.len() != 8 {
+        return None;
+    }
+    Some((
+        u32::from_str_radix(device, 16).ok()?,
+        seq.parse::<u32>().ok()?,
+    ))
+}
+
+/// What a device's HELLO says about its state: the listener session it names (0 if none:
+/// the device starts afresh) and the first record it will send (again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HelloInfo {
+    /// The listener session the device knew, 0 if none.
+    pub peer_session: u32,
+    /// The device's oldest unacknowledged record.
+    pub tx_base: u32,
+}
+
+/// The HELLO among the first bytes of a connection (`PROTOCOL.md` 9.5.1), if there is one of
+/// this protocol version.
+pub fn hello_in(bytes: &[u8]) -> Option<HelloInfo> {
+    let mut decoder = Decoder::new(vec![0u8; 256]);
+    let mut input = bytes;
+    while let Some(r) = decoder.decode(&mut input) {
+        let Ok(f) = r else { continue };
+        if f.header.kind != Kind::Hello {
+            continue;
+        }
+        let p = f.payload;
+        if p.len() != 28 || p[0] != tether_core::link::PROTOCOL_VERSION {
+            return None;
+        }
+        let u32_at = |i: usize| u32::from_le_bytes([p[i], p[i + 1], p[i + 2], p[i + 3]]);
+        return Some(HelloInfo {
+            peer_session: u32_at(6),
+            tx_base: u32_at(10),
+        });
+    }
+    None
+}
+
+/// `a` is at or before `b` in serial-number order (`PROTOCOL.md` 9.2).
+fn at_or_before(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) <= 0
+}
+
+/// Something a [`Resume`] wants said, in the log and (for discontinuities) in the CSV.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// The device resumed a session of an earlier listener process; records it sends again
+    /// through `skip_through` are already in the CSV and will be skipped.
+    Resumed {
+        /// The device's first record sent again.
+        from: u32,
+        /// Its last record already in the CSV.
+        skip_through: u32,
+    },
+    /// The device resumed, but records an earlier listener acknowledged are not in the CSV
+    /// (it was truncated or edited, or a power cut took rows not yet on disk without
+    /// `--fsync`).
+    Missing {
+        /// The device's last record in the CSV.
+        last_written: u32,
+        /// The first record the device still has.
+        from: u32,
+    },
+    /// The device starts a new numbering under an identity the CSV already has rows of: it
+    /// restarted and lost its state (records it had not got acknowledged are gone with it,
+    /// or are sent again under new numbers).
+    Restarted {
+        /// Its previous instance's last record in the CSV.
+        last_written: u32,
+        /// The first record of its new numbering.
+        from: u32,
+    },
+}
+
+impl std::fmt::Display for Notice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Notice::Resumed { from, skip_through } => write!(
+                f,
+                "resumes after a listener restart: records {from} to {skip_through} sent \
+                 again are already in the CSV and are skipped"
+            ),
+            Notice::Missing { last_written, from } => write!(
+                f,
+                "resumes at record {from}, but the CSV ends at its record {last_written}: \
+                 {} acknowledged records are missing from the CSV (truncated, or a power \
+                 cut without --fsync)",
+                from.wrapping_sub(last_written).wrapping_sub(1)
+            ),
+            Notice::Restarted { last_written, from } => write!(
+                f,
+                "restarted (it lost its session): its records are numbered afresh from \
+                 {from}; the rows before are its previous instance's, up to record \
+                 {last_written}; records it had not got acknowledged were lost with it or \
+                 are sent again under new numbers"
+            ),
+        }
+    }
+}
+
+/// One device's written position, so that what it sends again after a listener restart is
+/// written once.
+#[derive(Debug, Clone, Default)]
+pub struct Resume {
+    /// Its last record written to the CSV (by this process or found by [`recover`]).
+    last_written: Option<u32>,
+    /// Records up to this one are in the CSV already: skip them.
+    skip_through: Option<u32>,
+    /// Whether a HELLO was seen by this process's link of the device.
+    seen_hello: bool,
+    /// Records skipped.
+    skipped: u64,
+}
+
+impl Resume {
+    /// A device whose last record in the CSV is `last_written`.
+    pub fn new(last_written: Option<u32>) -> Self {
+        Resume {
+            last_written,
+            ..Resume::default()
+        }
+    }
+
+    /// A new connection of the device said `hello`. Only the first HELLO a fresh link sees
+    /// matters: later ones the link itself resumes (or reports as a restart).
+    pub fn on_hello(&mut self, hello: Option<HelloInfo>) -> Option<Notice> {
+        if std::mem::replace(&mut self.seen_hello, true) {
+            return None;
+        }
+        let (hello, last) = (hello?, self.last_written?);
+        if hello.peer_session == 0 {
+            return Some(Notice::Restarted {
+                last_written: last,
+                from: hello.tx_base,
+            });
+        }
+        if at_or_before(hello.tx_base, last) {
+            self.skip_through = Some(last);
+            Some(Notice::Resumed {
+                from: hello.tx_base,
+                skip_through: last,
+            })
+        } else if hello.tx_base != last.wrapping_add(1) {
+            Some(Notice::Missing {
+                last_written: last,
+                from: hello.tx_base,
+            })
+        } else {
+            None
+        }
+    }
+
+    /// Whether record `seq`, delivered by the link, is already in the CSV. Otherwise the
+    /// caller writes it, and it is remembered as written.
+    pub fn already_written(&mut self, seq: u32) -> bool {
+        if let Some(through) = self.skip_through {
+            if at_or_before(seq, through) {
+                self.skipped += 1;
+                return true;
+            }
+            self.skip_through = None;
+        }
+        self.last_written = Some(seq);
+        false
+    }
+
+    /// The link reported that the device restarted (`Event::PeerRestarted`): its numbering
+    /// starts afresh, so nothing more is skipped. Returns its last record written.
+    pub fn restarted(&mut self) -> Option<u32> {
+        self.skip_through = None;
+        self.last_written
+    }
+
+    /// The device's last record written, if any.
+    pub fn last_written(&self) -> Option<u32> {
+        self.last_written
+    }
+
+    /// Records skipped as already written.
+    pub fn skipped(&self) -> u64 {
+        self.skipped
+    }
+}
+
+/// Logs what [`recover`] found.
+pub fn log_recovered(path: &Path, r: &Recovered) {
+    if let Some(torn) = &r.torn {
+        warn!(
+            "{}: the last row was torn (the listener stopped while writing it); cut {} bytes: \
+             {torn:?}. Its record was not acknowledged, so its device sends it again",
+            path.display(),
+            r.truncated
+        );
+    }
+    if r.rows > 0 {
+        info!(
+            "{}: {} rows from before, {} devices; a device resuming its session continues \
+             after its last row",
+            path.display(),
+            r.rows,
+            r.last_seq.len()
+        );
+    }
+}
+
+fn lock_sink(sink: &Mutex<CsvSink>) -> MutexGuard<'_, CsvSink> {
+    sink.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Reports a [`Notice`] about `device` in the log and, for a discontinuity in its records
+/// (missing records, a restart), as a marker row in the CSV.
+pub fn report(sink: &Mutex<CsvSink>, device: u32, notice: &Notice) {
+    match notice {
+        Notice::Resumed { .. } => info!("device {device:08x} {notice}"),
+        Notice::Missing { .. } | Notice::Restarted { .. } => {
+            warn!("device {device:08x} {notice}");
+            note(sink, device, &format!("<device {notice}>"));
+        }
+    }
+}
+
+/// Reports a restart of `device` that its link detected, in the log and the CSV.
+pub fn report_restart(sink: &Mutex<CsvSink>, device: u32, last_written: Option<u32>) {
+    let text = match last_written {
+        Some(last) => format!(
+            "<device restarted (it lost its session): its records are numbered afresh; the rows \
+             before are its previous instance's, up to record {last}; records it had not got \
+             acknowledged were lost with it or are sent again under new numbers>"
+        ),
+        None => "<device restarted (it lost its session): its records are numbered afresh>".into(),
+    };
+    note(sink, device, &text);
+}
+
+fn note(sink: &Mutex<CsvSink>, device: u32, text: &str) {
+    let mut sink = lock_sink(sink);
+    let r = sink
+        .write_note(SystemTime::now(), device, text)
+        .and_then(|()| sink.commit());
+    if let Err(e) = r {
+        warn!("device {device:08x}: could not write a marker row: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("tether-recover-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    const HEADER: &str = "host_time,device,seq,field_1\n";
+
+    #[test]
+    fn reads_each_devices_last_seq_and_keeps_a_whole_file() {
+        let d = dir("whole");
+        let p = d.join("a.csv");
+        let text = format!(
+            "{HEADER}t,0000000a,0,x\nt,0000000b,7,\"y,\"\"z\"\"\nw\"\nt,0000000a,1,x\n\
+             t,0000000b,,<a marker row>\nt,127.0.0.1:9,3,raw\n"
+        );
+        std::fs::write(&p, &text).unwrap();
+        let r = recover(&p).unwrap();
+        assert_eq!(r.last_seq, HashMap::from([(0xa, 1), (0xb, 7)]));
+        assert_eq!((r.rows, r.truncated, r.torn), (5, 0, None));
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), text);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn truncates_a_torn_last_row_of_any_kind() {
+        let d = dir("torn");
+        let p = d.join("a.csv");
+        let good = format!("{HEADER}t,0000000a,0,x\nt,0000000a,1,x\n");
+        for torn in [
+            "t,0000000a,2,x",               // no end of line
+            "t,0000000a,2,\"open\nquote\n", // a quoted field cut after an end of line
+            "t,0000",                       // cut in the device column
+            "t\n",                          // not a row of ours
+        ] {
+            std::fs::write(&p, format!("{good}{torn}")).unwrap();
+            let r = recover(&p).unwrap();
+            assert_eq!(r.truncated, torn.len() as u64, "{torn:?}");
+            assert_eq!(r.last_seq, HashMap::from([(0xa, 1)]), "{torn:?}");
+            assert_eq!(r.rows, 2);
+            assert_eq!(std::fs::read_to_string(&p).unwrap(), good);
+        }
+        // A header cut short leaves an empty file, which gets a new header.
+        std::fs::write(&p, "host_time,dev").unwrap();
+        assert_eq!(recover(&p).unwrap().truncated, 13);
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 0);
+        assert_eq!(recover(&d.join("none.csv")).unwrap(), Recovered::default());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_resuming_device_skips_what_is_written_and_a_restarted_one_is_reported() {
+        let hello = |peer_session, tx_base| {
+            Some(HelloInfo {
+                peer_session,
+                tx_base,
+            })
+        };
+        // Resumes with records 5..=9 already written: they are skipped, 10 is written.
+        let mut r = Resume::new(Some(9));
+        assert_eq!(
+            r.on_hello(hello(0x1234, 5)),
+            Some(Notice::Resumed {
+                from: 5,
+                skip_through: 9
+            })
+        );
+        assert_eq!(r.on_hello(hello(0x1234, 5)), None, "only the first HELLO");
+        assert!((5..=9).all(|s| r.already_written(s)));
+        assert!(!r.already_written(10));
+        assert!(!r.already_written(11));
+        assert_eq!((r.skipped(), r.last_written()), (5, Some(11)));
+        // Across the wrap of the numbering.
+        let mut r = Resume::new(Some(2));
+        r.on_hello(hello(1, u32::MAX - 1));
+        assert!(r.already_written(u32::MAX) && r.already_written(2));
+        assert!(!r.already_written(3));
+        // Exactly where it stopped: nothing to say.
+        assert_eq!(Resume::new(Some(9)).on_hello(hello(1, 10)), None);
+        // Acknowledged records missing from the CSV.
+        assert_eq!(
+            Resume::new(Some(9)).on_hello(hello(1, 20)),
+            Some(Notice::Missing {
+                last_written: 9,
+                from: 20
+            })
+        );
+        // A device that lost its state: reported, nothing skipped.
+        let mut r = Resume::new(Some(9));
+        assert_eq!(
+            r.on_hello(hello(0, 0)),
+            Some(Notice::Restarted {
+                last_written: 9,
+                from: 0
+            })
+        );
+        assert!(!r.already_written(0));
+        // A device the CSV does not know.
+        assert_eq!(Resume::new(None).on_hello(hello(1, 0)), None);
+    }
+}
