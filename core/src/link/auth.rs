@@ -14,8 +14,37 @@
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use subtle::ConstantTimeEq;
 
 type HmacSha256 = Hmac<Sha256>;
+
+/// HMAC-SHA256 keyed with `key` (any length: this never fails). Not inlined, like
+/// [`mac_of`]: one copy of the hashing code serves every use, which keeps flash down.
+#[inline(never)]
+fn keyed(key: &[u8]) -> Option<HmacSha256> {
+    HmacSha256::new_from_slice(key).ok()
+}
+
+/// The HMAC of the concatenation of `parts` under a keyed state.
+#[inline(never)]
+fn mac_of(keyed: &HmacSha256, parts: &[&[u8]]) -> [u8; 32] {
+    let mut m = keyed.clone();
+    for p in parts {
+        m.update(p);
+    }
+    m.finalize().into_bytes().into()
+}
+
+/// Whether `tag` is the first `tag.len()` bytes of `full`, compared in constant time.
+fn tag_eq(full: &[u8; 32], tag: &[u8]) -> bool {
+    tag.len() <= full.len() && bool::from(full[..tag.len()].ct_eq(tag))
+}
+
+fn head16(full: &[u8; 32]) -> [u8; TAG_LEN] {
+    let mut t = [0u8; TAG_LEN];
+    t.copy_from_slice(&full[..TAG_LEN]);
+    t
+}
 
 /// Bytes in a pre-shared key.
 pub const KEY_LEN: usize = 32;
@@ -62,17 +91,14 @@ impl Key {
         self.id
     }
 
-    fn mac(&self) -> Option<HmacSha256> {
-        // HMAC takes keys of any length: this never fails.
-        HmacSha256::new_from_slice(&self.secret).ok()
+    /// `tag_c` in full: HMAC(PSK, "tether-v1 hello" ‖ HELLO payload bytes 0 to 47).
+    fn hello_mac(&self, signed: &[u8]) -> Option<[u8; 32]> {
+        Some(mac_of(&keyed(&self.secret)?, &[LABEL_HELLO, signed]))
     }
 
-    /// `tag_c`: HMAC(PSK, "tether-v1 hello" ‖ HELLO payload bytes 0 to 47)[..16].
+    /// `tag_c`: the first 16 bytes of [`Key::hello_mac`].
     pub(crate) fn hello_tag(&self, signed: &[u8]) -> Option<[u8; TAG_LEN]> {
-        let mut m = self.mac()?;
-        m.update(LABEL_HELLO);
-        m.update(signed);
-        Some(truncate(m))
+        self.hello_mac(signed).map(|m| head16(&m))
     }
 
     /// The connection key K = HMAC(PSK, "tether-v1 key" ‖ key id ‖ nonce_c ‖ nonce_s), as a
@@ -82,13 +108,11 @@ impl Key {
         nonce_c: &[u8; NONCE_LEN],
         nonce_s: &[u8; NONCE_LEN],
     ) -> Option<HmacSha256> {
-        let mut m = self.mac()?;
-        m.update(LABEL_KEY);
-        m.update(&self.id.to_le_bytes());
-        m.update(nonce_c);
-        m.update(nonce_s);
-        let k = m.finalize().into_bytes();
-        HmacSha256::new_from_slice(&k).ok()
+        let k = mac_of(
+            &keyed(&self.secret)?,
+            &[LABEL_KEY, &self.id.to_le_bytes(), nonce_c, nonce_s],
+        );
+        keyed(&k)
     }
 
     /// Whether a HELLO payload carries this key's id and a tag made with it. A listener
@@ -97,12 +121,10 @@ impl Key {
         let Some(ext) = Ext::parse(payload) else {
             return false;
         };
-        let Some(mut m) = self.mac() else {
+        let Some(full) = self.hello_mac(&payload[..SIGNED]) else {
             return false;
         };
-        m.update(LABEL_HELLO);
-        m.update(&payload[..SIGNED]);
-        ext.key_id == self.id && m.verify_truncated_left(&ext.tag).is_ok()
+        ext.key_id == self.id && tag_eq(&full, &ext.tag)
     }
 }
 
@@ -113,13 +135,6 @@ impl core::fmt::Debug for Key {
             .field("secret", &"<redacted>")
             .finish()
     }
-}
-
-fn truncate(m: HmacSha256) -> [u8; TAG_LEN] {
-    let full = m.finalize().into_bytes();
-    let mut t = [0u8; TAG_LEN];
-    t.copy_from_slice(&full[..TAG_LEN]);
-    t
 }
 
 /// The bytes of an authenticated HELLO or WELCOME that its tag covers: all but the tag.
@@ -154,12 +169,9 @@ impl Ext {
     }
 }
 
-/// `tag_s`: HMAC(K, "tether-v1 welcome" ‖ WELCOME payload bytes 0 to 47)[..16].
-fn welcome_mac(conn: &HmacSha256, signed: &[u8]) -> HmacSha256 {
-    let mut m = conn.clone();
-    m.update(LABEL_WELCOME);
-    m.update(signed);
-    m
+/// `tag_s` in full: HMAC(K, "tether-v1 welcome" ‖ WELCOME payload bytes 0 to 47).
+fn welcome_mac(conn: &HmacSha256, signed: &[u8]) -> [u8; 32] {
+    mac_of(conn, &[LABEL_WELCOME, signed])
 }
 
 /// Why an authenticated frame was dropped.
@@ -259,7 +271,7 @@ impl Auth {
         let tag = if hello {
             key.hello_tag(&p[..SIGNED])?
         } else {
-            truncate(welcome_mac(self.conn.as_ref()?, &p[..SIGNED]))
+            head16(&welcome_mac(self.conn.as_ref()?, &p[..SIGNED]))
         };
         p[SIGNED..].copy_from_slice(&tag);
         Some(())
@@ -274,10 +286,7 @@ impl Auth {
             return None;
         }
         let conn = key.conn(&self.own, &ext.nonce)?;
-        welcome_mac(&conn, &payload[..SIGNED])
-            .verify_truncated_left(&ext.tag)
-            .is_ok()
-            .then_some(conn)
+        tag_eq(&welcome_mac(&conn, &payload[..SIGNED]), &ext.tag).then_some(conn)
     }
 
     /// The trailer of a frame whose header (length including the trailer) and payload are
@@ -295,12 +304,7 @@ impl Auth {
         self.tx_ctr += 1;
         let mut t = [0u8; TRAILER_LEN];
         t[..COUNTER_LEN].copy_from_slice(&self.tx_ctr.to_le_bytes()[..COUNTER_LEN]);
-        let mut m = conn.clone();
-        m.update(&[dir]);
-        m.update(head);
-        m.update(payload);
-        m.update(&t[..COUNTER_LEN]);
-        let full = m.finalize().into_bytes();
+        let full = mac_of(conn, &[&[dir], head, payload, &t[..COUNTER_LEN]]);
         t[COUNTER_LEN..].copy_from_slice(&full[..MAC_LEN]);
         Some(t)
     }
@@ -317,11 +321,9 @@ impl Auth {
         let conn = self.conn.as_ref().ok_or(Refused::Mac)?;
         let body_len = payload.len().checked_sub(TRAILER_LEN).ok_or(Refused::Mac)?;
         let (signed, mac) = payload.split_at(body_len + COUNTER_LEN);
-        let mut m = conn.clone();
-        m.update(&[dir]);
-        m.update(head);
-        m.update(signed);
-        m.verify_truncated_left(mac).map_err(|_| Refused::Mac)?;
+        if !tag_eq(&mac_of(conn, &[&[dir], head, signed]), mac) {
+            return Err(Refused::Mac);
+        }
         let mut c = [0u8; 8];
         c[..COUNTER_LEN].copy_from_slice(&signed[body_len..]);
         let ctr = u64::from_le_bytes(c);
