@@ -660,6 +660,11 @@ async fn serve(
         Phase::Rejected => warn!(%peer, "device {device:08x} refused: {:?}", s.link.reject()),
         _ => {}
     }
+    let st = s.link.stats();
+    if st.auth_failures != 0 || st.replays != 0 {
+        warn!(%peer, "device {device:08x}: {} frames failed authentication (altered or forged) and {} were replays, all dropped (this session so far)",
+            st.auth_failures, st.replays);
+    }
 }
 
 /// One round of work for a session under its lock: write what arrived, acknowledge it,
