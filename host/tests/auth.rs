@@ -399,3 +399,99 @@ fn key_files_are_refused_when_others_can_read_them() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
 }
+
+/// `tether` with `input` on standard input.
+fn tether(args: &[&str], extra: &[&Path], input: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(args)
+        .args(extra)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn the_cli_streams_with_the_right_key_and_both_sides_say_why_a_wrong_one_is_refused() {
+    let dir = temp_dir("cli-e2e");
+    let csv = dir.join("out.csv");
+    let table = key_file(&dir, "keys", &[(0xa1, 1)]);
+    let right = key_file(&dir, "right", &[(0xa1, 1)]);
+    let wrong = key_file(&dir, "wrong", &[(0xa1, 2)]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = format!("tcp://127.0.0.1:{port}");
+    let log = std::fs::File::create(dir.join("listener.log")).unwrap();
+    let mut listener = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["listen", &endpoint, "--csv"])
+        .arg(&csv)
+        .arg("--keys")
+        .arg(&table)
+        .stdin(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed().as_secs() < 10,
+            "the listener never listened"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let wrong_out = tether(
+        &["send", &endpoint, "--key-file"],
+        &[&wrong],
+        "1,intruder\n",
+    );
+    let right_out = tether(&["send", &endpoint, "--key-file"], &[&right], &lines(0, 50));
+    let plain_out = tether(&["send", &endpoint], &[], "2,plain\n");
+    let killed = Command::new("kill")
+        .args(["-INT", &listener.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let start = std::time::Instant::now();
+    while listener.try_wait().unwrap().is_none() {
+        assert!(start.elapsed().as_secs() < 10, "the listener did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = std::fs::read_to_string(dir.join("listener.log")).unwrap();
+    let err = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(right_out.status.success(), "{}", err(&right_out));
+    assert!(!wrong_out.status.success());
+    assert!(
+        err(&wrong_out).contains("authentication failed for device 000000a1: wrong key"),
+        "{}",
+        err(&wrong_out)
+    );
+    assert!(!plain_out.status.success());
+    assert!(
+        err(&plain_out).contains("authentication required"),
+        "{}",
+        err(&plain_out)
+    );
+    assert!(
+        log.contains("refused: Auth: authentication failed for device 000000a1: wrong key"),
+        "{log}"
+    );
+    assert!(log.contains("refused: AuthRequired"), "{log}");
+    assert!(log.contains("authenticating devices: 1 keys"), "{log}");
+    assert!(
+        !log.contains(&key_hex(1)) && !log.contains(&key_hex(2)),
+        "keys never logged"
+    );
+    assert_exact(&read_csv(&csv), 1, 50);
+}
