@@ -139,7 +139,9 @@ fuzz_target!(|data: &[u8]| {
                         .wrapping_sub(128),
                     credit: u16::from(*credit % 16),
                 };
-                let n = usize::from(*len).min(rest.len()).min(FRAME - frame::OVERHEAD);
+                let n = usize::from(*len)
+                    .min(rest.len())
+                    .min(FRAME - frame::OVERHEAD);
                 let mut wire = [0u8; frame::max_encoded_len(FRAME)];
                 if let Ok(k) = frame::encode(&header, &rest[..n], &mut wire) {
                     feed(&mut link, &mut peer, &mut sent_by_peer, t, &wire[..k]);
