@@ -175,8 +175,10 @@ pub fn hello_in(bytes: &[u8]) -> Option<HelloInfo> {
         if f.header.kind != Kind::Hello {
             continue;
         }
+        // 28 bytes, or 64 for an authenticated HELLO (the same 28, then the key id and
+        // tags: PROTOCOL.md 9.14).
         let p = f.payload;
-        if p.len() != 28 || p[0] != tether_core::link::PROTOCOL_VERSION {
+        if p.len() < 28 || p[0] != tether_core::link::PROTOCOL_VERSION {
             return None;
         }
         let u32_at = |i: usize| u32::from_le_bytes([p[i], p[i + 1], p[i + 2], p[i + 3]]);
@@ -498,5 +500,33 @@ mod tests {
         assert!(!r.already_written(0));
         // A device the CSV does not know.
         assert_eq!(Resume::new(None).on_hello(hello(1, 0)), None);
+    }
+
+    #[test]
+    fn finds_the_hello_plain_or_authenticated_after_garbage() {
+        let mut p = vec![1u8, 0];
+        for v in [0xABCDu32, 0x1234, 77, 0, 0] {
+            p.extend_from_slice(&v.to_le_bytes());
+        }
+        p.extend_from_slice(&[0; 6]);
+        let mut authenticated = p.clone();
+        authenticated.extend_from_slice(&[9; 36]);
+        for payload in [p, authenticated] {
+            let mut wire = vec![0u8; tether_core::frame::max_encoded_len(payload.len())];
+            let header = tether_core::frame::Header {
+                kind: Kind::Hello,
+                ..Default::default()
+            };
+            let n = tether_core::frame::encode(&header, &payload, &mut wire).unwrap();
+            let bytes = [b"noise\0".as_slice(), &wire[..n]].concat();
+            assert_eq!(
+                hello_in(&bytes),
+                Some(HelloInfo {
+                    peer_session: 0x1234,
+                    tx_base: 77
+                })
+            );
+        }
+        assert_eq!(hello_in(b"no hello here\0"), None);
     }
 }

@@ -812,9 +812,34 @@ fn a_listener_killed_after_writing_unacknowledged_records_writes_them_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_listener_mid_stream_loses_and_duplicates_nothing() {
-    let dir = temp_dir("kill9");
+    kill_9_mid_stream("kill9", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_an_authenticating_listener_mid_stream_loses_and_duplicates_nothing() {
+    kill_9_mid_stream("kill9-auth", true).await;
+}
+
+/// Writes a key file: `DEVICE_ID HEX_KEY`, mode 600.
+fn key_file(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join("device.key");
+    std::fs::write(&p, format!("0000abcd {}\n", "5a".repeat(32))).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p
+}
+
+async fn kill_9_mid_stream(name: &str, auth: bool) {
+    let dir = temp_dir(name);
     let csv = dir.join("out.csv");
-    let t = Tether::start("tcp://127.0.0.1:0", &csv, &[], None);
+    let keys = key_file(&dir);
+    let keys_arg = keys.to_str().unwrap().to_owned();
+    let args: Vec<&str> = if auth {
+        vec!["--keys", &keys_arg]
+    } else {
+        vec![]
+    };
+    let t = Tether::start("tcp://127.0.0.1:0", &csv, &args, None);
     let addr = t.addr;
     let endpoint = format!("tcp://{addr}");
     // A sender streaming as fast as it can, through two kills of the listener.
@@ -823,6 +848,9 @@ async fn kill_9_of_the_listener_mid_stream_loses_and_duplicates_nothing() {
     let mut opts = SendOptions::new(Endpoint::Tcp(addr));
     opts.session = GOOD;
     opts.give_up_after = Duration::from_secs(30);
+    if auth {
+        opts.key = Some(tether_host::keys::load_one(&keys).expect("key file"));
+    }
     let sender = tokio::spawn(async move {
         send(
             &opts,
@@ -843,7 +871,7 @@ async fn kill_9_of_the_listener_mid_stream_loses_and_duplicates_nothing() {
         }
         let log = t.kill9();
         assert!(!log.contains("panicked"), "{log}");
-        t = Tether::start(&endpoint, &csv, &[], None);
+        t = Tether::start(&endpoint, &csv, &args, None);
     }
     let s = tokio::time::timeout(Duration::from_secs(60), sender)
         .await
