@@ -25,9 +25,11 @@ use tokio::net::TcpStream;
 /// defaults allow: about 13 MiB at rest (debug build, measured), 256 device sessions of
 /// 76 KiB of link buffers (19 MiB), and 256 connections each with 128 KiB of read and write
 /// buffers (32 MiB): 64 MiB, plus some allocator slack. Measured in these tests: 13 MiB to
-/// 18 MiB, and 49 MiB after a flood of 2,000 handshakes (256 sessions kept). Buffering
-/// without bound (a session per HELLO, output queued for a peer that never reads) goes
-/// past it within seconds: before the session limit, 1,000 handshakes took 75 MiB.
+/// 18 MiB under most hostile peers, 52 MiB after a flood of 2,000 handshakes (256 sessions
+/// kept), and 62 MiB with 250 devices connected at once each sending a 60 KB burst on top
+/// of that. Buffering without bound (a session per HELLO, output queued for a peer that
+/// never reads) goes past it within seconds: before the session limit, 1,000 handshakes
+/// took 75 MiB.
 const RSS_BOUND_KB: u64 = 72 * 1024;
 
 /// The good device's session: its rows are `600d0001` in the CSV.
@@ -528,9 +530,30 @@ async fn a_flood_of_handshakes_keeps_memory_bounded() {
     );
     let (after, peak) = assert_rss(&t);
     eprintln!("handshake flood: RSS {before} KiB before, {after} KiB after, peak {peak} KiB");
+    // Near the worst case the defaults allow: 250 devices connected at once, each with its
+    // session and its connection's buffers in use, 60 records (60 KB) in one burst.
+    let mut held = Vec::new();
+    for i in 0..250u32 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(&wire(Kind::Hello, 0, &hello(1, 0xF200_0000 + i)))
+            .await
+            .unwrap();
+        // 60 KB in one write, so that the listener's read buffer is used whole.
+        let burst: Vec<u8> = (0..60)
+            .flat_map(|seq| wire(Kind::Data, seq, &[b'x'; 1000]))
+            .collect();
+        s.write_all(&burst).await.unwrap();
+        held.push(s);
+    }
+    t.wait_log(&["device f20000f9 connected"], Duration::from_secs(10));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, peak) = assert_rss(&t);
+    eprintln!("250 devices connected at once: peak RSS {peak} KiB");
+    drop(held);
     let n = good.finish().await;
     t.stop();
     assert_good_exact(&csv, GOOD, n);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -851,14 +874,22 @@ async fn kill_9_mid_stream(name: &str, auth: bool) {
     if auth {
         opts.key = Some(tether_host::keys::load_one(&keys).expect("key file"));
     }
-    let sender = tokio::spawn(async move {
-        send(
-            &opts,
-            tokio::io::BufReader::new(std::io::Cursor::new(text.into_bytes())),
-            |_| {},
-        )
-        .await
+    // The input arrives 4 KiB a millisecond (about 0.3 s in all), so that both kills land
+    // mid-stream however fast sending and writing are.
+    let (mut input, reader) = tokio::io::duplex(16 * 1024);
+    tokio::spawn(async move {
+        for chunk in text.as_bytes().chunks(4096) {
+            if tokio::io::AsyncWriteExt::write_all(&mut input, chunk)
+                .await
+                .is_err()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     });
+    let sender =
+        tokio::spawn(async move { send(&opts, tokio::io::BufReader::new(reader), |_| {}).await });
     let mut t = t;
     for (kill, at) in [(1, n / 5), (2, n / 2)] {
         let start = Instant::now();
@@ -889,6 +920,7 @@ async fn kill_9_mid_stream(name: &str, auth: bool) {
             .join("\n")
     );
     assert_good_exact(&csv, GOOD, n as u64);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Lines in the CSV (a cheap count while it grows).
