@@ -862,7 +862,11 @@ impl State {
         // holds everything from our next expected record on. Otherwise start from the
         // peer's numbering: a restarted peer (new session, or the same session value
         // reused by a rebooted device that kept it) must never get a stale acknowledgement.
-        let resume_rx = same_peer && knows_us && seq_lte(peer.tx_base, self.rx_next);
+        // In an authenticated link a HELLO may be a replay (9.14.6): for the same peer
+        // instance the receive side never goes back, whether or not the HELLO names us.
+        let resume_rx = same_peer
+            && (knows_us || self.trailer_len() != 0)
+            && seq_lte(peer.tx_base, self.rx_next);
         if !resume_rx {
             // Nothing lost and nothing to renumber: e.g. a HELLO retried before its WELCOME.
             let benign = same_peer && self.rx_next == peer.tx_base && self.held == 0;
