@@ -55,6 +55,10 @@
 //! - `defmt`: `defmt::Format` on every public type, and the core's log messages (handshakes,
 //!   restarts, refusals, time-outs) through defmt.
 //! - `async`: [`io`]'s async driver, over `embedded-io-async` (no executor is assumed).
+//! - `auth`: authenticated links (`link::auth`, `PROTOCOL.md` 9.14): a pre-shared key per
+//!   device, HMAC-SHA256 challenge–response in the handshake, and a counter and truncated MAC
+//!   on every frame, through the RustCrypto `hmac` and `sha2` crates (no_std). About 6.3 KiB
+//!   of flash and 280 B of RAM a link on a Cortex-M4F; nothing without the feature.
 #![no_std]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
