@@ -50,7 +50,12 @@ pub struct BenchOptions {
     pub devices: usize,
     /// Run the tutorial's Python server and client if python3 is available.
     pub tutorial: bool,
+    /// Only these measurements (names in [`SECTIONS`]); all when empty.
+    pub only: Vec<String>,
 }
+
+/// The measurements, by name, for [`BenchOptions::only`].
+pub const SECTIONS: [&str; 5] = ["bulk", "small", "stop-and-wait", "round-trip", "memory"];
 
 impl BenchOptions {
     /// Full-size defaults.
@@ -65,6 +70,7 @@ impl BenchOptions {
             round_trips: 5_000,
             devices: 1_000,
             tutorial: true,
+            only: Vec::new(),
         }
     }
 
@@ -155,96 +161,109 @@ pub fn machine() -> String {
 pub fn run(opts: &BenchOptions) -> Result<Vec<Row>, BenchError> {
     std::fs::create_dir_all(&opts.dir).map_err(io(format!("creating {}", opts.dir.display())))?;
     let mut rows = Vec::new();
+    let want = |name: &str| opts.only.is_empty() || opts.only.iter().any(|o| o == name);
 
-    eprintln!(
-        "bench: raw TCP and Tether bulk, {} MiB each",
-        opts.bulk_bytes >> 20
-    );
-    let raw = raw_tcp_throughput(opts.bulk_bytes)?;
-    let bulk = tether_bulk_throughput(opts.bulk_bytes, opts.bulk_payload)?;
-    let gib = (1u64 << 30) as f64;
-    rows.push(Row {
-        name: format!("bulk, {} KiB records", opts.bulk_payload / 1024),
-        value: bulk / gib,
-        unit: "GiB/s",
-        baseline: Some(("raw TCP".into(), raw / gib)),
-        ratio: Some(bulk / raw),
-        target: Some(("≥ 50 % of raw TCP".into(), bulk / raw >= 0.5)),
-        note: "Link pair over loopback TCP, window 64, CRC and acks".into(),
-    });
+    if want("bulk") {
+        eprintln!(
+            "bench: raw TCP and Tether bulk, {} MiB each",
+            opts.bulk_bytes >> 20
+        );
+        let raw = raw_tcp_throughput(opts.bulk_bytes)?;
+        let bulk = tether_bulk_throughput(opts.bulk_bytes, opts.bulk_payload)?;
+        let gib = (1u64 << 30) as f64;
+        rows.push(Row {
+            name: format!("bulk, {} KiB records", opts.bulk_payload / 1024),
+            value: bulk / gib,
+            unit: "GiB/s",
+            baseline: Some(("raw TCP".into(), raw / gib)),
+            ratio: Some(bulk / raw),
+            target: Some(("≥ 50 % of raw TCP".into(), bulk / raw >= 0.5)),
+            note: "Link pair over loopback TCP, window 64, CRC and acks".into(),
+        });
+    }
 
-    eprintln!(
-        "bench: {} small records into CSV (tether send → tether listen)",
-        opts.small_records
-    );
-    let small = small_records_into_csv(opts, opts.small_records, 256, "small")?;
-    rows.push(Row {
-        name: "16-byte records into CSV".into(),
-        value: small,
-        unit: "records/s",
-        baseline: None,
-        ratio: None,
-        target: Some(("≥ 2,000,000 records/s".into(), small >= 2_000_000.0)),
-        note: format!(
-            "{} records, window 256, every record checked in the CSV",
+    let mut small = None;
+    if want("small") {
+        eprintln!(
+            "bench: {} small records into CSV (tether send → tether listen)",
             opts.small_records
-        ),
-    });
+        );
+        let rate = small_records_into_csv(opts, opts.small_records, 256, "small")?;
+        small = Some(rate);
+        rows.push(Row {
+            name: "16-byte records into CSV".into(),
+            value: rate,
+            unit: "records/s",
+            baseline: None,
+            ratio: None,
+            target: Some(("≥ 2,000,000 records/s".into(), rate >= 2_000_000.0)),
+            note: format!(
+                "{} records, window 256, every record checked in the CSV",
+                opts.small_records
+            ),
+        });
+    }
 
-    eprintln!(
-        "bench: stop-and-wait, {} records (tether send --window 1; the tutorial)",
-        opts.stop_and_wait_records
-    );
-    let saw = small_records_into_csv(opts, opts.stop_and_wait_records, 1, "window1")?;
-    let tutorial = if opts.tutorial {
-        tutorial_rate(opts)?
-    } else {
-        None
-    };
-    rows.push(Row {
-        name: "stop-and-wait into CSV (window 1)".into(),
-        value: saw,
-        unit: "records/s",
-        baseline: tutorial.map(|t| ("the tutorial (Python)".into(), t)),
-        ratio: tutorial.map(|t| saw / t),
-        target: None,
-        note: if tutorial.is_some() {
-            "the tutorial: its own server, a client in its style, 32-byte packets".into()
+    if want("stop-and-wait") {
+        eprintln!(
+            "bench: stop-and-wait, {} records (tether send --window 1; the tutorial)",
+            opts.stop_and_wait_records
+        );
+        let saw = small_records_into_csv(opts, opts.stop_and_wait_records, 1, "window1")?;
+        let tutorial = if opts.tutorial {
+            tutorial_rate(opts)?
         } else {
-            "python3 not found: the tutorial was not run".into()
-        },
-    });
-    rows.push(Row {
-        name: "16-byte records into CSV vs the tutorial".into(),
-        value: small,
-        unit: "records/s",
-        baseline: tutorial.map(|t| ("the tutorial (Python)".into(), t)),
-        ratio: tutorial.map(|t| small / t),
-        target: Some((
-            "≥ 100 × the tutorial".into(),
-            tutorial.is_some_and(|t| small >= 100.0 * t),
-        )),
-        note: "window 256".into(),
-    });
+            None
+        };
+        rows.push(Row {
+            name: "stop-and-wait into CSV (window 1)".into(),
+            value: saw,
+            unit: "records/s",
+            baseline: tutorial.map(|t| ("the tutorial (Python)".into(), t)),
+            ratio: tutorial.map(|t| saw / t),
+            target: None,
+            note: if tutorial.is_some() {
+                "the tutorial: its own server, a client in its style, 32-byte packets".into()
+            } else {
+                "python3 not found: the tutorial was not run".into()
+            },
+        });
+        if let Some(small) = small {
+            rows.push(Row {
+                name: "16-byte records into CSV vs the tutorial".into(),
+                value: small,
+                unit: "records/s",
+                baseline: tutorial.map(|t| ("the tutorial (Python)".into(), t)),
+                ratio: tutorial.map(|t| small / t),
+                target: Some((
+                    "≥ 100 × the tutorial".into(),
+                    tutorial.is_some_and(|t| small >= 100.0 * t),
+                )),
+                note: "window 256".into(),
+            });
+        }
+    }
 
-    eprintln!("bench: round trips, {} each", opts.round_trips);
-    let (raw_rtt, raw_p99) = raw_ping_pong(opts.round_trips)?;
-    let (rtt, p99) = tether_round_trip(opts, opts.round_trips)?;
-    rows.push(Row {
-        name: "one record's round trip (median)".into(),
-        value: rtt * 1e6,
-        unit: "µs",
-        baseline: Some(("raw TCP ping-pong".into(), raw_rtt * 1e6)),
-        ratio: Some(rtt / raw_rtt),
-        target: Some(("≤ 1.5 × raw".into(), rtt / raw_rtt <= 1.5)),
-        note: format!(
+    if want("round-trip") {
+        eprintln!("bench: round trips, {} each", opts.round_trips);
+        let (raw_rtt, raw_p99) = raw_ping_pong(opts.round_trips)?;
+        let (rtt, p99) = tether_round_trip(opts, opts.round_trips)?;
+        rows.push(Row {
+            name: "one record's round trip (median)".into(),
+            value: rtt * 1e6,
+            unit: "µs",
+            baseline: Some(("raw TCP ping-pong".into(), raw_rtt * 1e6)),
+            ratio: Some(rtt / raw_rtt),
+            target: Some(("≤ 1.5 × raw".into(), rtt / raw_rtt <= 1.5)),
+            note: format!(
             "send → acknowledged (written to CSV by tether listen); p99 {:.1} µs vs raw {:.1} µs",
             p99 * 1e6,
             raw_p99 * 1e6
         ),
-    });
+        });
+    }
 
-    if opts.devices > 0 {
+    if opts.devices > 0 && want("memory") {
         eprintln!(
             "bench: {} concurrent devices against one listener",
             opts.devices
@@ -464,8 +483,10 @@ fn tether_bulk_throughput(total: u64, payload: usize) -> Result<f64, BenchError>
     let record = vec![0xA5u8; payload];
     let mut ws = s;
     let mut queued = 0u64;
-    let mut out = Vec::with_capacity(BUF * 2);
-    let mut tx = vec![0u8; frame * 2 + 8];
+    // Frames are encoded straight into the write buffer (no staging copy).
+    let tx_len = frame * 2 + 8;
+    let mut out = vec![0u8; BUF + tx_len];
+    let mut used = 0;
     {
         let (m, _) = &*state;
         m.lock()
@@ -486,13 +507,13 @@ fn tether_bulk_throughput(total: u64, payload: usize) -> Result<f64, BenchError>
                     }
                 }
                 let t = now(start);
-                while out.len() < BUF {
-                    match link.poll_transmit(t, &mut tx) {
-                        Some(k) => out.extend_from_slice(&tx[..k]),
+                while used < BUF {
+                    match link.poll_transmit(t, &mut out[used..]) {
+                        Some(k) => used += k,
                         None => break,
                     }
                 }
-                if !out.is_empty() || (queued == records && link.unacked() == 0) {
+                if used > 0 || (queued == records && link.unacked() == 0) {
                     break;
                 }
                 if StdInstant::now() > deadline {
@@ -505,11 +526,11 @@ fn tether_bulk_throughput(total: u64, payload: usize) -> Result<f64, BenchError>
                 link.handle_timeout(now(start));
             }
         }
-        if out.is_empty() {
+        if used == 0 {
             break;
         }
-        ws.write_all(&out).map_err(io("writing"))?;
-        out.clear();
+        ws.write_all(&out[..used]).map_err(io("writing"))?;
+        used = 0;
     }
     let secs = start.elapsed().as_secs_f64();
     ws.shutdown(std::net::Shutdown::Both)

@@ -215,6 +215,13 @@ struct BenchArgs {
     /// Skip the tutorial's Python server even if python3 is there.
     #[arg(long)]
     no_tutorial: bool,
+    /// Only these measurements: bulk, small, stop-and-wait, round-trip, memory
+    /// (comma-separated).
+    #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(tether_host::bench::SECTIONS))]
+    only: Vec<String>,
+    /// Payload of a bulk record, bytes.
+    #[arg(long, default_value_t = 16 * 1024)]
+    bulk_payload: usize,
     /// Scratch directory for CSV and input files (default: a new one under the system's
     /// temporary directory, removed afterwards).
     #[arg(long)]
@@ -333,6 +340,8 @@ fn bench(args: BenchArgs) -> Result<ExitCode, CliError> {
     }
     opts.devices = args.devices;
     opts.tutorial = !args.no_tutorial;
+    opts.only = args.only;
+    opts.bulk_payload = args.bulk_payload.clamp(1, tether_core::frame::MAX_PAYLOAD);
     let machine = bench::machine();
     eprintln!("bench: {machine}");
     let result = bench::run(&opts);

@@ -141,23 +141,16 @@ pub async fn send<R: AsyncBufRead + Unpin + Send + 'static>(
     let first = link.next_seq();
     let clock = Clock::new();
     // Lines are read ahead by their own task, so that reading never waits on the network
-    // nor the network on reading; the channel bounds the read-ahead.
-    let (line_tx, mut lines) = tokio::sync::mpsc::channel::<std::io::Result<String>>(4096);
-    tokio::spawn(async move {
-        let mut input = input.lines();
-        loop {
-            let next = input.next_line().await.transpose();
-            let end = !matches!(next, Some(Ok(_)));
-            if let Some(item) = next {
-                if line_tx.send(item).await.is_err() {
-                    return;
-                }
-            }
-            if end {
-                return;
-            }
-        }
-    });
+    // nor the network on reading; the channel bounds the read-ahead (16 batches of at most
+    // 64 KiB). Batches, not lines: a channel message and a `String` per line cost a quarter
+    // of the sender's time when profiled with 16-byte lines.
+    let (line_tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Batch>>(16);
+    tokio::spawn(read_batches(input, line_tx));
+    let mut lines = Lines {
+        rx,
+        batch: Batch::default(),
+        next: 0,
+    };
     let mut read: u64 = 0;
     let mut eof = false;
     let mut summary = SendSummary::default();
@@ -246,7 +239,7 @@ async fn drive(
     clock: &Clock,
     link: &mut Link<HeapStorage>,
     mut stream: TcpStream,
-    lines: &mut tokio::sync::mpsc::Receiver<std::io::Result<String>>,
+    lines: &mut Lines,
     read: &mut u64,
     eof: &mut bool,
     last_progress: &mut tokio::time::Instant,
@@ -260,8 +253,13 @@ async fn drive(
     loop {
         // Queue what is already read, as far as the link takes it, before transmitting.
         while !*eof && link.can_send() {
-            match lines.try_recv() {
-                Ok(line) => queue(link, line, read)?,
+            if let Some(line) = lines.batch.line(lines.next) {
+                lines.next += 1;
+                queue(link, line, read)?;
+                continue;
+            }
+            match lines.rx.try_recv() {
+                Ok(batch) => lines.take(batch)?,
                 Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
                 Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => *eof = true,
             }
@@ -322,9 +320,9 @@ async fn drive(
                 Ok(n) => link.handle_input(clock.now(), &buf[..n]),
                 Err(e) => return Ok(Outcome::Reconnect(format!("read failed: {e}"))),
             },
-            line = lines.recv(), if want_line => match line {
+            batch = lines.rx.recv(), if want_line => match batch {
                 None => *eof = true,
-                Some(line) => queue(link, line, read)?,
+                Some(batch) => lines.take(batch)?,
             },
             _ = async { match deadline { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
                 link.handle_timeout(clock.now());
@@ -333,15 +331,87 @@ async fn drive(
     }
 }
 
+/// Lines read ahead: their bytes end to end, and where each one is.
+#[derive(Debug, Default)]
+struct Batch {
+    data: Vec<u8>,
+    spans: Vec<(u32, u32)>,
+}
+
+impl Batch {
+    /// Bytes of a batch, at most (a longer line makes a batch of its own).
+    const BYTES: usize = 64 * 1024;
+    /// Lines of a batch, at most.
+    const LINES: usize = 4096;
+
+    fn line(&self, i: usize) -> Option<&[u8]> {
+        let &(a, b) = self.spans.get(i)?;
+        self.data.get(a as usize..b as usize)
+    }
+}
+
+/// The reading end of the read-ahead: the batch being queued and the next line in it.
+struct Lines {
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<Batch>>,
+    batch: Batch,
+    next: usize,
+}
+
+impl Lines {
+    fn take(&mut self, batch: std::io::Result<Batch>) -> Result<(), SendError> {
+        self.batch = batch.map_err(SendError::Input)?;
+        self.next = 0;
+        Ok(())
+    }
+}
+
+/// Reads `input` into batches of lines (each without its `\n` and trailing `\r`s) until
+/// the end or an error, which is passed on as the last item.
+async fn read_batches<R: AsyncBufRead + Unpin>(
+    mut input: R,
+    tx: tokio::sync::mpsc::Sender<std::io::Result<Batch>>,
+) {
+    loop {
+        let mut batch = Batch::default();
+        let mut end = false;
+        while batch.data.len() < Batch::BYTES && batch.spans.len() < Batch::LINES {
+            let start = batch.data.len();
+            match input.read_until(b'\n', &mut batch.data).await {
+                Ok(0) => {
+                    end = true;
+                    break;
+                }
+                Ok(_) => {
+                    let mut stop = batch.data.len();
+                    if batch.data[stop - 1] == b'\n' {
+                        stop -= 1;
+                    }
+                    while stop > start && batch.data[stop - 1] == b'\r' {
+                        stop -= 1;
+                    }
+                    batch.spans.push((start as u32, stop as u32));
+                }
+                Err(e) => {
+                    if !batch.spans.is_empty() {
+                        let _ = tx.send(Ok(batch)).await;
+                    }
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            }
+        }
+        if !batch.spans.is_empty() && tx.send(Ok(batch)).await.is_err() {
+            return;
+        }
+        if end {
+            return;
+        }
+    }
+}
+
 /// Queues one line read from the input as a record.
-fn queue(
-    link: &mut Link<HeapStorage>,
-    line: std::io::Result<String>,
-    read: &mut u64,
-) -> Result<(), SendError> {
-    let text = line.map_err(SendError::Input)?;
+fn queue(link: &mut Link<HeapStorage>, bytes: &[u8], read: &mut u64) -> Result<(), SendError> {
     *read += 1;
-    let bytes = text.trim_end_matches('\r').as_bytes();
     match link.send(bytes) {
         Ok(_) => Ok(()),
         Err(LinkSendError::TooLong { max }) => Err(SendError::TooLong {
