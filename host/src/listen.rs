@@ -672,13 +672,15 @@ async fn serve(
 fn step(shared: &Shared, s: &mut Session, out: &mut Vec<u8>) -> Result<(), SinkError> {
     let now = shared.clock.now();
     let device = s.device;
-    let mut n = 0;
+    let (mut n, mut skipped) = (0, 0);
     {
         let mut sink = lock(&shared.sink);
         let time = SystemTime::now();
         for r in s.link.received() {
             // Sent again after a listener restart, and already in the CSV: released unwritten.
-            if !s.resume.already_written(r.seq) {
+            if s.resume.already_written(r.seq) {
+                skipped += 1;
+            } else {
                 sink.write(time, device, r.seq, r.payload)?;
             }
             n += 1;
@@ -689,7 +691,8 @@ fn step(shared: &Shared, s: &mut Session, out: &mut Vec<u8>) -> Result<(), SinkE
     }
     if n > 0 {
         s.link.release(n);
-        shared.records.fetch_add(n as u64, Ordering::Relaxed);
+        let written = (n - skipped) as u64;
+        shared.records.fetch_add(written, Ordering::Relaxed);
     }
     while let Some(cmd) = s.commands.front() {
         match s.link.send(cmd) {

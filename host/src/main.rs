@@ -114,7 +114,8 @@ struct ListenArgs {
     #[arg(long, default_value_t = 5_000)]
     handshake_timeout_ms: u64,
     /// Milliseconds of silence after which a device is dropped (idle devices send a PING
-    /// every second, so this also detects half-open connections).
+    /// every second, so this also detects half-open connections); also how long a device
+    /// may leave the listener's writes to it blocked (it reads nothing).
     #[arg(long, default_value_t = 10_000)]
     idle_timeout_ms: u64,
     /// Records each device may have in flight.
