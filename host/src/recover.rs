@@ -453,12 +453,7 @@ mod tests {
 
     #[test]
     fn a_resuming_device_skips_what_is_written_and_a_restarted_one_is_reported() {
-        let hello = |peer_session, tx_base| {
-            Some(HelloInfo {
-                peer_session,
-                tx_base,
-            })
-        };
+        let hello = |peer_session, tx_base| hello_in(&hello_frame(peer_session, tx_base, 0));
         // Resumes with records 5..=9 already written: they are skipped, 10 is written.
         let mut r = Resume::new(Some(9));
         assert_eq!(
@@ -502,31 +497,30 @@ mod tests {
         assert_eq!(Resume::new(None).on_hello(hello(1, 0)), None);
     }
 
+    /// A HELLO frame (`PROTOCOL.md` 9.5.1) after some noise, with `extra` bytes more of
+    /// payload (an authenticated HELLO has 36).
+    fn hello_frame(peer_session: u32, tx_base: u32, extra: usize) -> Vec<u8> {
+        let mut payload = vec![1u8, 0];
+        for v in [0xABCDu32, peer_session, tx_base, 0, 0] {
+            payload.extend_from_slice(&v.to_le_bytes());
+        }
+        payload.extend_from_slice(&[0, 4, 64, 0, 4, 0]);
+        payload.extend(std::iter::repeat_n(9u8, extra));
+        let mut wire = vec![0u8; tether_core::frame::max_encoded_len(payload.len())];
+        let header = tether_core::frame::Header {
+            kind: Kind::Hello,
+            ..Default::default()
+        };
+        let n = tether_core::frame::encode(&header, &payload, &mut wire).unwrap();
+        [b"noise\0".as_slice(), &wire[..n]].concat()
+    }
+
     #[test]
     fn finds_the_hello_plain_or_authenticated_after_garbage() {
-        let mut p = vec![1u8, 0];
-        for v in [0xABCDu32, 0x1234, 77, 0, 0] {
-            p.extend_from_slice(&v.to_le_bytes());
+        for extra in [0, 36] {
+            let h = hello_in(&hello_frame(0x1234, 77, extra)).expect("a HELLO");
+            assert_eq!((h.peer_session, h.tx_base), (0x1234, 77));
         }
-        p.extend_from_slice(&[0; 6]);
-        let mut authenticated = p.clone();
-        authenticated.extend_from_slice(&[9; 36]);
-        for payload in [p, authenticated] {
-            let mut wire = vec![0u8; tether_core::frame::max_encoded_len(payload.len())];
-            let header = tether_core::frame::Header {
-                kind: Kind::Hello,
-                ..Default::default()
-            };
-            let n = tether_core::frame::encode(&header, &payload, &mut wire).unwrap();
-            let bytes = [b"noise\0".as_slice(), &wire[..n]].concat();
-            assert_eq!(
-                hello_in(&bytes),
-                Some(HelloInfo {
-                    peer_session: 0x1234,
-                    tx_base: 77
-                })
-            );
-        }
-        assert_eq!(hello_in(b"no hello here\0"), None);
+        assert!(hello_in(b"no hello here\0").is_none());
     }
 }
