@@ -834,17 +834,26 @@ fn rss(pid: u32) -> Result<u64, BenchError> {
         .ok_or_else(|| BenchError::Failed("no VmRSS".into()))
 }
 
-/// `opts.devices` devices connect to one `tether listen`, send 10 records each, wait for
-/// their acknowledgements and stay connected, idle (answering keepalives). Returns the
-/// listener's RSS growth per connection, the growth, and the records checked in the CSV.
+/// `opts.devices` devices connect to one `tether listen`, send 100 records each (more than
+/// the listener's window of 64, so that every receive slot of every session has been
+/// used), wait for their acknowledgements and stay connected, idle (answering keepalives).
+/// Returns the listener's RSS growth per connection, the growth, and the records checked in
+/// the CSV.
 fn idle_devices_memory(opts: &BenchOptions) -> Result<(f64, f64, u64), BenchError> {
-    const RECORDS: u32 = 10;
+    const RECORDS: u32 = 100;
     let csv = opts.dir.join("devices.csv");
     let max = (opts.devices * 2).to_string();
     let (listener, addr) = start_listener(
         opts,
         &csv,
-        &["--max-connections", &max, "--idle-timeout-ms", "60000"],
+        &[
+            "--max-connections",
+            &max,
+            "--max-devices",
+            &max,
+            "--idle-timeout-ms",
+            "60000",
+        ],
     )?;
     let pid = listener.0.id();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -942,16 +951,18 @@ async fn idle_device(
     )
     .map_err(|e| format!("{e:?}"))?;
     link.connect(clock.now());
-    for i in 0..records {
-        let r = format!("{session},{i}");
-        link.send(r.as_bytes())
-            .map_err(|e| format!("device {session}: {e:?}"))?;
-    }
+    let mut queued = 0;
     let mut tx = vec![0u8; link.transmit_len()];
     let mut buf = vec![0u8; 4096];
     let mut reported = false;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
     loop {
+        while queued < records && link.can_send() {
+            let r = format!("{session},{queued}");
+            link.send(r.as_bytes())
+                .map_err(|e| format!("device {session}: {e:?}"))?;
+            queued += 1;
+        }
         let mut out = Vec::new();
         while let Some(k) = link.poll_transmit(clock.now(), &mut tx) {
             out.extend_from_slice(&tx[..k]);
@@ -969,7 +980,11 @@ async fn idle_device(
             }
             _ => {}
         }
-        if !reported && link.phase() == Phase::Established && link.unacked() == 0 {
+        if !reported
+            && queued == records
+            && link.phase() == Phase::Established
+            && link.unacked() == 0
+        {
             reported = true;
             let _ = idle.send(()).await;
         }

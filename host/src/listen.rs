@@ -396,17 +396,25 @@ impl Listener {
 }
 
 impl Shared {
-    fn new_link(&self) -> Link<HeapStorage> {
+    /// A link for a device whose HELLO says it sends records of at most `device_max_send`
+    /// bytes: its receive slots are that long (within `--max-record`), not `--max-record`
+    /// long, so a device of 128-byte frames costs 64 × 128 bytes of slots rather than
+    /// 64 × 1 KiB (the memory an idle connection holds: `tether bench`).
+    fn new_link(&self, device_max_send: Option<u16>) -> Link<HeapStorage> {
+        let min_record = MIN_FRAME - tether_core::frame::OVERHEAD;
+        let record = device_max_send
+            .map_or(self.opts.max_record, |m| usize::from(m).max(min_record))
+            .min(self.opts.max_record);
         // Each link its own identity: a device whose session was forgotten (see `admit`)
         // must see a new one, or it would resume against state that is gone (9.5.5).
         let mut cfg = Config::new(Role::Server, crate::random_session());
-        cfg.max_send = self.opts.max_command as u16;
+        cfg.max_send = self.opts.max_command.min(record) as u16;
         cfg.dead_after_ms = self.opts.idle_timeout.as_millis().min(u128::from(u32::MAX)) as u32;
         // Commands are few and short: 8 in flight is plenty (each slot is a record long).
         let storage = HeapStorage::new(
             self.opts.window.min(8),
             self.opts.window,
-            self.opts.max_record
+            record
                 + tether_core::frame::OVERHEAD
                 + self
                     .opts
@@ -424,7 +432,7 @@ impl Shared {
 /// room; its last written record is kept, so that it resumes exactly once if it returns
 /// (its new link has a new session identity, so the device takes it as a listener
 /// restart). `None` if every session is busy.
-fn admit(shared: &Shared, device: u32) -> Option<Arc<Mutex<Session>>> {
+fn admit(shared: &Shared, device: u32, max_send: Option<u16>) -> Option<Arc<Mutex<Session>>> {
     let mut map = lock(&shared.sessions);
     if let Some(s) = map.get(&device) {
         return Some(s.clone());
@@ -451,7 +459,7 @@ fn admit(shared: &Shared, device: u32) -> Option<Arc<Mutex<Session>>> {
     }
     info!("new device {device:08x}");
     let session = Arc::new(Mutex::new(Session {
-        link: shared.new_link(),
+        link: shared.new_link(max_send),
         device,
         generation: 0,
         commands: VecDeque::new(),
@@ -537,7 +545,7 @@ async fn serve(
     let Some(device) = session else {
         // A HELLO this version cannot accept: let a throw-away link answer with a REJECT
         // whose reason the device's user can read.
-        let mut l = shared.new_link();
+        let mut l = shared.new_link(None);
         let now = shared.clock.now();
         l.connect(now);
         l.handle_input(now, &seen);
@@ -563,7 +571,8 @@ async fn serve(
             return;
         }
     };
-    let Some(session) = admit(shared, device) else {
+    let max_send = crate::recover::hello_in(&seen).map(|h| h.max_send);
+    let Some(session) = admit(shared, device, max_send) else {
         warn!(%peer, "device {device:08x} refused: {} device sessions are in use, none idle (--max-devices)", shared.opts.max_devices);
         shared.dropped.fetch_add(1, Ordering::Relaxed);
         return;

@@ -163,6 +163,8 @@ pub struct HelloInfo {
     pub peer_session: u32,
     /// The device's oldest unacknowledged record.
     pub tx_base: u32,
+    /// The largest record the device says it may send.
+    pub max_send: u16,
 }
 
 /// The HELLO among the first bytes of a connection (`PROTOCOL.md` 9.5.1), if there is one of
@@ -185,6 +187,7 @@ pub fn hello_in(bytes: &[u8]) -> Option<HelloInfo> {
         return Some(HelloInfo {
             peer_session: u32_at(6),
             tx_base: u32_at(10),
+            max_send: u16::from_le_bytes([p[24], p[25]]),
         });
     }
     None
