@@ -8,8 +8,8 @@
 //! its row. What a crash leaves behind, and how it is dealt with:
 //!
 //! - **A torn last row**: rows are appended through a buffer, so a crash can cut the last
-//!   one short. [`recover`] finds it (no end of line, an open quote, or not a row of this
-//!   listener) and truncates the file before it. Its record was not acknowledged (its batch
+//!   one short. [`recover`] finds it (no end of line, or a quote left open) and truncates
+//!   the file before it. Its record was not acknowledged (its batch
 //!   was not committed), so the device still has it and sends it again.
 //! - **Rows written but not acknowledged**: a batch reached the file and the listener died
 //!   before its acknowledgement went out. The device sends those records again, and the
@@ -85,7 +85,7 @@ pub fn recover(path: &Path) -> Result<Recovered, RecoverError> {
         .from_reader(BufReader::with_capacity(256 * 1024, file));
     let mut found = Recovered::default();
     let mut row = csv::ByteRecord::new();
-    // Where the last record read starts, whether it is well formed, and its device and seq.
+    // Where the last record read starts, and its device and seq.
     let mut last: Option<LastRow> = None;
     let mut first = true;
     loop {
@@ -96,32 +96,27 @@ pub fn recover(path: &Path) -> Result<Recovered, RecoverError> {
             // Invalid UTF-8 is not an error for byte records; a read error is.
             Err(e) => return Err(err(io::Error::other(e))),
         }
-        if let Some((_, _, Some((device, seq)))) = last {
+        if let Some((_, Some((device, seq)))) = last {
             found.last_seq.insert(device, seq);
         }
-        let parsed = parse_row(&row);
-        let ok = if first {
-            row.get(0) == Some(b"host_time".as_slice())
-        } else {
-            // A row of this listener has a time, a device and (except marker rows) a seq.
-            row.len() >= 3 && row.get(0).is_some_and(|t| !t.is_empty())
-        };
         if !first {
             found.rows += 1;
         }
         first = false;
-        last = Some((start, ok, parsed));
+        last = Some((start, parse_row(&row)));
     }
-    let Some((start, ok, parsed)) = last else {
+    let Some((start, parsed)) = last else {
         return Ok(found);
     };
-    // The last record is whole if it ends with an end of line and closes its quotes.
+    // The last record is whole if it ends with an end of line and closes its quotes: rows
+    // are written whole, so only a write cut short leaves one without (a complete line is
+    // never cut, whatever it holds: the file may have lines of other programs).
     let mut file = reader.into_inner().into_inner();
     let mut tail = Vec::new();
     file.seek(SeekFrom::Start(start)).map_err(err)?;
     file.take(len - start).read_to_end(&mut tail).map_err(err)?;
     let quotes = tail.iter().filter(|&&b| b == b'"').count();
-    let whole = ok && tail.last() == Some(&b'\n') && quotes % 2 == 0;
+    let whole = tail.last() == Some(&b'\n') && quotes % 2 == 0;
     if whole {
         if let Some((device, seq)) = parsed {
             found.last_seq.insert(device, seq);
@@ -138,8 +133,8 @@ pub fn recover(path: &Path) -> Result<Recovered, RecoverError> {
     Ok(found)
 }
 
-/// Where a row starts, whether it is well formed, and its device and seq.
-type LastRow = (u64, bool, Option<(u32, u32)>);
+/// Where a row starts, and its device and seq.
+type LastRow = (u64, Option<(u32, u32)>);
 
 /// The device and seq of a record row (`None` for the header, marker rows and rows of
 /// `--raw`, whose device is a peer address).
@@ -437,7 +432,6 @@ mod tests {
             "t,0000000a,2,x",               // no end of line
             "t,0000000a,2,\"open\nquote\n", // a quoted field cut after an end of line
             "t,0000",                       // cut in the device column
-            "t\n",                          // not a row of ours
         ] {
             std::fs::write(&p, format!("{good}{torn}")).unwrap();
             let r = recover(&p).unwrap();
@@ -446,6 +440,9 @@ mod tests {
             assert_eq!(r.rows, 2);
             assert_eq!(std::fs::read_to_string(&p).unwrap(), good);
         }
+        // A complete line is kept, whatever it holds.
+        std::fs::write(&p, format!("{good}t\n")).unwrap();
+        assert_eq!(recover(&p).unwrap().truncated, 0);
         // A header cut short leaves an empty file, which gets a new header.
         std::fs::write(&p, "host_time,dev").unwrap();
         assert_eq!(recover(&p).unwrap().truncated, 13);
