@@ -767,7 +767,8 @@ fn raw_ping_pong(rounds: u32) -> Result<(f64, f64), BenchError> {
 /// acknowledgement arrived (the listener acknowledges after writing it to the CSV).
 fn tether_round_trip(opts: &BenchOptions, rounds: u32) -> Result<(f64, f64), BenchError> {
     let csv = opts.dir.join("rtt.csv");
-    let (_listener, addr) = start_listener(opts, &csv, &[])?;
+    let (listener, addr) = start_listener(opts, &csv, &[])?;
+    let pid = listener.0.id();
     let mut s = TcpStream::connect(addr).map_err(io("connecting"))?;
     s.set_nodelay(true).map_err(io("setting TCP_NODELAY"))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))
@@ -808,6 +809,7 @@ fn tether_round_trip(opts: &BenchOptions, rounds: u32) -> Result<(f64, f64), Ben
     };
     exchange(&mut link, &|l| l.phase() == Phase::Established)?;
     let mut times = Vec::with_capacity(rounds as usize);
+    let cpu_before = cpu_seconds(pid)?;
     for i in 0..rounds.max(1) {
         let record = format!("{i:08},{:07}", 0);
         let t = StdInstant::now();
@@ -816,9 +818,26 @@ fn tether_round_trip(opts: &BenchOptions, rounds: u32) -> Result<(f64, f64), Ben
         exchange(&mut link, &|l| l.unacked() == 0)?;
         times.push(t.elapsed().as_secs_f64());
     }
+    let cpu = (cpu_seconds(pid)? - cpu_before) / f64::from(rounds.max(1));
+    eprintln!(
+        "bench: the listener used {:.1} µs of CPU a round trip",
+        cpu * 1e6
+    );
     check_csv(&csv, u64::from(rounds.max(1)))?;
     let _ = std::fs::remove_file(&csv);
     Ok(median_p99(times))
+}
+
+/// CPU time (user + system) a process used so far, seconds.
+fn cpu_seconds(pid: u32) -> Result<f64, BenchError> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(io("reading the listener's CPU time"))?;
+    // Fields after the command name (which is in parentheses): utime and stime are the
+    // 12th and 13th, in clock ticks (100 a second on Linux).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    Ok((ticks(11) + ticks(12)) / 100.0)
 }
 
 /// Resident memory of a process, bytes.
