@@ -37,6 +37,25 @@ if ! command -v defmt-print >/dev/null; then
   cargo install defmt-print --locked --quiet
 fi
 
+# Bluetooth (tether-host's default `bluetooth` feature): bluer links libdbus through
+# pkg-config. The BlueZ tests (scripts/bluez-vm.sh) boot a QEMU guest that runs BlueZ's
+# bluetoothd, btvirt and D-Bus from this machine's root, with busybox in its initramfs; that
+# script also downloads and caches the guest's kernel under target/bluez-vm/.
+apt_need=()
+pkg-config --exists dbus-1 2>/dev/null || apt_need+=(libdbus-1-dev)
+command -v pkg-config >/dev/null || apt_need+=(pkg-config)
+command -v qemu-system-x86_64 >/dev/null || apt_need+=(qemu-system-x86)
+[[ -x /usr/libexec/bluetooth/bluetoothd ]] || apt_need+=(bluez)
+command -v btvirt >/dev/null || apt_need+=(bluez-test-tools)
+[[ -x /bin/busybox ]] || apt_need+=(busybox-static)
+command -v cpio >/dev/null || apt_need+=(cpio)
+command -v depmod >/dev/null || apt_need+=(kmod)
+command -v dbus-daemon >/dev/null || apt_need+=(dbus-daemon)
+if ((${#apt_need[@]})); then
+  log "installing ${apt_need[*]} (Bluetooth build and BlueZ VM tests)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_need[@]}" >/dev/null
+fi
+
 # cargo-fuzz, when a nightly toolchain is there to run it.
 if rustup toolchain list | grep -q '^nightly' && ! cargo fuzz --version >/dev/null 2>&1; then
   log "installing cargo-fuzz (about a minute)"

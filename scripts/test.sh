@@ -20,6 +20,9 @@ cargo clippy --locked --workspace --all-targets -- -D warnings
 step "tests"
 cargo test --locked --workspace
 
+step "Bluetooth against real BlueZ: RFCOMM, the bridge and the error messages in a QEMU guest"
+scripts/bluez-vm.sh
+
 # The workspace run unifies features, so tether-core's tests above ran with the host's
 # `hw-crc`. Run them again with the two CRC back ends firmware uses.
 step "tether-core tests with the firmware CRC back ends"

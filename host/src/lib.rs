@@ -6,12 +6,18 @@
 //!   connections;
 //! - [`demo`]: a listener and simulated devices on loopback, the README's main job;
 //! - [`sim`]: simulated devices through a fault injector, and the CSV check;
-//! - [`endpoint`], [`sink`], [`storage`], [`clock`]: the pieces they share.
+//! - [`bridge`]: devices' sessions forwarded to a listener, acknowledged end to end (the
+//!   Raspberry Pi's job);
+//! - [`endpoint`], [`transport`] (TCP and, with the `bluetooth` feature, RFCOMM as one
+//!   stream type), [`bluetooth`] (BlueZ and its errors), [`sink`], [`storage`], [`clock`]: the
+//!   pieces they share.
 //!
-//! Both drive `tether_core::link::Link` over tokio TCP streams: the protocol lives in the
-//! core, the host only moves bytes, keeps time and writes files.
+//! All drive `tether_core::link::Link` over tokio streams: the protocol lives in the core,
+//! the host only moves bytes, keeps time and writes files.
 
 pub mod bench;
+pub mod bluetooth;
+pub mod bridge;
 pub mod clock;
 pub mod demo;
 pub mod endpoint;
@@ -23,6 +29,7 @@ pub mod send;
 pub mod sim;
 pub mod sink;
 pub mod storage;
+pub mod transport;
 
 /// A session identity for this process: random enough that a restarted program is told
 /// apart from the one before (the standard library's per-process random hash keys, mixed

@@ -16,7 +16,6 @@ use std::time::{Duration, SystemTime};
 use tether_core::frame::{Decoder, Kind};
 use tether_core::link::{self, Config, Event, Link, Phase, Role, MIN_FRAME};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
@@ -25,6 +24,7 @@ use crate::clock::Clock;
 use crate::endpoint::Endpoint;
 use crate::sink::{CsvSink, SinkError};
 use crate::storage::HeapStorage;
+use crate::transport::{Acceptor, Stream, TransportError};
 
 /// How the listener behaves. [`ListenOptions::new`] has the documented defaults.
 #[derive(Debug, Clone)]
@@ -83,14 +83,10 @@ impl ListenOptions {
 /// Why the listener could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
-    /// A socket could not be bound.
-    #[error("cannot listen on {endpoint}: {source}")]
-    Bind {
-        /// Where.
-        endpoint: Endpoint,
-        /// What the system said.
-        source: std::io::Error,
-    },
+    /// An endpoint could not be bound (TCP: the system's reason; RFCOMM: what is missing
+    /// and what to do).
+    #[error(transparent)]
+    Bind(#[from] TransportError),
     /// The CSV file could not be opened or written.
     #[error(transparent)]
     Sink(#[from] SinkError),
@@ -179,7 +175,7 @@ impl Status {
 /// A bound listener, ready to [`Listener::run`].
 #[derive(Debug)]
 pub struct Listener {
-    sockets: Vec<TcpListener>,
+    sockets: Vec<Acceptor>,
     addrs: Vec<SocketAddr>,
     shared: Arc<Shared>,
 }
@@ -251,17 +247,8 @@ impl Listener {
         let mut sockets = Vec::new();
         let mut addrs = Vec::new();
         for e in &opts.endpoints {
-            let Endpoint::Tcp(addr) = e;
-            let s = TcpListener::bind(addr)
-                .await
-                .map_err(|source| ListenError::Bind {
-                    endpoint: e.clone(),
-                    source,
-                })?;
-            addrs.push(s.local_addr().map_err(|source| ListenError::Bind {
-                endpoint: e.clone(),
-                source,
-            })?);
+            let s = Acceptor::bind(e).await?;
+            addrs.extend(s.tcp_addr());
             sockets.push(s);
         }
         let recovered = crate::recover::recover(&opts.csv)?;
@@ -285,9 +272,14 @@ impl Listener {
         })
     }
 
-    /// The addresses bound (with the ports the system chose for port 0).
+    /// The TCP addresses bound (with the ports the system chose for port 0).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// Every endpoint listened on, for people (RFCOMM: with the address devices connect to).
+    pub fn describe_endpoints(&self) -> Vec<String> {
+        self.sockets.iter().map(Acceptor::describe).collect()
     }
 
     /// A handle to send commands to devices.
@@ -317,7 +309,7 @@ impl Listener {
     ) -> Result<ListenSummary, ListenError> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
-        let (accepted_tx, mut accepted) = tokio::sync::mpsc::channel::<(TcpStream, SocketAddr)>(64);
+        let (accepted_tx, mut accepted) = tokio::sync::mpsc::channel::<(Stream, String)>(64);
         for socket in self.sockets {
             let tx = accepted_tx.clone();
             let mut stop = stop_rx.clone();
@@ -353,16 +345,13 @@ impl Listener {
                     let stop = stop_rx.clone();
                     shared.active.fetch_add(1, Ordering::Relaxed);
                     tasks.spawn(async move {
-                        let _ = stream.set_nodelay(true);
-                        crate::tcp_keepalive(&stream);
-                        limit_send_buffer(&stream);
                         if shared.opts.raw {
-                            match crate::raw::serve(stream, peer, &shared.sink, shared.opts.idle_timeout).await {
+                            match crate::raw::serve(stream, &peer, &shared.sink, shared.opts.idle_timeout).await {
                                 Ok(n) => { shared.records.fetch_add(n, Ordering::Relaxed); }
                                 Err(e) => warn!(%peer, "{e}"),
                             }
                         } else {
-                            serve(&shared, stream, peer, stop).await;
+                            serve(&shared, stream, &peer, stop).await;
                         }
                         shared.active.fetch_sub(1, Ordering::Relaxed);
                     });
@@ -472,23 +461,12 @@ fn admit(shared: &Shared, device: u32, max_send: Option<u16>) -> Option<Arc<Mute
     Some(session)
 }
 
-/// The kernel's send buffer of an accepted connection, bytes (Linux doubles it for its own
-/// bookkeeping). A listener sends devices only acknowledgements and short commands, so this
-/// is ample; it bounds the kernel memory a device that never reads can pin (otherwise up to
-/// `tcp_wmem`'s maximum, 4 MiB) and makes such a device's connection back up within seconds,
-/// so the listener's write time-out drops it.
-pub const ACCEPTED_SEND_BUFFER: usize = 32 * 1024;
-
-fn limit_send_buffer(s: &TcpStream) {
-    let _ = socket2::SockRef::from(s).set_send_buffer_size(ACCEPTED_SEND_BUFFER);
-}
-
 /// Reads a new connection up to its HELLO. Returns the session it names and every byte read
 /// so far, or `None` (after logging why) if the connection is to be dropped.
 async fn read_hello(
     shared: &Shared,
-    stream: &mut TcpStream,
-    peer: SocketAddr,
+    stream: &mut Stream,
+    peer: &str,
 ) -> Option<(Option<u32>, Vec<u8>)> {
     let deadline = tokio::time::Instant::now() + shared.opts.handshake_timeout;
     let mut decoder = Decoder::new(vec![0u8; MIN_FRAME.max(128)]);
@@ -532,12 +510,7 @@ async fn read_hello(
 }
 
 /// Serves one connection until it ends, is superseded, or the listener stops.
-async fn serve(
-    shared: &Shared,
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn serve(shared: &Shared, mut stream: Stream, peer: &str, mut stop: watch::Receiver<bool>) {
     let Some((session, seen)) = read_hello(shared, &mut stream, peer).await else {
         shared.dropped.fetch_add(1, Ordering::Relaxed);
         return;

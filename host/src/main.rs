@@ -68,6 +68,17 @@ enum Command {
     /// Example: tether sim tcp://127.0.0.1:5003 --devices 4 --records 10000
     ///          --faults corrupt=0.01,loss=0.01,cuts=20 --seed 7 --verify readings.csv
     Sim(SimArgs),
+    /// Forward devices' sessions to a listener: the Raspberry Pi's job.
+    ///
+    /// Devices connect to FROM (rfcomm://hci0/1, or tcp://…); each device's session is
+    /// forwarded to the `tether listen` at TO (tcp://HOST:PORT) in the device's own name, and
+    /// a device's record is acknowledged only once the listener has acknowledged it (written
+    /// it). While the listener is unreachable, devices get no credit (they wait, nothing is
+    /// dropped) and the bridge reconnects with backoff. TO may also be csv:FILE: the bridge
+    /// then writes the CSV itself, as `tether listen` does.
+    ///
+    /// Example: tether bridge rfcomm://hci0/1 tcp://192.0.2.10:5003
+    Bridge(BridgeArgs),
     /// Measure Tether against raw TCP and the tutorial, on loopback, in one run.
     ///
     /// Raw TCP vs bulk records; 16-byte records into CSV (tether send → tether listen, every
@@ -157,6 +168,30 @@ struct SendArgs {
     /// 600). Keys are never taken from the command line.
     #[arg(long, value_name = "FILE")]
     key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct BridgeArgs {
+    /// Where devices connect, e.g. rfcomm://hci0/1 or rfcomm:///1 (default adapter), or
+    /// tcp://ADDRESS:PORT.
+    from: Endpoint,
+    /// The listener to forward to (tcp://HOST:PORT), or csv:FILE to write a CSV here.
+    to: tether_host::bridge::Target,
+    /// Records each device may have in flight.
+    #[arg(long, default_value_t = 64)]
+    window: usize,
+    /// The largest record, in bytes (at most the listener's --max-record).
+    #[arg(long, default_value_t = 1024)]
+    max_record: usize,
+    /// Device connections served at once.
+    #[arg(long, default_value_t = 256)]
+    max_connections: usize,
+    /// Milliseconds of silence after which a device or the listener is dropped.
+    #[arg(long, default_value_t = 10_000)]
+    idle_timeout_ms: u64,
+    /// The longest wait, in milliseconds, between attempts to reach the listener.
+    #[arg(long, default_value_t = 5_000)]
+    max_backoff_ms: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -303,6 +338,8 @@ enum CliError {
     #[error("{0}")]
     Sim(String),
     #[error(transparent)]
+    Bridge(#[from] tether_host::bridge::BridgeError),
+    #[error(transparent)]
     Bench(#[from] tether_host::bench::BenchError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] io::Error),
@@ -328,6 +365,7 @@ fn main() -> ExitCode {
         }),
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo(args))),
         Command::Sim(args) => runtime().and_then(|rt| rt.block_on(sim(args))),
+        Command::Bridge(args) => runtime().and_then(|rt| rt.block_on(bridge(args))),
         Command::Bench(args) => bench(args),
     };
     result.unwrap_or_else(|e| {
@@ -425,8 +463,8 @@ async fn listen(args: ListenArgs) -> Result<ExitCode, CliError> {
         opts.keys = Some(std::sync::Arc::new(keys));
     }
     let listener = Listener::bind(opts.clone()).await?;
-    for a in listener.local_addrs() {
-        tracing::info!("listening on tcp://{a}, writing {}", opts.csv.display());
+    for a in listener.describe_endpoints() {
+        tracing::info!("listening on {a}, writing {}", opts.csv.display());
     }
     // Commands from standard input: `DEVICE COMMAND` or `* COMMAND`.
     let commands = listener.commands();
@@ -481,6 +519,50 @@ async fn listen(args: ListenArgs) -> Result<ExitCode, CliError> {
         summary.connections,
         summary.dropped_connections,
         summary.retransmissions
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn bridge(args: BridgeArgs) -> Result<ExitCode, CliError> {
+    use tether_host::bridge::{Bridge, BridgeOptions, Target};
+    let to = match args.to {
+        Target::Upstream(to) => to,
+        Target::Csv(csv) => {
+            // Writing locally, the bridge is a listener.
+            return listen(ListenArgs {
+                endpoints: vec![args.from],
+                csv,
+                fsync: false,
+                max_connections: args.max_connections,
+                max_devices: 256,
+                handshake_timeout_ms: 5_000,
+                idle_timeout_ms: args.idle_timeout_ms,
+                window: args.window,
+                max_record: args.max_record,
+                raw: false,
+                keys: None,
+            })
+            .await;
+        }
+    };
+    let mut opts = BridgeOptions::new(vec![args.from], to);
+    opts.window = args.window;
+    opts.max_record = args.max_record;
+    opts.max_connections = args.max_connections;
+    opts.idle_timeout = Duration::from_millis(args.idle_timeout_ms);
+    opts.max_backoff = Duration::from_millis(args.max_backoff_ms.max(100));
+    let bridge = Bridge::bind(opts.clone()).await?;
+    for a in bridge.describe_endpoints() {
+        tracing::info!("bridging devices on {a} to {}", opts.to);
+    }
+    let s = bridge.run(shutdown_signal()).await?;
+    tracing::info!(
+        "done: {} records forwarded and acknowledged from {} devices over {} connections ({} dropped); {} upstream connections",
+        s.forwarded,
+        s.devices,
+        s.connections,
+        s.dropped_connections,
+        s.upstream_connections
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -6,15 +6,14 @@
 //! It has none of Tether's guarantees (no framing, no integrity check, no resume): it is
 //! here so that the tutorial's clients and servers work against `tether` unchanged.
 
-use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tracing::{debug, info};
 
 use crate::endpoint::Endpoint;
 use crate::sink::{CsvSink, SinkError};
+use crate::transport::{Stream, TransportError};
 
 /// The greeting the tutorial's server sends.
 pub const GREETING: &[u8] = b"Connection established";
@@ -26,8 +25,8 @@ pub const CHUNK: usize = 32;
 /// Serves one raw connection: greeting, then chunk → CSV row → acknowledgement, until the
 /// client closes. The device column is the client's address; `seq` counts its chunks.
 pub async fn serve(
-    mut stream: TcpStream,
-    peer: SocketAddr,
+    mut stream: Stream,
+    peer: &str,
     sink: &std::sync::Mutex<CsvSink>,
     idle: Duration,
 ) -> Result<u64, SinkError> {
@@ -47,7 +46,7 @@ pub async fn serve(
         };
         {
             let mut s = sink.lock().unwrap_or_else(|e| e.into_inner());
-            s.write_text(SystemTime::now(), &peer.to_string(), seq, &buf[..n])?;
+            s.write_text(SystemTime::now(), peer, seq, &buf[..n])?;
             s.commit()?;
         }
         seq = seq.wrapping_add(1);
@@ -62,6 +61,9 @@ pub async fn serve(
 /// Why a raw send failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RawSendError {
+    /// No connection could be made.
+    #[error(transparent)]
+    Connect(#[from] TransportError),
     /// Connecting, reading or writing failed.
     #[error("{what}: {source}")]
     Io {
@@ -84,9 +86,8 @@ pub async fn send<R: AsyncBufRead + Unpin>(
     endpoint: &Endpoint,
     input: R,
 ) -> Result<u64, RawSendError> {
-    let Endpoint::Tcp(addr) = endpoint;
     let io = |what| move |source| RawSendError::Io { what, source };
-    let mut stream = TcpStream::connect(addr).await.map_err(io("connecting"))?;
+    let mut stream = crate::transport::connect(endpoint, Duration::from_secs(10)).await?;
     let mut buf = [0u8; 256];
     // The greeting (the tutorial's servers send it first; some only after the first chunk,
     // so wait briefly and carry on without it).

@@ -5,12 +5,12 @@ use std::time::Duration;
 
 use tether_core::link::{Config, Event, Link, Phase, Role, SendError as LinkSendError};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use crate::clock::Clock;
 use crate::endpoint::Endpoint;
 use crate::storage::HeapStorage;
+use crate::transport::{Stream, TransportError};
 
 /// How the sender behaves. [`SendOptions::new`] has the defaults.
 #[derive(Debug, Clone)]
@@ -61,6 +61,10 @@ pub enum SendError {
         /// The limit.
         max: usize,
     },
+    /// The transport cannot be used at all (no Bluetooth adapter, bluetoothd not running,
+    /// permission denied…): retrying would not help.
+    #[error(transparent)]
+    Transport(TransportError),
     /// The listener refused the session.
     #[error("the listener refused the session: {0}")]
     Refused(String),
@@ -157,8 +161,12 @@ pub async fn send<R: AsyncBufRead + Unpin + Send + 'static>(
     let mut last_progress = tokio::time::Instant::now();
     let mut last_problem: String;
     let mut delay = Duration::from_millis(100);
-    let Endpoint::Tcp(addr) = opts.endpoint;
     let mut connections = 0u32;
+    // RFCOMM pages the device first, which takes longer than a TCP handshake.
+    let connect_timeout = match opts.endpoint {
+        Endpoint::Tcp(_) => Duration::from_secs(5),
+        Endpoint::Rfcomm { .. } => Duration::from_secs(15),
+    };
     loop {
         let give_up = |last: &str, link: &Link<HeapStorage>| SendError::GaveUp {
             after: opts.give_up_after,
@@ -166,29 +174,27 @@ pub async fn send<R: AsyncBufRead + Unpin + Send + 'static>(
             unacked: link.unacked(),
             last: last.to_owned(),
         };
-        let stream =
-            match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    last_problem = format!("cannot connect to {}: {e}", opts.endpoint);
-                    if last_progress.elapsed() > opts.give_up_after {
-                        return Err(give_up(&last_problem, &link));
-                    }
-                    warn!("{last_problem}; retrying in {delay:?}");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                    continue;
+        let stream = match crate::transport::connect(&opts.endpoint, connect_timeout).await {
+            Ok(s) => s,
+            Err(e) if e.is_permanent() => return Err(SendError::Transport(e)),
+            Err(e @ TransportError::Timeout(_)) => {
+                last_problem = e.to_string();
+                if last_progress.elapsed() > opts.give_up_after {
+                    return Err(give_up(&last_problem, &link));
                 }
-                Err(_) => {
-                    last_problem = format!("connecting to {} timed out", opts.endpoint);
-                    if last_progress.elapsed() > opts.give_up_after {
-                        return Err(give_up(&last_problem, &link));
-                    }
-                    continue;
+                continue;
+            }
+            Err(e) => {
+                last_problem = e.to_string();
+                if last_progress.elapsed() > opts.give_up_after {
+                    return Err(give_up(&last_problem, &link));
                 }
-            };
-        let _ = stream.set_nodelay(true);
-        crate::tcp_keepalive(&stream);
+                warn!("{last_problem}; retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
         connections += 1;
         if connections > 1 {
             summary.reconnects += 1;
@@ -238,7 +244,7 @@ async fn drive(
     opts: &SendOptions,
     clock: &Clock,
     link: &mut Link<HeapStorage>,
-    mut stream: TcpStream,
+    mut stream: Stream,
     lines: &mut Lines,
     read: &mut u64,
     eof: &mut bool,

@@ -11,11 +11,13 @@ use tether_core::link::LinkStorage;
 use tether_firmware_sim::device::{Device, DeviceConfig, Sensor};
 use tether_firmware_sim::fault::{FaultConfig, FaultInjector};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tracing::{debug, info};
 
 use crate::clock::Clock;
 use crate::endpoint::Endpoint;
+
+/// How long one connection attempt of a simulated device may take (RFCOMM pages the peer).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The faults, as `corrupt=0.01,loss=0.01,cuts=20,split=on` on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -146,7 +148,6 @@ async fn run_device(opts: &SimOptions, i: usize, cuts: u32) -> Result<DeviceRun,
         .map(|k| ((u64::from(k) + 1) * u64::from(opts.records) / (u64::from(cuts) + 1)) as u32)
         .collect();
     cut_at.reverse();
-    let Endpoint::Tcp(addr) = opts.endpoint;
     let clock = Clock::new();
     let mut buf = vec![0u8; 16 * 1024];
     let mut frame = vec![0u8; device.link().transmit_len()];
@@ -155,15 +156,15 @@ async fn run_device(opts: &SimOptions, i: usize, cuts: u32) -> Result<DeviceRun,
     let mut made_cuts = 0;
     let done = |d: &SimDevice| d.stats().readings == opts.records && d.link().unacked() == 0;
     while !done(&device) {
-        let mut stream = match TcpStream::connect(addr).await {
+        let mut stream = match crate::transport::connect(&opts.endpoint, CONNECT_TIMEOUT).await {
             Ok(s) => s,
+            Err(e) if e.is_permanent() => return Err(e.to_string()),
             Err(e) => {
                 debug!("device {session:08x}: cannot connect: {e}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
         device
             .transport_up(clock.now())
             .map_err(|e| e.to_string())?;

@@ -1,0 +1,284 @@
+//! The byte streams under the link: TCP and (feature `bluetooth`) Bluetooth RFCOMM, as one
+//! stream type, so that `listen`, `send`, `sim` and `bridge` run the same sessions, resume,
+//! CSV and statistics over either. The transport is the only difference.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::bluetooth::BluetoothError;
+use crate::endpoint::Endpoint;
+
+/// What a connection is to the link: bytes in, bytes out.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + ?Sized> Io for T {}
+
+/// A connection over any transport.
+pub type Stream = Box<dyn Io>;
+
+/// Why a transport could not listen or connect.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// A socket could not be bound.
+    #[error("cannot listen on {endpoint}: {source}")]
+    Bind {
+        /// Where.
+        endpoint: Endpoint,
+        /// What the system said.
+        source: io::Error,
+    },
+    /// A connection could not be made.
+    #[error("cannot connect to {endpoint}: {source}")]
+    Connect {
+        /// Where.
+        endpoint: Endpoint,
+        /// What the system said.
+        source: io::Error,
+    },
+    /// Connecting took too long.
+    #[error("connecting to {0} timed out")]
+    Timeout(Endpoint),
+    /// Bluetooth is not usable, or the device could not be reached; the message says what to
+    /// do.
+    #[error(transparent)]
+    Bluetooth(#[from] BluetoothError),
+}
+
+impl TransportError {
+    /// Whether trying again cannot help (no adapter, bluetoothd not running, permission
+    /// denied…), as opposed to a peer that may come back (refused, host down, time-out).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            TransportError::Bluetooth(e) => e.is_permanent(),
+            _ => false,
+        }
+    }
+}
+
+enum Kind {
+    Tcp(TcpListener),
+    #[cfg(feature = "bluetooth")]
+    Rfcomm(crate::bluetooth::RfcommAcceptor),
+}
+
+/// A bound endpoint that accepts connections.
+pub struct Acceptor {
+    kind: Kind,
+    local: Endpoint,
+}
+
+impl std::fmt::Debug for Acceptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Acceptor({})", self.local)
+    }
+}
+
+impl Acceptor {
+    /// Binds `endpoint`: a TCP socket, or an RFCOMM channel on a powered adapter that is
+    /// made connectable.
+    pub async fn bind(endpoint: &Endpoint) -> Result<Acceptor, TransportError> {
+        match endpoint {
+            Endpoint::Tcp(addr) => {
+                let bind = |source| TransportError::Bind {
+                    endpoint: endpoint.clone(),
+                    source,
+                };
+                let s = TcpListener::bind(addr).await.map_err(bind)?;
+                let local = Endpoint::Tcp(s.local_addr().map_err(bind)?);
+                Ok(Acceptor {
+                    kind: Kind::Tcp(s),
+                    local,
+                })
+            }
+            Endpoint::Rfcomm {
+                adapter,
+                addr: None,
+                channel,
+            } => {
+                #[cfg(feature = "bluetooth")]
+                {
+                    let a = crate::bluetooth::RfcommAcceptor::bind(adapter.as_deref(), *channel)
+                        .await?;
+                    let local = Endpoint::Rfcomm {
+                        adapter: Some(a.adapter().to_owned()),
+                        addr: None,
+                        channel: *channel,
+                    };
+                    Ok(Acceptor {
+                        kind: Kind::Rfcomm(a),
+                        local,
+                    })
+                }
+                #[cfg(not(feature = "bluetooth"))]
+                {
+                    let _ = (adapter, channel);
+                    Err(BluetoothError::NotBuilt.into())
+                }
+            }
+            Endpoint::Rfcomm { addr: Some(_), .. } => Err(TransportError::Bind {
+                endpoint: endpoint.clone(),
+                source: io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "that is a device to connect to; to listen, name an adapter and a channel \
+                     (rfcomm://hci0/1, or rfcomm:///1 for the default adapter)",
+                ),
+            }),
+        }
+    }
+
+    /// Where it listens (TCP: with the port the system chose for port 0; RFCOMM: with the
+    /// adapter's name).
+    pub fn local_endpoint(&self) -> &Endpoint {
+        &self.local
+    }
+
+    /// The TCP address bound, if this is TCP.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        match self.local {
+            Endpoint::Tcp(a) => Some(a),
+            Endpoint::Rfcomm { .. } => None,
+        }
+    }
+
+    /// For people: where it listens, with the Bluetooth address devices connect to.
+    pub fn describe(&self) -> String {
+        match &self.kind {
+            Kind::Tcp(_) => self.local.to_string(),
+            #[cfg(feature = "bluetooth")]
+            Kind::Rfcomm(a) => format!(
+                "{} (devices connect to rfcomm://{}/{})",
+                self.local,
+                a.address(),
+                a.channel()
+            ),
+        }
+    }
+
+    /// The next connection and its peer's address, for logs. TCP connections get
+    /// `TCP_NODELAY` and keepalive.
+    pub async fn accept(&self) -> io::Result<(Stream, String)> {
+        match &self.kind {
+            Kind::Tcp(l) => {
+                let (s, peer) = l.accept().await?;
+                tune_tcp(&s);
+                limit_send_buffer(&s);
+                Ok((Box::new(s), peer.to_string()))
+            }
+            #[cfg(feature = "bluetooth")]
+            Kind::Rfcomm(a) => {
+                let (s, peer) = a.accept().await?;
+                Ok((Box::new(s), peer))
+            }
+        }
+    }
+}
+
+/// The kernel's send buffer of an accepted connection, bytes (Linux doubles it for its own
+/// bookkeeping). A listener sends devices only acknowledgements and short commands, so this
+/// is ample; it bounds the kernel memory a device that never reads can pin (otherwise up to
+/// `tcp_wmem`'s maximum, 4 MiB) and makes such a device's connection back up within seconds,
+/// so the listener's write time-out drops it.
+pub const ACCEPTED_SEND_BUFFER: usize = 32 * 1024;
+
+fn limit_send_buffer(s: &TcpStream) {
+    let _ = socket2::SockRef::from(s).set_send_buffer_size(ACCEPTED_SEND_BUFFER);
+}
+
+fn tune_tcp(s: &TcpStream) {
+    let _ = s.set_nodelay(true);
+    crate::tcp_keepalive(s);
+}
+
+/// Connects to `endpoint` within `timeout`.
+pub async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Stream, TransportError> {
+    let attempt = async {
+        match endpoint {
+            Endpoint::Tcp(addr) => {
+                let s =
+                    TcpStream::connect(addr)
+                        .await
+                        .map_err(|source| TransportError::Connect {
+                            endpoint: endpoint.clone(),
+                            source,
+                        })?;
+                tune_tcp(&s);
+                Ok(Box::new(s) as Stream)
+            }
+            Endpoint::Rfcomm {
+                addr: None,
+                adapter,
+                channel,
+            } => Err(TransportError::Connect {
+                endpoint: endpoint.clone(),
+                source: io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "name the device to connect to: rfcomm://AA:BB:CC:DD:EE:FF/{channel} \
+                         (`{}` is a listening endpoint)",
+                        Endpoint::Rfcomm {
+                            adapter: adapter.clone(),
+                            addr: None,
+                            channel: *channel
+                        }
+                    ),
+                ),
+            }),
+            Endpoint::Rfcomm {
+                addr: Some(addr),
+                adapter,
+                channel,
+            } => {
+                #[cfg(feature = "bluetooth")]
+                {
+                    let s = crate::bluetooth::connect(adapter.as_deref(), *addr, *channel).await?;
+                    Ok(Box::new(s) as Stream)
+                }
+                #[cfg(not(feature = "bluetooth"))]
+                {
+                    let _ = (addr, adapter, channel);
+                    Err(BluetoothError::NotBuilt.into())
+                }
+            }
+        }
+    };
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .map_err(|_| TransportError::Timeout(endpoint.clone()))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn tcp_accepts_and_connects_as_one_stream_type() {
+        let a = Acceptor::bind(&"tcp://127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let at = Endpoint::Tcp(a.tcp_addr().unwrap());
+        let (mut c, accepted) = tokio::join!(connect(&at, Duration::from_secs(5)), a.accept());
+        let (mut s, peer) = accepted.unwrap();
+        assert!(peer.starts_with("127.0.0.1:"));
+        c.as_mut().unwrap().write_all(b"ping").await.unwrap();
+        let mut b = [0u8; 4];
+        s.read_exact(&mut b).await.unwrap();
+        assert_eq!(&b, b"ping");
+    }
+
+    #[tokio::test]
+    async fn rfcomm_endpoints_used_the_wrong_way_round_say_so() {
+        let device: Endpoint = "rfcomm://AA:BB:CC:DD:EE:FF/1".parse().unwrap();
+        let e = Acceptor::bind(&device).await.unwrap_err().to_string();
+        assert!(e.contains("rfcomm://hci0/1"), "{e}");
+        let listening: Endpoint = "rfcomm://hci0/4".parse().unwrap();
+        let e = match connect(&listening, Duration::from_secs(1)).await {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("connected to a listening endpoint"),
+        };
+        assert!(e.contains("rfcomm://AA:BB:CC:DD:EE:FF/4"), "{e}");
+    }
+}

@@ -1,0 +1,293 @@
+//! `tether bridge` over TCP on 127.0.0.1: senders → bridge → listener → CSV, exactly once;
+//! the listener restarted mid-stream (the bridge withholds credit, reconnects, and nothing is
+//! lost or duplicated); devices that vanish do not stop it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tether_host::bridge::{Bridge, BridgeOptions, BridgeStatus, BridgeSummary};
+use tether_host::endpoint::Endpoint;
+use tether_host::listen::{ListenOptions, ListenSummary, Listener};
+use tether_host::send::{send, SendOptions, SendSummary};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::oneshot;
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tether-bridge-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+struct Running<T> {
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    done: tokio::task::JoinHandle<T>,
+}
+
+impl<T> Running<T> {
+    async fn stop(self) -> T {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(15), self.done)
+            .await
+            .expect("stops in time")
+            .expect("task")
+    }
+}
+
+async fn listener(csv: &Path, at: &str) -> Running<ListenSummary> {
+    let opts = ListenOptions::new(vec![at.parse().unwrap()], csv.to_owned());
+    let l = Listener::bind(opts).await.expect("listener binds");
+    let addr = l.local_addrs()[0];
+    let (stop, stopped) = oneshot::channel::<()>();
+    let done = tokio::spawn(async move {
+        l.run(async {
+            let _ = stopped.await;
+        })
+        .await
+        .expect("listener runs")
+    });
+    Running { addr, stop, done }
+}
+
+async fn bridge(to: SocketAddr) -> (Running<BridgeSummary>, BridgeStatus) {
+    let mut opts = BridgeOptions::new(
+        vec!["tcp://127.0.0.1:0".parse().unwrap()],
+        Endpoint::Tcp(to),
+    );
+    opts.max_backoff = Duration::from_millis(400);
+    let b = Bridge::bind(opts).await.expect("bridge binds");
+    let addr = b.local_addrs()[0];
+    let status = b.status();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let done = tokio::spawn(async move {
+        b.run(async {
+            let _ = stopped.await;
+        })
+        .await
+        .expect("bridge runs")
+    });
+    (Running { addr, stop, done }, status)
+}
+
+fn lines(device: usize, n: usize) -> String {
+    (0..n)
+        .map(|i| format!("dev{device},{i},{}\n", i * 7))
+        .collect()
+}
+
+async fn send_lines(
+    to: SocketAddr,
+    text: String,
+    session: u32,
+    acked: Arc<AtomicU64>,
+) -> Result<SendSummary, tether_host::send::SendError> {
+    let mut opts = SendOptions::new(Endpoint::Tcp(to));
+    opts.session = session;
+    opts.give_up_after = Duration::from_secs(30);
+    send(
+        &opts,
+        tokio::io::BufReader::new(std::io::Cursor::new(text.into_bytes())),
+        move |p| acked.store(p.acked, Ordering::Relaxed),
+    )
+    .await
+}
+
+/// The CSV as device → [(seq, fields)] in file order.
+fn read_csv(path: &Path) -> HashMap<String, Vec<(u32, Vec<String>)>> {
+    let mut r = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_path(path)
+        .expect("CSV exists");
+    let mut by: HashMap<String, Vec<(u32, Vec<String>)>> = HashMap::new();
+    for row in r.records() {
+        let row = row.expect("well-formed CSV");
+        if &row[0] == "host_time" {
+            continue; // a second header, written by a restarted listener
+        }
+        by.entry(row[1].to_owned()).or_default().push((
+            row[2].parse().expect("seq"),
+            row.iter().skip(3).map(str::to_owned).collect(),
+        ));
+    }
+    by
+}
+
+/// Each device's rows are its lines once each, in order, under its own session id and its
+/// own sequence numbers (the bridge is transparent).
+fn assert_exact(csv: &Path, sessions: &[u32], n: usize) {
+    let by = read_csv(csv);
+    assert_eq!(
+        by.len(),
+        sessions.len(),
+        "devices in the CSV: {:?}",
+        by.keys()
+    );
+    for (d, session) in sessions.iter().enumerate() {
+        let rows = by
+            .get(&format!("{session:08x}"))
+            .unwrap_or_else(|| panic!("device {session:08x} in the CSV: {:?}", by.keys()));
+        let got: Vec<usize> = rows
+            .iter()
+            .map(|(_, f)| f[1].parse().expect("line number"))
+            .collect();
+        let want: Vec<usize> = (0..n).collect();
+        if got != want {
+            let mut seen = HashMap::new();
+            for g in &got {
+                *seen.entry(*g).or_insert(0) += 1;
+            }
+            let dup = seen.values().filter(|&&c| c > 1).count();
+            let lost = want.iter().filter(|w| !seen.contains_key(w)).count();
+            panic!(
+                "device {d}: {} rows, {lost} lost, {dup} duplicated",
+                got.len()
+            );
+        }
+        for (i, (seq, fields)) in rows.iter().enumerate() {
+            assert_eq!(*seq, i as u32, "the device's own sequence numbers");
+            assert_eq!(
+                fields,
+                &[format!("dev{d}"), i.to_string(), (i * 7).to_string()]
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_through_the_bridge_land_in_the_csv_exactly_once() {
+    let dir = temp_dir("plain");
+    let csv = dir.join("out.csv");
+    let l = listener(&csv, "tcp://127.0.0.1:0").await;
+    let (b, _) = bridge(l.addr).await;
+    let sessions = [0xB0_0001u32, 0xB0_0002, 0xB0_0003];
+    let n = 2000;
+    let tasks: Vec<_> = sessions
+        .iter()
+        .enumerate()
+        .map(|(d, &s)| {
+            tokio::spawn(send_lines(
+                b.addr,
+                lines(d, n),
+                s,
+                Arc::new(AtomicU64::new(0)),
+            ))
+        })
+        .collect();
+    for t in tasks {
+        let s = tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .expect("in time")
+            .unwrap()
+            .expect("every line acknowledged through the bridge");
+        assert_eq!(s.records, n as u64);
+    }
+    let bs = b.stop().await;
+    assert_eq!(bs.forwarded, (sessions.len() * n) as u64);
+    assert_eq!(bs.devices, sessions.len());
+    let ls = l.stop().await;
+    assert_eq!(ls.records, (sessions.len() * n) as u64);
+    assert_exact(&csv, &sessions, n);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_restarts_mid_stream_and_nothing_is_lost_or_duplicated() {
+    let dir = temp_dir("restart");
+    let csv = dir.join("out.csv");
+    let l = listener(&csv, "tcp://127.0.0.1:0").await;
+    let port = l.addr;
+    let (b, status) = bridge(port).await;
+    let sessions = [0xB1_0001u32, 0xB1_0002];
+    let n = 30_000;
+    let acked: Vec<Arc<AtomicU64>> = sessions.iter().map(|_| Arc::default()).collect();
+    let tasks: Vec<_> = sessions
+        .iter()
+        .enumerate()
+        .map(|(d, &s)| tokio::spawn(send_lines(b.addr, lines(d, n), s, acked[d].clone())))
+        .collect();
+    let total = || acked.iter().map(|a| a.load(Ordering::Relaxed)).sum::<u64>();
+    // Stop the listener once some records went through, well before the end.
+    let t0 = tokio::time::Instant::now();
+    while total() < 2_000 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "records flow");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let first = l.stop().await;
+    assert!(
+        first.records > 0 && first.records < (2 * n) as u64,
+        "{first:?}"
+    );
+    // While it is down, the bridge grants no credit: nothing more is acknowledged.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let held = total();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        total(),
+        held,
+        "nothing acknowledged while the listener is down"
+    );
+    assert_eq!(status.upstream_up(), 0);
+    assert!(
+        held <= first.records,
+        "acknowledged {held} > written {}",
+        first.records
+    );
+    // The same port again: the bridge reconnects by itself and the senders finish.
+    let l = listener(&csv, &format!("tcp://{port}")).await;
+    for t in tasks {
+        let s = tokio::time::timeout(Duration::from_secs(90), t)
+            .await
+            .expect("in time")
+            .unwrap()
+            .expect("every line acknowledged after the restart");
+        assert_eq!(s.records, n as u64);
+    }
+    assert!(status.upstream_connections() >= 4, "reconnected");
+    b.stop().await;
+    l.stop().await;
+    assert_exact(&csv, &sessions, n);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_that_vanish_or_send_garbage_do_not_stop_the_bridge() {
+    let dir = temp_dir("vanish");
+    let csv = dir.join("out.csv");
+    let l = listener(&csv, "tcp://127.0.0.1:0").await;
+    let (b, _) = bridge(l.addr).await;
+    // Garbage, then a connection closed at once, then one that vanishes mid-stream.
+    let mut g = tokio::net::TcpStream::connect(b.addr).await.unwrap();
+    g.write_all(&[0x55; 5000]).await.unwrap();
+    drop(g);
+    drop(tokio::net::TcpStream::connect(b.addr).await.unwrap());
+    let half = tokio::spawn(send_lines(
+        b.addr,
+        lines(9, 100_000),
+        0xB2_0009,
+        Arc::new(AtomicU64::new(0)),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    half.abort();
+    // A device that does everything right is served all the same.
+    let s = send_lines(
+        b.addr,
+        lines(0, 500),
+        0xB2_0001,
+        Arc::new(AtomicU64::new(0)),
+    )
+    .await
+    .expect("served");
+    assert_eq!(s.records, 500);
+    let bs = b.stop().await;
+    assert!(bs.dropped_connections >= 1, "{bs:?}");
+    l.stop().await;
+    let by = read_csv(&csv);
+    let rows = &by["00b20001"];
+    assert_eq!(rows.len(), 500);
+    let _ = std::fs::remove_dir_all(&dir);
+}
