@@ -21,9 +21,10 @@ ip link set lo up || /bin/busybox ip link set lo up
 echo "guest: kernel $(uname -r), up $(cut -d' ' -f1 /proc/uptime) s"
 modprobe -a bluetooth rfcomm hci_vhci || { echo "guest: Bluetooth modules missing"; finish 90; }
 dbus-daemon --system --fork || { echo "guest: dbus-daemon failed"; finish 91; }
-# Two virtual controllers in one btvirt. On a loaded host the emulated guest can be slow
-# enough that a controller's first HCI reset times out (2 s) and the kernel gives up on it
-# (it never gets its address): then start btvirt again, up to 4 times.
+# Two virtual controllers in one btvirt. When this machine is loaded, the first btvirt after
+# boot often loses hci0: its first HCI reset times out (2 s, "Opcode 0x0c03 failed: -110",
+# the emulated guest being slow) and the kernel gives up on it (it never gets its address).
+# A second btvirt sets up both: so start it again when needed, up to 4 times.
 ready() {
   for h in hci0 hci1; do
     a=$(hciconfig "$h" 2>/dev/null | sed -n 's/.*BD Address: \([0-9A-F:]*\).*/\1/p')
@@ -38,7 +39,7 @@ while :; do
   btvirt -l2 >/dev/null 2>&1 &
   btvirt_pid=$!
   i=0
-  while [ $i -lt 30 ] && ! ready; do sleep 0.5; i=$((i + 1)); done
+  while [ $i -lt 16 ] && ! ready; do sleep 0.5; i=$((i + 1)); done
   ready && break
   echo "guest: btvirt attempt $tries did not set up two controllers; again"
   kill "$btvirt_pid" 2>/dev/null
