@@ -64,6 +64,60 @@ pub(crate) fn encode_blocks<S: BlockSink>(pieces: &[&[u8]], sink: &mut S) -> Res
     sink.end_block(code)
 }
 
+/// [`encode_blocks`] into a slice that holds the whole encoding (see `max_encoded_len`), a
+/// byte at a time, returning the encoded length (without delimiter). Same output.
+///
+/// For short frames, where the header's zeros make blocks of a few bytes, this takes about
+/// a third of the instructions of the block-wise loop (callgrind, 16-byte payloads: 615 →
+/// see `frame::encoder`); long runs are faster block-wise with `memchr`.
+pub(crate) fn encode_short(pieces: &[&[u8]], out: &mut [u8]) -> usize {
+    let mut code_at = 0;
+    let mut len = 1;
+    let mut code: u8 = 1;
+    for piece in pieces {
+        for &b in *piece {
+            if b == 0 {
+                out[code_at] = code;
+                code_at = len;
+                code = 1;
+            } else {
+                out[len] = b;
+                code += 1;
+                if code == MAX_CODE {
+                    out[code_at] = code;
+                    len += 1;
+                    code_at = len;
+                    code = 1;
+                }
+            }
+            len += 1;
+        }
+    }
+    out[code_at] = code;
+    len
+}
+
+/// Unstuffs one whole encoded frame (its bytes up to, without, the delimiter; none is 0)
+/// into `buf`: the decoded length, or `None` if it is malformed (a block longer than what
+/// is left) or longer than `buf`, which [`Unstuffer::feed`]'s byte-wise path then reports.
+fn unstuff_whole(enc: &[u8], buf: &mut [u8]) -> Option<usize> {
+    let mut i = 0;
+    let mut n = 0;
+    while let Some(&code) = enc.get(i) {
+        i += 1;
+        let run = usize::from(code) - 1;
+        let block = enc.get(i..i + run)?;
+        buf.get_mut(n..n + run)?.copy_from_slice(block);
+        n += run;
+        i += run;
+        if code != MAX_CODE && i < enc.len() {
+            *buf.get_mut(n)? = 0;
+            n += 1;
+        }
+    }
+    Some(n)
+}
+
 /// A [`BlockSink`] over a slice that is long enough for the whole encoding: data goes
 /// straight to its place, and each code byte is written back into the slot kept for it.
 pub(crate) struct SliceSink<'a> {
@@ -169,6 +223,16 @@ impl Unstuffer {
     pub(crate) fn feed(&mut self, buf: &mut [u8], input: &[u8]) -> (Event, usize) {
         let mut pos = 0;
         while pos < input.len() {
+            // Fast path: a whole frame from its first byte to its delimiter is in `input`.
+            // Anything unusual (a malformed or too long frame) takes the byte-wise path
+            // below from the same state, so events and counts are the same either way.
+            if self.mode == Mode::Idle && input[pos] != 0 {
+                if let Some(end) = find_zero(&input[pos..]) {
+                    if let Some(n) = unstuff_whole(&input[pos..pos + end], buf) {
+                        return (Event::Frame(n), pos + end + 1);
+                    }
+                }
+            }
             match self.mode {
                 Mode::Discard => match find_zero(&input[pos..]) {
                     Some(i) => {
@@ -302,6 +366,34 @@ mod tests {
         let mut out = [0u8; 300];
         let n = encode_vec(&data[..254], &mut out);
         assert_eq!((out[0], out[255], n), (0xFF, 0x01, 256));
+    }
+
+    /// The byte-wise encoder writes exactly what the block-wise one writes: every length up
+    /// to three blocks, runs of non-zero bytes crossing each block boundary, zeros at the
+    /// start, the end and in runs, split into pieces anywhere.
+    #[test]
+    fn byte_wise_encoding_equals_block_wise() {
+        let patterns: [fn(usize) -> u8; 4] = [
+            |i| (i % 255 + 1) as u8,
+            |i| (i * 7 % 13) as u8,
+            |i| if i % 300 == 299 { 0 } else { 0x5A },
+            |_| 0,
+        ];
+        for pattern in patterns {
+            let data: [u8; 800] = core::array::from_fn(pattern);
+            for len in (0..800)
+                .step_by(7)
+                .chain([253, 254, 255, 508, 509, 762, 763])
+            {
+                let mut a = [0u8; 820];
+                let n = encode_vec(&data[..len], &mut a);
+                for cut in [0, len / 3, len] {
+                    let mut b = [0xEEu8; 820];
+                    let m = encode_short(&[&data[..cut], &data[cut..len]], &mut b);
+                    assert_eq!(&b[..m], &a[..n], "length {len}, cut {cut}");
+                }
+            }
+        }
     }
 
     #[test]

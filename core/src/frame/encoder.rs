@@ -1,6 +1,9 @@
 //! Frame encoding: into a caller's buffer, or into any `embedded_io::Write`.
 
-use super::cobs::{encode_blocks, BlockSink, SliceSink};
+use super::cobs::{encode_blocks, encode_short, BlockSink, SliceSink};
+
+/// Payloads shorter than this are stuffed byte-wise ([`encode_short`]).
+const SHORT_FRAME: usize = 256;
 use super::header::Header;
 use super::{max_encoded_len, Crc32c, DELIMITER, MAX_PAYLOAD};
 
@@ -115,9 +118,16 @@ pub(crate) fn encode_parts(
             available: out.len(),
         });
     }
-    let mut sink = SliceSink::new(out);
-    let Ok(()) = encode_blocks(&[&head, payload, trailer, &tail], &mut sink);
-    let n = sink.finish();
+    let pieces: [&[u8]; 4] = [&head, payload, trailer, &tail];
+    // Byte-wise for short frames, block-wise (memchr over long runs) for the rest: the
+    // same output (tested), fewer instructions each.
+    let n = if len < SHORT_FRAME {
+        encode_short(&pieces, out)
+    } else {
+        let mut sink = SliceSink::new(out);
+        let Ok(()) = encode_blocks(&pieces, &mut sink);
+        sink.finish()
+    };
     // Within bounds: COBS never writes more than max_encoded_len - 1 bytes.
     out[n] = DELIMITER;
     Ok(n + 1)
