@@ -105,7 +105,9 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct ListenArgs {
-    /// Where to listen, e.g. tcp://127.0.0.1:5003 or tcp://[::1]:5003 (several allowed).
+    /// Where to listen, e.g. tcp://127.0.0.1:5003, tcp://[::1]:5003, or Bluetooth RFCOMM:
+    /// rfcomm://hci0/1 (adapter hci0, channel 1), rfcomm:///1 (the default adapter).
+    /// Several allowed.
     #[arg(required = true)]
     endpoints: Vec<Endpoint>,
     /// The CSV file to append records to (created if missing).
@@ -147,7 +149,8 @@ struct ListenArgs {
 
 #[derive(Debug, clap::Args)]
 struct SendArgs {
-    /// The listener, e.g. tcp://127.0.0.1:5003.
+    /// The listener, e.g. tcp://127.0.0.1:5003, or a Bluetooth device and channel:
+    /// rfcomm://AA:BB:CC:DD:EE:FF/1 (rfcomm://hci1/AA:BB:CC:DD:EE:FF/1 from adapter hci1).
     endpoint: Endpoint,
     /// The lines to send; standard input if absent or "-".
     input: Option<PathBuf>,
