@@ -42,6 +42,8 @@ pub struct CsvSink {
     fields: Vec<String>,
     /// The last time formatted, and its text: a batch of records shares one time.
     time: Option<(SystemTime, String)>,
+    /// The last device written, and its column text: a batch comes from one device.
+    device: Option<(u32, [u8; 8])>,
 }
 
 /// Rows into a buffer, the buffer into the file when it fills or on [`RowWriter::flush`].
@@ -139,6 +141,7 @@ impl CsvSink {
             rows: 0,
             fields: Vec::new(),
             time: None,
+            device: None,
         })
     }
 
@@ -186,11 +189,24 @@ impl CsvSink {
                 &self.time.insert((time, text)).1
             }
         };
+        let device = match self.device {
+            Some((d, text)) if d == device => text,
+            _ => {
+                let mut text = [0u8; 8];
+                for (i, b) in device.to_be_bytes().into_iter().enumerate() {
+                    text[2 * i] = HEX[usize::from(b >> 4)];
+                    text[2 * i + 1] = HEX[usize::from(b & 15)];
+                }
+                self.device = Some((device, text));
+                text
+            }
+        };
         // Time, hex device and decimal seq never need quoting.
         let buf = &mut self.writer.buf;
+        buf.reserve(64 + 2 * payload.len());
         buf.extend_from_slice(time.as_bytes());
         buf.push(b',');
-        hex_into(buf, &device.to_be_bytes());
+        buf.extend_from_slice(&device);
         buf.push(b',');
         buf.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
         write_fields(payload, buf);
@@ -333,11 +349,12 @@ fn write_fields(payload: &[u8], buf: &mut Vec<u8>) {
     hex_into(buf, payload);
 }
 
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
 fn hex_into(buf: &mut Vec<u8>, bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for b in bytes {
-        buf.push(DIGITS[usize::from(b >> 4)]);
-        buf.push(DIGITS[usize::from(b & 15)]);
+        buf.push(HEX[usize::from(b >> 4)]);
+        buf.push(HEX[usize::from(b & 15)]);
     }
 }
 
@@ -474,6 +491,30 @@ mod tests {
         assert_eq!(fields(b"21.5,\"x, y\",ok\n"), ["21.5", "x, y", "ok"]);
         assert_eq!(fields(&[0xFF, 0x00]), ["ff00"]);
         assert!(fields(b"").is_empty());
+    }
+
+    #[test]
+    fn rows_of_alternating_devices_and_times_carry_their_own() {
+        let dir = std::env::temp_dir().join(format!("tether-sink-alt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("out.csv");
+        let _ = std::fs::remove_file(&path);
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(1_700_000_000_123_456);
+        let t2 = t + std::time::Duration::from_micros(1);
+        let mut s = CsvSink::open(&path, false).unwrap();
+        for (time, device, seq) in [(t, 0xA, 0), (t, 0xB, 0), (t2, 0xB, 1), (t2, 0xA, 1)] {
+            s.write(time, device, seq, b"x").unwrap();
+        }
+        s.commit().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "host_time,device,seq,field_1\n\
+             2023-11-14T22:13:20.123456Z,0000000a,0,x\n\
+             2023-11-14T22:13:20.123456Z,0000000b,0,x\n\
+             2023-11-14T22:13:20.123457Z,0000000b,1,x\n\
+             2023-11-14T22:13:20.123457Z,0000000a,1,x\n"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
