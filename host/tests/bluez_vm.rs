@@ -449,6 +449,17 @@ async fn e_the_tether_command_listens_and_sends_over_rfcomm_and_explains_errors(
     let to = format!("rfcomm://{hci0}/5");
     let (code, err) = run_tether(&["send", &to], text.as_bytes(), Duration::from_secs(60));
     assert_eq!(code, Some(0), "tether send: {err}");
+    // Nobody listens on channel 29 of that (connectable) adapter: refused, retried, then
+    // explained. (With no listener making the adapter connectable, a connect would instead
+    // time out paging it, which wedges this kernel's RFCOMM: not done here.)
+    let nobody = format!("rfcomm://{hci0}/29");
+    let (code, err) = run_tether(
+        &["send", &nobody, "--give-up-after", "3"],
+        b"1,2\n",
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("refused the connection"), "{err}");
     let pid = listener.id().to_string();
     Command::new("kill")
         .args(["-INT", &pid])
@@ -487,7 +498,7 @@ async fn e_the_tether_command_listens_and_sends_over_rfcomm_and_explains_errors(
     assert_eq!(code, Some(2));
     assert!(err.contains("hci1 is powered off"), "{err}");
     assert!(err.contains("bluetoothctl power on"), "{err}");
-    report("error messages checked in the VM: no adapter, adapter off");
+    report("error messages checked in the VM: connection refused, no adapter, adapter off");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
