@@ -227,21 +227,8 @@ impl CsvSink {
         seq: u32,
         chunk: &[u8],
     ) -> Result<(), SinkError> {
-        if self.needs_header {
-            self.needs_header = false;
-            self.writer
-                .write_record(["host_time", "device", "seq", "field_1"])
-                .map_err(|e| self.io(e))?;
-        }
-        let time = humantime::format_rfc3339_micros(time).to_string();
         let text = String::from_utf8_lossy(chunk);
-        let seq = seq.to_string();
-        self.writer
-            .write_record([time.as_str(), device, seq.as_str(), text.as_ref()])
-            .map_err(|e| SinkError::Io {
-                path: self.path.clone(),
-                source: e,
-            })?;
+        self.one_field_row(time, device, &seq.to_string(), &text)?;
         self.rows += 1;
         Ok(())
     }
@@ -255,6 +242,18 @@ impl CsvSink {
         device: u32,
         text: &str,
     ) -> Result<(), SinkError> {
+        self.one_field_row(time, &format!("{device:08x}"), "", text)
+    }
+
+    /// A row of the fixed columns and one field (raw chunks and marker rows), after the
+    /// header if the file is new.
+    fn one_field_row(
+        &mut self,
+        time: SystemTime,
+        device: &str,
+        seq: &str,
+        field: &str,
+    ) -> Result<(), SinkError> {
         if self.needs_header {
             self.needs_header = false;
             self.writer
@@ -262,11 +261,9 @@ impl CsvSink {
                 .map_err(|e| self.io(e))?;
         }
         let time = humantime::format_rfc3339_micros(time).to_string();
-        let device = format!("{device:08x}");
         self.writer
-            .write_record([time.as_str(), device.as_str(), "", text])
-            .map_err(|e| self.io(e))?;
-        Ok(())
+            .write_record([time.as_str(), device, seq, field])
+            .map_err(|e| self.io(e))
     }
 
     /// Makes everything written so far durable to the promised degree: flushed to the
