@@ -149,8 +149,13 @@ timeout --kill-after=10 "$limit" qemu-system-x86_64 -M pc -accel "$accel" -cpu m
   </dev/null >"$cache/console.log" 2>&1
 qemu=$?
 set -e
-# The guest's console (boot, daemons, test output) for the record.
-sed -e 's/\r$//' "$cache/console.log" | grep -v '^\s*$' | tail -n 200 >&2 || true
+# The guest's console: in full (its last 200 lines) on failure, its summary lines otherwise.
+console() { sed -e 's/\r$//' "$cache/console.log" | grep -v '^\s*$' || true; }
+if [[ $(cat "$results/status" 2>/dev/null) == 0 ]]; then
+  console | grep -E '^(guest:|test |test result)' >&2 || true
+else
+  console | tail -n 200 >&2
+fi
 if [[ $qemu -eq 124 || $qemu -eq 137 ]]; then
   log "the VM did not finish within ${limit}s (console: $cache/console.log)"
   exit 1
