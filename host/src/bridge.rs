@@ -433,26 +433,7 @@ impl Bridge {
     ) -> Result<BridgeSummary, BridgeError> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
-        let (accepted_tx, mut accepted) = tokio::sync::mpsc::channel::<(Stream, String)>(64);
-        for socket in self.sockets {
-            let tx = accepted_tx.clone();
-            let mut stop = stop_rx.clone();
-            tasks.spawn(async move {
-                loop {
-                    tokio::select! {
-                        r = socket.accept() => match r {
-                            Ok(pair) => { if tx.send(pair).await.is_err() { break } }
-                            Err(e) => {
-                                warn!("accept failed: {e}");
-                                tokio::time::sleep(Duration::from_millis(100)).await;
-                            }
-                        },
-                        _ = stop.changed() => break,
-                    }
-                }
-            });
-        }
-        drop(accepted_tx);
+        let mut accepted = crate::transport::accept_all(self.sockets, &mut tasks, &stop_rx);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {

@@ -249,6 +249,36 @@ pub async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Stream, T
         .map_err(|_| TransportError::Timeout(endpoint.clone()))?
 }
 
+/// Accepts on every socket, each in a task of `tasks`, until `stop` changes; each new
+/// connection and its peer's name come out of the returned channel. An accept error (out of
+/// descriptors, say) is logged and waits 100 ms rather than spin.
+pub fn accept_all(
+    sockets: Vec<Acceptor>,
+    tasks: &mut tokio::task::JoinSet<()>,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> tokio::sync::mpsc::Receiver<(Stream, String)> {
+    let (accepted_tx, accepted) = tokio::sync::mpsc::channel::<(Stream, String)>(64);
+    for socket in sockets {
+        let tx = accepted_tx.clone();
+        let mut stop = stop.clone();
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    r = socket.accept() => match r {
+                        Ok(pair) => { if tx.send(pair).await.is_err() { break } }
+                        Err(e) => {
+                            tracing::warn!("accept failed: {e}");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    },
+                    _ = stop.changed() => break,
+                }
+            }
+        });
+    }
+    accepted
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
