@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n== %s\n' "$*"; }
 start=$SECONDS
+# Each step says when it starts (seconds since the suite began), so a slow step shows.
+step() { printf '\n== [%ss] %s\n' "$((SECONDS - start))" "$*"; }
 
 step "setup"
 scripts/setup.sh
