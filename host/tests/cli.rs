@@ -108,13 +108,15 @@ fn sigint_stops_the_listener_cleanly_with_everything_acknowledged_written() {
         .unwrap()
         .port();
     let endpoint = format!("tcp://127.0.0.1:{port}");
-    let mut listener = Command::new(env!("CARGO_BIN_EXE_tether"))
-        .args(["listen", &endpoint, "--csv"])
-        .arg(&csv)
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut listener = Running(
+        Command::new(env!("CARGO_BIN_EXE_tether"))
+            .args(["listen", &endpoint, "--csv"])
+            .arg(&csv)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let start = std::time::Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
@@ -147,4 +149,27 @@ fn sigint_stops_the_listener_cleanly_with_everything_acknowledged_written() {
     let rows = std::fs::read_to_string(&csv).unwrap().lines().count();
     assert_eq!(rows, 5_001, "header and every acknowledged record");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A child process killed when dropped, so a failing test never leaves a listener running.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Running {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
 }

@@ -49,6 +49,14 @@ struct Tether {
     log: Arc<Mutex<Vec<String>>>,
 }
 
+/// A listener left running by a failing test is killed, not orphaned.
+impl Drop for Tether {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Removes terminal colour codes.
 fn plain(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
