@@ -5,7 +5,8 @@
 # tutorial's own Python server, a record's round trip vs a raw TCP ping-pong, and the
 # listener's memory with 1,000 idle devices, all on loopback. Prints a table; writes it as
 # JSON to bench.json in the current directory unless --json PATH is given.
-# About a minute; run it on an otherwise idle machine.
+# About 10 s once built (the first release build takes 2 minutes); run it on an otherwise idle
+# machine.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 "$repo/scripts/setup.sh"
