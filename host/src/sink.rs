@@ -93,12 +93,23 @@ impl RowWriter {
         Ok(())
     }
 
+    /// Hands the buffer to the file. On an error, what the file took is dropped from the
+    /// buffer and the rest kept (as `BufWriter` does), so a retry never writes a row twice.
     fn flush(&mut self) -> io::Result<()> {
-        if !self.buf.is_empty() {
-            self.file.write_all(&self.buf)?;
-            self.buf.clear();
-        }
-        Ok(())
+        let mut done = 0;
+        let result = loop {
+            if done == self.buf.len() {
+                break Ok(());
+            }
+            match self.file.write(&self.buf[done..]) {
+                Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        self.buf.drain(..done);
+        result
     }
 }
 
@@ -512,6 +523,18 @@ mod tests {
              2023-11-14T22:13:20.123457Z,0000000a,1,x\n"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A disk that is full: the commit fails with the system's reason (so nothing is
+    /// acknowledged), and the rows stay buffered for the next attempt.
+    #[test]
+    fn a_full_disk_fails_the_commit_and_keeps_the_rows() {
+        let mut s = CsvSink::open(Path::new("/dev/full"), false).unwrap();
+        s.write(SystemTime::UNIX_EPOCH, 1, 0, b"x").unwrap();
+        let buffered = s.writer.buf.len();
+        let e = s.commit().unwrap_err().to_string();
+        assert!(e.contains("/dev/full") && e.contains("space"), "{e}");
+        assert_eq!(s.writer.buf.len(), buffered);
     }
 
     #[test]
