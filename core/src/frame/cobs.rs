@@ -67,9 +67,10 @@ pub(crate) fn encode_blocks<S: BlockSink>(pieces: &[&[u8]], sink: &mut S) -> Res
 /// [`encode_blocks`] into a slice that holds the whole encoding (see `max_encoded_len`), a
 /// byte at a time, returning the encoded length (without delimiter). Same output.
 ///
-/// For short frames, where the header's zeros make blocks of a few bytes, this takes about
-/// a third of the instructions of the block-wise loop (callgrind, 16-byte payloads: 615 →
-/// see `frame::encoder`); long runs are faster block-wise with `memchr`.
+/// For short frames, where the header's zeros make blocks of a few bytes, this takes fewer
+/// instructions than the block-wise loop (callgrind, with the unstuffing fast path below:
+/// 200,000 16-byte frames encoded and decoded, 471.7 M → 335.8 M instructions); long runs
+/// are faster block-wise, with `memchr`.
 pub(crate) fn encode_short(pieces: &[&[u8]], out: &mut [u8]) -> usize {
     let mut code_at = 0;
     let mut len = 1;

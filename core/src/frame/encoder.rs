@@ -1,11 +1,11 @@
 //! Frame encoding: into a caller's buffer, or into any `embedded_io::Write`.
 
 use super::cobs::{encode_blocks, encode_short, BlockSink, SliceSink};
+use super::header::Header;
+use super::{max_encoded_len, Crc32c, DELIMITER, MAX_PAYLOAD};
 
 /// Payloads shorter than this are stuffed byte-wise ([`encode_short`]).
 const SHORT_FRAME: usize = 256;
-use super::header::Header;
-use super::{max_encoded_len, Crc32c, DELIMITER, MAX_PAYLOAD};
 
 /// Why a frame could not be encoded into a buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
