@@ -498,21 +498,9 @@ async fn serve_device(
         return;
     };
     let Some((id, tx_base)) = named else {
-        // A HELLO this version cannot accept: a throw-away link answers with a REJECT whose
-        // reason the device's user can read.
-        let mut l = shared.link(Role::Server, shared.session_id, 0, shared.opts.max_command);
+        let l = shared.link(Role::Server, shared.session_id, 0, shared.opts.max_command);
         let now = shared.clock.now();
-        l.connect(now);
-        l.handle_input(now, &seen);
-        let reason = l
-            .reject()
-            .map(|r| r.to_string())
-            .unwrap_or_else(|| "malformed HELLO".into());
-        warn!(%peer, "refused: {reason}");
-        let mut out = vec![0u8; l.transmit_len()];
-        while let Some(n) = l.poll_transmit(now, &mut out) {
-            let _ = stream.write_all(&out[..n]).await;
-        }
+        crate::listen::refuse_hello(l, now, &seen, &mut stream, peer).await;
         shared.dropped.fetch_add(1, Ordering::Relaxed);
         return;
     };

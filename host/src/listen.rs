@@ -489,6 +489,28 @@ async fn read_hello(
     }
 }
 
+/// Answers a HELLO this version cannot accept: a throw-away `link` reads it and makes the
+/// REJECT whose reason the device's user can read; the reason is logged too.
+pub(crate) async fn refuse_hello(
+    mut link: Link<HeapStorage>,
+    now: tether_core::link::Instant,
+    seen: &[u8],
+    stream: &mut Stream,
+    peer: &str,
+) {
+    link.connect(now);
+    link.handle_input(now, seen);
+    let reason = link
+        .reject()
+        .map(|r| r.to_string())
+        .unwrap_or_else(|| "malformed HELLO".into());
+    warn!(%peer, "refused: {reason}");
+    let mut out = vec![0u8; link.transmit_len()];
+    while let Some(n) = link.poll_transmit(now, &mut out) {
+        let _ = stream.write_all(&out[..n]).await;
+    }
+}
+
 /// Serves one connection until it ends, is superseded, or the listener stops.
 async fn serve(shared: &Shared, mut stream: Stream, peer: &str, mut stop: watch::Receiver<bool>) {
     let Some((session, seen)) = read_hello(shared, &mut stream, peer).await else {
@@ -496,21 +518,8 @@ async fn serve(shared: &Shared, mut stream: Stream, peer: &str, mut stop: watch:
         return;
     };
     let Some(device) = session else {
-        // A HELLO this version cannot accept: let a throw-away link answer with a REJECT
-        // whose reason the device's user can read.
-        let mut l = shared.new_link(None);
         let now = shared.clock.now();
-        l.connect(now);
-        l.handle_input(now, &seen);
-        let reason = l
-            .reject()
-            .map(|r| r.to_string())
-            .unwrap_or_else(|| "malformed HELLO".into());
-        warn!(%peer, "refused: {reason}");
-        let mut out = vec![0u8; l.transmit_len()];
-        while let Some(n) = l.poll_transmit(now, &mut out) {
-            let _ = stream.write_all(&out[..n]).await;
-        }
+        refuse_hello(shared.new_link(None), now, &seen, &mut stream, peer).await;
         shared.dropped.fetch_add(1, Ordering::Relaxed);
         return;
     };

@@ -3,6 +3,8 @@
 //! the device is written; a frame altered or replayed on the path is dropped and the link
 //! recovers by retransmission, the CSV still exact.
 
+mod common;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -434,7 +436,7 @@ fn the_cli_streams_with_the_right_key_and_both_sides_say_why_a_wrong_one_is_refu
         .port();
     let endpoint = format!("tcp://127.0.0.1:{port}");
     let log = std::fs::File::create(dir.join("listener.log")).unwrap();
-    let mut listener = Process(
+    let mut listener = common::Process(
         Command::new(env!("CARGO_BIN_EXE_tether"))
             .args(["listen", &endpoint, "--csv"])
             .arg(&csv)
@@ -496,27 +498,4 @@ fn the_cli_streams_with_the_right_key_and_both_sides_say_why_a_wrong_one_is_refu
         "keys never logged"
     );
     assert_exact(&read_csv(&csv), 1, 50);
-}
-
-/// A child process killed when dropped, so a failing test never leaves a listener running.
-struct Process(std::process::Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl std::ops::Deref for Process {
-    type Target = std::process::Child;
-    fn deref(&self) -> &std::process::Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Process {
-    fn deref_mut(&mut self) -> &mut std::process::Child {
-        &mut self.0
-    }
 }

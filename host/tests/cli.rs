@@ -1,6 +1,8 @@
 //! The `tether` binary as a user runs it: `encode` piped into `decode`, the spec's vectors
 //! dissected, and clear errors.
 
+mod common;
+
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
@@ -108,7 +110,7 @@ fn sigint_stops_the_listener_cleanly_with_everything_acknowledged_written() {
         .unwrap()
         .port();
     let endpoint = format!("tcp://127.0.0.1:{port}");
-    let mut listener = Running(
+    let mut listener = common::Process(
         Command::new(env!("CARGO_BIN_EXE_tether"))
             .args(["listen", &endpoint, "--csv"])
             .arg(&csv)
@@ -149,27 +151,4 @@ fn sigint_stops_the_listener_cleanly_with_everything_acknowledged_written() {
     let rows = std::fs::read_to_string(&csv).unwrap().lines().count();
     assert_eq!(rows, 5_001, "header and every acknowledged record");
     std::fs::remove_dir_all(&dir).unwrap();
-}
-
-/// A child process killed when dropped, so a failing test never leaves a listener running.
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl std::ops::Deref for Running {
-    type Target = std::process::Child;
-    fn deref(&self) -> &std::process::Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Running {
-    fn deref_mut(&mut self) -> &mut std::process::Child {
-        &mut self.0
-    }
 }
