@@ -227,7 +227,12 @@ impl Unstuffer {
             // Fast path: a whole frame from its first byte to its delimiter is in `input`.
             // Anything unusual (a malformed or too long frame) takes the byte-wise path
             // below from the same state, so events and counts are the same either way.
-            if self.mode == Mode::Idle && input[pos] != 0 {
+            // Hosts only, as `find_zero`'s memchr: it costs flash a microcontroller would
+            // spend to save time it has to spare (scripts/size-report.sh).
+            if cfg!(any(target_arch = "x86_64", target_arch = "aarch64"))
+                && self.mode == Mode::Idle
+                && input[pos] != 0
+            {
                 if let Some(end) = find_zero(&input[pos..]) {
                     if let Some(n) = unstuff_whole(&input[pos..pos + end], buf) {
                         return (Event::Frame(n), pos + end + 1);

@@ -121,7 +121,10 @@ pub(crate) fn encode_parts(
     let pieces: [&[u8]; 4] = [&head, payload, trailer, &tail];
     // Byte-wise for short frames, block-wise (memchr over long runs) for the rest: the
     // same output (tested), fewer instructions each.
-    let n = if len < SHORT_FRAME {
+    // Hosts only: on a microcontroller the second routine costs flash and the block-wise
+    // one is what `write_frame` uses anyway (scripts/size-report.sh).
+    let short = cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) && len < SHORT_FRAME;
+    let n = if short {
         encode_short(&pieces, out)
     } else {
         let mut sink = SliceSink::new(out);
