@@ -34,7 +34,7 @@ use tracing::{debug, info, warn};
 use crate::clock::Clock;
 use crate::endpoint::{Endpoint, EndpointError};
 use crate::storage::HeapStorage;
-use crate::transport::{Acceptor, Stream, TransportError};
+use crate::transport::{write_or_stall, Acceptor, Stream, TransportError, Written};
 
 /// Where the bridge sends what its devices send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -571,9 +571,17 @@ async fn serve_device(
             device.wake_upstream.notify_one();
         }
         if !out.is_empty() {
-            if let Err(e) = stream.write_all(&out).await {
-                debug!(%peer, "write failed: {e}");
-                break;
+            match write_or_stall(&mut stream, &out, shared.opts.idle_timeout).await {
+                Written::All => {}
+                Written::Failed(e) => {
+                    debug!(%peer, "write failed: {e}");
+                    break;
+                }
+                Written::Stalled => {
+                    warn!(%peer, "device {id:08x} dropped: it read nothing for {:?} (its connection backed up)", shared.opts.idle_timeout);
+                    shared.dropped.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
             }
             out.clear();
         }

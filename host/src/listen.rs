@@ -24,7 +24,7 @@ use crate::clock::Clock;
 use crate::endpoint::Endpoint;
 use crate::sink::{CsvSink, SinkError};
 use crate::storage::HeapStorage;
-use crate::transport::{Acceptor, Stream, TransportError};
+use crate::transport::{write_or_stall, Acceptor, Stream, TransportError, Written};
 
 /// How the listener behaves. [`ListenOptions::new`] has the documented defaults.
 #[derive(Debug, Clone)]
@@ -578,15 +578,13 @@ async fn serve(shared: &Shared, mut stream: Stream, peer: &str, mut stop: watch:
             (s.link.poll_timeout(), finished)
         };
         if !out.is_empty() {
-            // A peer that does not read backs our writes up: it gets as long as a silent
-            // one, then is dropped, so it cannot hold a connection (and its buffers) forever.
-            match tokio::time::timeout(shared.opts.idle_timeout, stream.write_all(&out)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
+            match write_or_stall(&mut stream, &out, shared.opts.idle_timeout).await {
+                Written::All => {}
+                Written::Failed(e) => {
                     debug!(%peer, "write failed: {e}");
                     break;
                 }
-                Err(_) => {
+                Written::Stalled => {
                     warn!(%peer, "device {device:08x} dropped: it read nothing for {:?} (its connection backed up)", shared.opts.idle_timeout);
                     shared.dropped.fetch_add(1, Ordering::Relaxed);
                     break;

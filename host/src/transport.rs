@@ -249,6 +249,29 @@ pub async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Stream, T
         .map_err(|_| TransportError::Timeout(endpoint.clone()))?
 }
 
+/// How [`write_or_stall`] ended.
+#[derive(Debug)]
+pub enum Written {
+    /// All of it.
+    All,
+    /// The connection failed.
+    Failed(io::Error),
+    /// The peer read nothing for the whole limit: its connection backed up.
+    Stalled,
+}
+
+/// Writes all of `out` to a peer, giving one that does not read (so that our writes back
+/// up) as long as a silent one gets, `limit`: a peer cannot hold a connection and its buffers
+/// forever by never reading.
+pub async fn write_or_stall(stream: &mut Stream, out: &[u8], limit: Duration) -> Written {
+    use tokio::io::AsyncWriteExt;
+    match tokio::time::timeout(limit, stream.write_all(out)).await {
+        Ok(Ok(())) => Written::All,
+        Ok(Err(e)) => Written::Failed(e),
+        Err(_) => Written::Stalled,
+    }
+}
+
 /// Accepts on every socket, each in a task of `tasks`, until `stop` changes; each new
 /// connection and its peer's name come out of the returned channel. An accept error (out of
 /// descriptors, say) is logged and waits 100 ms rather than spin.
