@@ -3,7 +3,7 @@
 # firmware-sim/qemu, on QEMU's lm3s6965evb, streaming to `tether listen` on 127.0.0.1.
 #
 #   scripts/firmware-qemu.sh             what the test suite runs: builds the image, its
-#                                        baseline without Tether and its small-crc and defmt
+#                                        baseline without Tether and its table-crc and defmt
 #                                        variants; checks format and clippy; runs the
 #                                        end-to-end tests (tests/tests/firmware_qemu.rs);
 #                                        runs the defmt image and decodes its log; prints the
@@ -26,7 +26,7 @@ target=thumbv7m-none-eabi
 dir=$root/target/firmware-qemu # also fw/.cargo/config.toml's target-dir
 elf=$dir/$target/release/tether-firmware
 baseline=$dir/$target/release/baseline
-small_dir=$root/target/firmware-qemu-small-crc
+table_dir=$root/target/firmware-qemu-table-crc
 defmt_dir=$root/target/firmware-qemu-defmt
 tether_bin=${CARGO_TARGET_DIR:-$root/target}/debug/tether
 
@@ -87,12 +87,12 @@ qemu_client() {
 build() {
   step "building the firmware for $target (release): tether-firmware and baseline"
   fw_cargo build --locked --quiet --release --bins
-  FW_TARGET_DIR=$small_dir fw_cargo build --locked --quiet --release --bin tether-firmware --features small-crc
+  FW_TARGET_DIR=$table_dir fw_cargo build --locked --quiet --release --bin tether-firmware --features table-crc
 }
 
 size_report() {
   step "footprint of Tether in the QEMU firmware (report, not a gate)"
-  python3 scripts/firmware-size.py "$llvm" "$elf" "$baseline" "$small_dir/$target/release/tether-firmware"
+  python3 scripts/firmware-size.py "$llvm" "$elf" "$baseline" "$table_dir/$target/release/tether-firmware"
 }
 
 case $mode in

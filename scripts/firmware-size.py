@@ -2,7 +2,7 @@
 """Flash and static RAM of the QEMU firmware, of its baseline without Tether, and of the
 core's share, by crate. Called by scripts/firmware-qemu.sh; a report, never a gate.
 
-usage: firmware-size.py LLVM_BIN_DIR FIRMWARE_ELF BASELINE_ELF [SMALL_CRC_FIRMWARE_ELF]
+usage: firmware-size.py LLVM_BIN_DIR FIRMWARE_ELF BASELINE_ELF [TABLE_CRC_FIRMWARE_ELF]
 
 Flash = text + data (Berkeley, llvm-size: vector table, code, constants, initial values);
 static RAM = data + bss. Stack is not static RAM (main's frame is printed for information).
@@ -148,20 +148,20 @@ def verdict(n, target):
 
 def main():
     bindir, fw, base = sys.argv[1:4]
-    small = sys.argv[4] if len(sys.argv) > 4 else None
+    table = sys.argv[4] if len(sys.argv) > 4 else None
     fw_flash, fw_ram = sizes(bindir, fw)
     b_flash, b_ram = sizes(bindir, base)
     print("QEMU firmware on thumbv7m-none-eabi (Cortex-M3, no FPU): release, opt-level s, LTO, panic abort")
-    print("Link<LinkStorage<4, 4, 128>> (window 4, 128-byte frames), default features (1 KiB CRC table)")
+    print("Link<LinkStorage<4, 4, 128>> (window 4, 128-byte frames), default features (64-byte CRC table)")
     print()
     print(f"{'image':<44} {'flash':>8} {'static RAM':>11}")
     print(f"{'firmware (tether-core + device logic)':<44} {fw_flash:>8} {fw_ram:>11}")
     print(f"{'baseline (same board, UART, sensor; no Tether)':<44} {b_flash:>8} {b_ram:>11}")
     print(f"{'difference: what Tether costs this firmware':<44} {fw_flash - b_flash:>8} {fw_ram - b_ram:>11}")
-    if small:
-        s_flash, s_ram = sizes(bindir, small)
-        print(f"{'firmware with small-crc (64-byte CRC table)':<44} {s_flash:>8} {s_ram:>11}")
-        print(f"{'difference with small-crc':<44} {s_flash - b_flash:>8} {s_ram - b_ram:>11}")
+    if table:
+        t_flash, t_ram = sizes(bindir, table)
+        print(f"{'firmware with table-crc (1 KiB CRC table)':<44} {t_flash:>8} {t_ram:>11}")
+        print(f"{'difference with table-crc':<44} {t_flash - b_flash:>8} {t_ram - b_ram:>11}")
 
     f_fl, f_ram = breakdown(bindir, fw)
     b_fl, b_rm = breakdown(bindir, base)
@@ -178,9 +178,9 @@ def main():
     print()
     print(f"the core's share of flash: {core_flash} bytes ({core_flash / 1024:.2f} KiB): {verdict(core_flash, FLASH_TARGET)}")
     print(f"Tether's static RAM (link storage and state, device, transmit buffer): {core_ram} bytes: {verdict(core_ram, RAM_TARGET)}")
-    if small:
-        s_fl, _ = breakdown(bindir, small)
-        print(f"the core's share with small-crc: {s_fl[CORE]} bytes: {verdict(s_fl[CORE], FLASH_TARGET)}")
+    if table:
+        t_fl, _ = breakdown(bindir, table)
+        print(f"the core's share with table-crc: {t_fl[CORE]} bytes: {verdict(t_fl[CORE], FLASH_TARGET)}")
 
     print()
     print("Largest symbols of the difference (llvm-nm --size-sort; most of the link is inlined into")

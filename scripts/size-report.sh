@@ -56,7 +56,7 @@ d_ram=$(((l_data + l_bss) - (b_data + b_bss)))
 
 echo
 echo "tether-core on $target: Link<LinkStorage<4, 4, 128>> (window 4, 4 receive slots, 128-byte frames)"
-echo "release, opt-level s, LTO, codegen-units 1, panic abort; default features (1 KiB CRC table)"
+echo "release, opt-level s, LTO, codegen-units 1, panic abort; default features (64-byte CRC table)"
 echo
 printf '%-22s %8s %8s %8s %10s %14s\n' image text data bss flash "static RAM"
 printf '%-22s %8s %8s %8s %10s %14s\n' "" "" "" "" "text+data" "data+bss"
@@ -64,18 +64,18 @@ printf '%-22s %8d %8d %8d %10d %14d\n' baseline "$b_text" "$b_data" "$b_bss" $((
 printf '%-22s %8d %8d %8d %10d %14d\n' with_link "$l_text" "$l_data" "$l_bss" $((l_text + l_data)) $((l_data + l_bss))
 printf '%-22s %8d %8d %8d %10d %14d\n' "difference (Tether)" $((l_text - b_text)) $((l_data - b_data)) $((l_bss - b_bss)) "$d_flash" "$d_ram"
 echo
-# The same image with the `small-crc` feature (64-byte CRC table), built aside.
-(cd "$probe" && CARGO_TARGET_DIR="$root/target/size-probe-small-crc" \
-  cargo build --locked --quiet --release --bin with_link --features small-crc)
-read -r s_text s_data s_bss < <("$bin/llvm-size" "$root/target/size-probe-small-crc/$target/release/with_link" | awk 'NR==2 {print $1, $2, $3}')
+# The same image with the `table-crc` feature (1 KiB CRC table), built aside.
+(cd "$probe" && CARGO_TARGET_DIR="$root/target/size-probe-table-crc" \
+  cargo build --locked --quiet --release --bin with_link --features table-crc)
+read -r s_text s_data s_bss < <("$bin/llvm-size" "$root/target/size-probe-table-crc/$target/release/with_link" | awk 'NR==2 {print $1, $2, $3}')
 s_flash=$(((s_text + s_data) - (b_text + b_data)))
 s_ram=$(((s_data + s_bss) - (b_data + b_bss)))
-printf '%-22s %8d %8d %8d %10d %14d\n' "with_link, small-crc" "$s_text" "$s_data" "$s_bss" $((s_text + s_data)) $((s_data + s_bss))
-printf '%-22s %8d %8d %8d %10d %14d\n' "difference (small-crc)" $((s_text - b_text)) $((s_data - b_data)) $((s_bss - b_bss)) "$s_flash" "$s_ram"
+printf '%-22s %8d %8d %8d %10d %14d\n' "with_link, table-crc" "$s_text" "$s_data" "$s_bss" $((s_text + s_data)) $((s_data + s_bss))
+printf '%-22s %8d %8d %8d %10d %14d\n' "difference (table-crc)" $((s_text - b_text)) $((s_data - b_data)) $((s_bss - b_bss)) "$s_flash" "$s_ram"
 echo
 echo "flash:      $d_flash bytes ($(awk -v b="$d_flash" 'BEGIN {printf "%.2f", b / 1024}') KiB): $(verdict "$d_flash" "$flash_target")"
 echo "static RAM: $d_ram bytes ($(awk -v b="$d_ram" 'BEGIN {printf "%.2f", b / 1024}') KiB): $(verdict "$d_ram" "$ram_target")"
-echo "with small-crc: flash $s_flash bytes: $(verdict "$s_flash" "$flash_target"); static RAM $s_ram bytes: $(verdict "$s_ram" "$ram_target")"
+echo "with table-crc: flash $s_flash bytes: $(verdict "$s_flash" "$flash_target"); static RAM $s_ram bytes: $(verdict "$s_ram" "$ram_target")"
 echo
 echo "What counts as RAM: static RAM = .data + .bss, i.e. the link (in a static, through"
 echo "cortex_m::singleton!) and the one frame buffer poll_transmit encodes into. Stack is NOT"

@@ -25,9 +25,10 @@ step "Bluetooth against real BlueZ: RFCOMM, the bridge and the error messages in
 scripts/bluez-vm.sh
 
 # The workspace run unifies features, so tether-core's tests above ran with the host's
-# `hw-crc`. Run them again with the two CRC back ends firmware uses.
+# `hw-crc`. Run them again with the CRC back ends firmware uses (the default nibble table,
+# `fast-crc`, `table-crc`).
 step "tether-core tests with the firmware CRC back ends"
-for features in "" fast-crc small-crc async auth; do
+for features in "" fast-crc table-crc async auth; do
   cargo test --locked -p tether-core --lib --tests ${features:+--features "$features"}
 done
 
@@ -36,7 +37,7 @@ cargo test --locked -p tether-firmware-sim --all-features
 
 step "no_std builds of tether-core and the simulated device"
 for target in thumbv6m-none-eabi thumbv7em-none-eabihf; do
-  for features in "" "defmt" "fast-crc" "small-crc" "async,defmt" "auth" "auth,defmt"; do
+  for features in "" "defmt" "fast-crc" "table-crc" "async,defmt" "auth" "auth,defmt"; do
     echo "tether-core for $target, features [${features}]"
     cargo build --locked --quiet --release -p tether-core --target "$target" \
       ${features:+--features "$features"}

@@ -49,9 +49,10 @@
 //! ```
 //!
 //! # Features
-//! - CRC back ends (default: a 1 KiB byte table, sized for microcontrollers):
-//!   `small-crc`, a 64-byte nibble table for firmware short of flash; `fast-crc`, a 16 KiB
-//!   slicing-by-16 table; `hw-crc` (std), the CPU's CRC-32C instructions, which the host uses.
+//! - CRC back ends (default: a 64-byte nibble table, sized for microcontrollers' flash):
+//!   `table-crc`, a 1 KiB byte table, for firmware with the flash to spare; `fast-crc`, a 16
+//!   KiB slicing-by-16 table; `hw-crc` (std), the CPU's CRC-32C instructions, which the host
+//!   uses. When several are on, the first of `hw-crc`, `fast-crc`, `table-crc` wins.
 //! - `defmt`: `defmt::Format` on every public type, and the core's log messages (handshakes,
 //!   restarts, refusals, time-outs) through defmt.
 //! - `async`: [`io`]'s async driver, over `embedded-io-async` (no executor is assumed).
