@@ -20,7 +20,6 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant as StdInstant};
 
 use tether_core::frame::OVERHEAD;
@@ -251,8 +250,7 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Row>, BenchError> {
 
     if want("round-trip") {
         eprintln!("bench: round trips, {} each", opts.round_trips);
-        let (raw_rtt, raw_p99) = raw_ping_pong(opts.round_trips)?;
-        let (rtt, p99) = tether_round_trip(opts, opts.round_trips)?;
+        let [(rtt, p99), (raw_rtt, raw_p99)] = round_trips(opts, opts.round_trips)?;
         rows.push(Row {
             name: "one record's round trip (median)".into(),
             value: rtt * 1e6,
@@ -461,87 +459,61 @@ fn tether_bulk_throughput(total: u64, payload: usize) -> Result<f64, BenchError>
         }
     });
     let start = StdInstant::now();
-    let s = TcpStream::connect(addr).map_err(io("connecting"))?;
+    let mut s = TcpStream::connect(addr).map_err(io("connecting"))?;
     let _ = s.set_nodelay(true);
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(io("setting a timeout"))?;
     let mut cfg = Config::new(Role::Client, 1);
     cfg.window = WINDOW;
-    let link = Link::new(cfg, HeapStorage::new(usize::from(WINDOW), 4, frame))
+    let mut link = Link::new(cfg, HeapStorage::new(usize::from(WINDOW), 4, frame))
         .map_err(|e| BenchError::Failed(format!("bulk link: {e:?}")))?;
-    let state = Arc::new((Mutex::new(link), Condvar::new()));
-    let reader = {
-        let state = state.clone();
-        let mut rs = s.try_clone().map_err(io("cloning a socket"))?;
-        std::thread::spawn(move || -> std::io::Result<()> {
-            let mut buf = vec![0u8; BUF];
-            loop {
-                let n = rs.read(&mut buf)?;
-                if n == 0 {
-                    return Ok(());
-                }
-                let (m, cv) = &*state;
-                let mut link = m.lock().map_err(|_| std::io::Error::other("poisoned"))?;
-                link.handle_input(now(start), &buf[..n]);
-                cv.notify_one();
-            }
-        })
-    };
     let record = vec![0xA5u8; payload];
-    let mut ws = s;
     let mut queued = 0u64;
-    // Frames are encoded straight into the write buffer (no staging copy).
+    // One thread, as a sender's event loop: frames are encoded straight into the write
+    // buffer (no staging copy); acknowledgements are read without waiting while there is
+    // something to send, and waited for when the window is full.
     let tx_len = frame * 2 + 8;
     let mut out = vec![0u8; BUF + tx_len];
-    let mut used = 0;
-    {
-        let (m, _) = &*state;
-        m.lock()
-            .map_err(|_| BenchError::Failed("poisoned".into()))?
-            .connect(now(start));
-    }
+    let mut acks = vec![0u8; BUF];
+    let mut nonblocking = false;
+    link.connect(now(start));
     loop {
-        {
-            let (m, cv) = &*state;
-            let mut link = m
-                .lock()
-                .map_err(|_| BenchError::Failed("poisoned".into()))?;
-            let deadline = StdInstant::now() + Duration::from_secs(10);
-            loop {
-                if link.phase() == Phase::Established {
-                    while queued < records && link.send(&record).is_ok() {
-                        queued += 1;
-                    }
-                }
-                let t = now(start);
-                while used < BUF {
-                    match link.poll_transmit(t, &mut out[used..]) {
-                        Some(k) => used += k,
-                        None => break,
-                    }
-                }
-                if used > 0 || (queued == records && link.unacked() == 0) {
-                    break;
-                }
-                if StdInstant::now() > deadline {
-                    return Err(BenchError::Failed("bulk: no progress for 10 s".into()));
-                }
-                link = cv
-                    .wait_timeout(link, Duration::from_millis(5))
-                    .map_err(|_| BenchError::Failed("poisoned".into()))?
-                    .0;
-                link.handle_timeout(now(start));
+        if link.phase() == Phase::Established {
+            while queued < records && link.send(&record).is_ok() {
+                queued += 1;
             }
         }
-        if used == 0 {
+        let t = now(start);
+        let mut used = 0;
+        while used < BUF {
+            match link.poll_transmit(t, &mut out[used..]) {
+                Some(k) => used += k,
+                None => break,
+            }
+        }
+        if used > 0 {
+            set_nonblocking(&s, &mut nonblocking, false)?;
+            s.write_all(&out[..used]).map_err(io("writing"))?;
+        } else if queued == records && link.unacked() == 0 {
             break;
         }
-        ws.write_all(&out[..used]).map_err(io("writing"))?;
-        used = 0;
+        // Nothing more to send (window full, or all sent): wait for acknowledgements;
+        // otherwise take what has arrived and go on.
+        let wait = used == 0;
+        set_nonblocking(&s, &mut nonblocking, !wait)?;
+        match s.read(&mut acks) {
+            Ok(0) => return Err(BenchError::Failed("bulk: the receiver closed".into())),
+            Ok(n) => link.handle_input(now(start), &acks[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && !wait => {}
+            Err(e) => return Err(BenchError::Failed(format!("bulk: reading: {e}"))),
+        }
+        link.handle_timeout(now(start));
     }
     let secs = start.elapsed().as_secs_f64();
-    ws.shutdown(std::net::Shutdown::Both)
+    set_nonblocking(&s, &mut nonblocking, false)?;
+    s.shutdown(std::net::Shutdown::Both)
         .map_err(io("closing"))?;
     let got = join(server)?;
-    let _ = reader.join();
     if got != records * payload as u64 {
         return Err(BenchError::Failed(format!(
             "bulk: {got} of {} bytes delivered",
@@ -549,6 +521,20 @@ fn tether_bulk_throughput(total: u64, payload: usize) -> Result<f64, BenchError>
         )));
     }
     Ok(got as f64 / secs)
+}
+
+/// Puts `s` in non-blocking mode or out of it, with a system call only when that changes.
+fn set_nonblocking(
+    s: &TcpStream,
+    now_nonblocking: &mut bool,
+    nonblocking: bool,
+) -> Result<(), BenchError> {
+    if *now_nonblocking != nonblocking {
+        s.set_nonblocking(nonblocking)
+            .map_err(io("setting the socket's mode"))?;
+        *now_nonblocking = nonblocking;
+    }
+    Ok(())
 }
 
 /// A child process killed when dropped.
@@ -738,99 +724,206 @@ fn median_p99(mut v: Vec<f64>) -> (f64, f64) {
     (at(0.5), at(0.99))
 }
 
-/// A raw TCP ping-pong: 16 bytes out, the same 16 back. Seconds: median and p99.
-fn raw_ping_pong(rounds: u32) -> Result<(f64, f64), BenchError> {
-    let l = loopback()?;
-    let addr = local(&l)?;
-    let echo = std::thread::spawn(move || -> std::io::Result<()> {
-        let (mut s, _) = l.accept()?;
-        s.set_nodelay(true)?;
-        let mut b = [0u8; 16];
-        loop {
-            match s.read_exact(&mut b) {
-                Ok(()) => s.write_all(&b)?,
-                Err(_) => return Ok(()),
-            }
+/// Round trips of both kinds, interleaved in blocks of [`RTT_BLOCK`] so that both see the
+/// same machine: on this VM a ping-pong's time moves by a factor of 1.3 from one second to
+/// the next (and by 5 between a busy and an idle machine, whose idle virtual CPUs take long
+/// to wake), so measured one after the other the ratio said more of the moment than of
+/// Tether. Seconds: Tether's (median, p99), then raw TCP's.
+fn round_trips(opts: &BenchOptions, rounds: u32) -> Result<[(f64, f64); 2], BenchError> {
+    let rounds = rounds.max(1);
+    let _pinned = Pinned::to_one_cpu();
+    let mut raw = PingPong::start()?;
+    let csv = opts.dir.join("rtt.csv");
+    let mut tether = TetherRoundTrip::start(opts, &csv)?;
+    let cpu_before = cpu_seconds(tether.pid)?;
+    let (mut raw_times, mut times) = (Vec::new(), Vec::new());
+    let mut done = 0;
+    while done < rounds {
+        let n = RTT_BLOCK.min(rounds - done);
+        for _ in 0..n {
+            raw_times.push(raw.round()?);
         }
-    });
-    let mut s = TcpStream::connect(addr).map_err(io("connecting"))?;
-    s.set_nodelay(true).map_err(io("setting TCP_NODELAY"))?;
-    let mut times = Vec::with_capacity(rounds as usize);
-    let mut b = [7u8; 16];
-    for _ in 0..rounds.max(1) {
-        let t = StdInstant::now();
-        s.write_all(&b).map_err(io("ping"))?;
-        s.read_exact(&mut b).map_err(io("pong"))?;
-        times.push(t.elapsed().as_secs_f64());
+        for _ in 0..n {
+            times.push(tether.round()?);
+        }
+        done += n;
     }
-    drop(s);
-    join(echo)?;
-    Ok(median_p99(times))
+    // The listener also idled through the raw rounds: its CPU time is all Tether's work.
+    let cpu = (cpu_seconds(tether.pid)? - cpu_before) / f64::from(rounds);
+    eprintln!(
+        "bench: the listener used {:.1} µs of CPU a round trip",
+        cpu * 1e6
+    );
+    raw.finish()?;
+    drop(tether);
+    check_csv(&csv, u64::from(rounds))?;
+    let _ = std::fs::remove_file(&csv);
+    Ok([median_p99(times), median_p99(raw_times)])
+}
+
+/// This thread, and the threads and processes it starts, kept on one CPU while it lives;
+/// the CPUs allowed before are restored when it is dropped. Without it, a round trip's time
+/// depends on whether the scheduler puts the two ends on one virtual CPU or two: on this VM,
+/// 20 µs against 120 µs for the same program (an idle virtual CPU is slow to wake), and
+/// the two comparisons drew different lots.
+struct Pinned(Option<nix::sched::CpuSet>);
+
+impl Pinned {
+    fn to_one_cpu() -> Self {
+        use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+        use nix::unistd::Pid;
+        let me = Pid::from_raw(0);
+        let Ok(before) = sched_getaffinity(me) else {
+            return Pinned(None);
+        };
+        let Some(cpu) = (0..CpuSet::count()).find(|&c| before.is_set(c).unwrap_or(false)) else {
+            return Pinned(None);
+        };
+        let mut one = CpuSet::new();
+        if one.set(cpu).is_err() || sched_setaffinity(me, &one).is_err() {
+            eprintln!("bench: could not pin the round trips to one CPU; figures will move more");
+            return Pinned(None);
+        }
+        Pinned(Some(before))
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        if let Some(before) = &self.0 {
+            let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), before);
+        }
+    }
+}
+
+/// Rounds of each kind in a row before the other kind's turn.
+const RTT_BLOCK: u32 = 50;
+
+/// A raw TCP ping-pong: 16 bytes out, the same 16 back, by an echo thread.
+struct PingPong {
+    s: TcpStream,
+    echo: std::thread::JoinHandle<std::io::Result<()>>,
+    b: [u8; 16],
+}
+
+impl PingPong {
+    fn start() -> Result<Self, BenchError> {
+        let l = loopback()?;
+        let addr = local(&l)?;
+        let echo = std::thread::spawn(move || -> std::io::Result<()> {
+            let (mut s, _) = l.accept()?;
+            s.set_nodelay(true)?;
+            let mut b = [0u8; 16];
+            loop {
+                match s.read_exact(&mut b) {
+                    Ok(()) => s.write_all(&b)?,
+                    Err(_) => return Ok(()),
+                }
+            }
+        });
+        let s = TcpStream::connect(addr).map_err(io("connecting"))?;
+        s.set_nodelay(true).map_err(io("setting TCP_NODELAY"))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(io("setting a timeout"))?;
+        Ok(PingPong {
+            s,
+            echo,
+            b: [7; 16],
+        })
+    }
+
+    /// One round, seconds.
+    fn round(&mut self) -> Result<f64, BenchError> {
+        let t = StdInstant::now();
+        self.s.write_all(&self.b).map_err(io("ping"))?;
+        self.s.read_exact(&mut self.b).map_err(io("pong"))?;
+        Ok(t.elapsed().as_secs_f64())
+    }
+
+    fn finish(self) -> Result<(), BenchError> {
+        drop(self.s);
+        join(self.echo)
+    }
 }
 
 /// One 16-byte record at a time to a `tether listen`, each timed from `send` until its
 /// acknowledgement arrived (the listener acknowledges after writing it to the CSV).
-fn tether_round_trip(opts: &BenchOptions, rounds: u32) -> Result<(f64, f64), BenchError> {
-    let csv = opts.dir.join("rtt.csv");
-    let (listener, addr) = start_listener(opts, &csv, &[])?;
-    let pid = listener.0.id();
-    let mut s = TcpStream::connect(addr).map_err(io("connecting"))?;
-    s.set_nodelay(true).map_err(io("setting TCP_NODELAY"))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(io("setting a timeout"))?;
-    let start = StdInstant::now();
-    let mut cfg = Config::new(Role::Client, crate::random_session());
-    cfg.window = 1;
-    let mut link = Link::new(cfg, HeapStorage::new(1, 4, tether_core::link::MIN_FRAME))
-        .map_err(|e| BenchError::Failed(format!("{e:?}")))?;
-    let mut tx = vec![0u8; link.transmit_len()];
-    let mut buf = vec![0u8; BUF];
-    let mut out = Vec::new();
-    link.connect(now(start));
-    let mut exchange = |link: &mut Link<HeapStorage>,
-                        done: &dyn Fn(&Link<HeapStorage>) -> bool|
-     -> Result<(), BenchError> {
+struct TetherRoundTrip {
+    _listener: Kid,
+    pid: u32,
+    s: TcpStream,
+    start: StdInstant,
+    link: Link<HeapStorage>,
+    tx: Vec<u8>,
+    buf: Vec<u8>,
+    out: Vec<u8>,
+    sent: u64,
+}
+
+impl TetherRoundTrip {
+    fn start(opts: &BenchOptions, csv: &Path) -> Result<Self, BenchError> {
+        let (listener, addr) = start_listener(opts, csv, &[])?;
+        let pid = listener.0.id();
+        let s = TcpStream::connect(addr).map_err(io("connecting"))?;
+        s.set_nodelay(true).map_err(io("setting TCP_NODELAY"))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(io("setting a timeout"))?;
+        let mut cfg = Config::new(Role::Client, crate::random_session());
+        cfg.window = 1;
+        let link = Link::new(cfg, HeapStorage::new(1, 4, tether_core::link::MIN_FRAME))
+            .map_err(|e| BenchError::Failed(format!("{e:?}")))?;
+        let mut me = TetherRoundTrip {
+            _listener: listener,
+            pid,
+            s,
+            start: StdInstant::now(),
+            tx: vec![0u8; link.transmit_len()],
+            link,
+            buf: vec![0u8; BUF],
+            out: Vec::new(),
+            sent: 0,
+        };
+        me.link.connect(now(me.start));
+        me.exchange(|l| l.phase() == Phase::Established)?;
+        Ok(me)
+    }
+
+    /// Sends what the link has to send and reads until `done`.
+    fn exchange(&mut self, done: impl Fn(&Link<HeapStorage>) -> bool) -> Result<(), BenchError> {
         for _ in 0..10_000 {
-            let t = now(start);
-            while let Some(k) = link.poll_transmit(t, &mut tx) {
-                out.extend_from_slice(&tx[..k]);
+            let t = now(self.start);
+            while let Some(k) = self.link.poll_transmit(t, &mut self.tx) {
+                self.out.extend_from_slice(&self.tx[..k]);
             }
-            if !out.is_empty() {
-                s.write_all(&out).map_err(io("writing"))?;
-                out.clear();
+            if !self.out.is_empty() {
+                self.s.write_all(&self.out).map_err(io("writing"))?;
+                self.out.clear();
             }
-            if done(link) {
+            if done(&self.link) {
                 return Ok(());
             }
-            let n = s.read(&mut buf).map_err(io("reading"))?;
+            let n = self.s.read(&mut self.buf).map_err(io("reading"))?;
             if n == 0 {
                 return Err(BenchError::Failed(
                     "the listener closed the connection".into(),
                 ));
             }
-            link.handle_input(now(start), &buf[..n]);
+            self.link.handle_input(now(self.start), &self.buf[..n]);
         }
         Err(BenchError::Failed("round trip: no acknowledgement".into()))
-    };
-    exchange(&mut link, &|l| l.phase() == Phase::Established)?;
-    let mut times = Vec::with_capacity(rounds as usize);
-    let cpu_before = cpu_seconds(pid)?;
-    for i in 0..rounds.max(1) {
-        let record = format!("{i:08},{:07}", 0);
-        let t = StdInstant::now();
-        link.send(record.as_bytes())
-            .map_err(|e| BenchError::Failed(format!("send: {e:?}")))?;
-        exchange(&mut link, &|l| l.unacked() == 0)?;
-        times.push(t.elapsed().as_secs_f64());
     }
-    let cpu = (cpu_seconds(pid)? - cpu_before) / f64::from(rounds.max(1));
-    eprintln!(
-        "bench: the listener used {:.1} µs of CPU a round trip",
-        cpu * 1e6
-    );
-    check_csv(&csv, u64::from(rounds.max(1)))?;
-    let _ = std::fs::remove_file(&csv);
-    Ok(median_p99(times))
+
+    /// One record sent and acknowledged, seconds.
+    fn round(&mut self) -> Result<f64, BenchError> {
+        let record = format!("{:08},{:07}", self.sent, 0);
+        self.sent += 1;
+        let t = StdInstant::now();
+        self.link
+            .send(record.as_bytes())
+            .map_err(|e| BenchError::Failed(format!("send: {e:?}")))?;
+        self.exchange(|l| l.unacked() == 0)?;
+        Ok(t.elapsed().as_secs_f64())
+    }
 }
 
 /// CPU time (user + system) a process used so far, seconds.

@@ -31,7 +31,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use crate::clock::Clock;
+use crate::clock::{Clock, Timer};
 use crate::endpoint::{Endpoint, EndpointError};
 use crate::storage::HeapStorage;
 use crate::transport::{write_or_stall, Acceptor, Stream, TransportError, Written};
@@ -545,6 +545,7 @@ async fn serve_device(
     info!(%peer, "device {id:08x} connected");
     let mut buf = vec![0u8; 16 * 1024];
     let mut out = Vec::with_capacity(16 * 1024);
+    let mut timer = Timer::new();
     let mut frame = Vec::new();
     loop {
         let (deadline, finished, changed) = {
@@ -588,7 +589,7 @@ async fn serve_device(
         if finished {
             break;
         }
-        let sleep = deadline.map(|d| shared.clock.instant(d));
+        timer.set(deadline.map(|d| shared.clock.instant(d)));
         tokio::select! {
             r = stream.read(&mut buf) => match r {
                 Ok(0) => { info!(%peer, "device {id:08x} disconnected"); break }
@@ -600,7 +601,7 @@ async fn serve_device(
                 }
                 Err(e) => { info!(%peer, "device {id:08x} connection lost: {e}"); break }
             },
-            _ = async { match sleep { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
+            _ = timer.fired() => {
                 lock(&device.state).down.handle_timeout(shared.clock.now());
             }
             _ = device.wake_device.notified() => {}
@@ -707,6 +708,7 @@ async fn drive_upstream(
     let id = device.id;
     let mut buf = vec![0u8; 16 * 1024];
     let mut out = Vec::with_capacity(64 * 1024);
+    let mut timer = Timer::new();
     let mut frame = Vec::new();
     let mut closing = false;
     loop {
@@ -761,14 +763,14 @@ async fn drive_upstream(
             }
             out.clear();
         }
-        let sleep = deadline.map(|d| shared.clock.instant(d));
+        timer.set(deadline.map(|d| shared.clock.instant(d)));
         tokio::select! {
             r = stream.read(&mut buf) => match r {
                 Ok(0) => return Upstream::Lost("the listener closed the connection".into()),
                 Ok(n) => lock(&device.state).up.handle_input(shared.clock.now(), &buf[..n]),
                 Err(e) => return Upstream::Lost(format!("read failed: {e}")),
             },
-            _ = async { match sleep { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
+            _ = timer.fired() => {
                 lock(&device.state).up.handle_timeout(shared.clock.now());
             }
             _ = device.wake_upstream.notified() => {}

@@ -20,7 +20,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use crate::clock::Clock;
+use crate::clock::{Clock, Timer};
 use crate::endpoint::Endpoint;
 use crate::sink::{CsvSink, SinkError};
 use crate::storage::HeapStorage;
@@ -562,6 +562,7 @@ async fn serve(shared: &Shared, mut stream: Stream, peer: &str, mut stop: watch:
     let mut buf = vec![0u8; 64 * 1024];
     let mut out = Vec::with_capacity(64 * 1024);
     let mut stopping = false;
+    let mut timer = Timer::new();
     loop {
         let (deadline, finished) = {
             let mut s = lock(&session);
@@ -595,7 +596,7 @@ async fn serve(shared: &Shared, mut stream: Stream, peer: &str, mut stop: watch:
         if finished {
             break;
         }
-        let sleep = deadline.map(|d| shared.clock.instant(d));
+        timer.set(deadline.map(|d| shared.clock.instant(d)));
         tokio::select! {
             r = stream.read(&mut buf) => match r {
                 Ok(0) => { info!(%peer, "device {device:08x} disconnected"); break }
@@ -607,7 +608,7 @@ async fn serve(shared: &Shared, mut stream: Stream, peer: &str, mut stop: watch:
                 }
                 Err(e) => { info!(%peer, "device {device:08x} connection lost: {e}"); break }
             },
-            _ = async { match sleep { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
+            _ = timer.fired() => {
                 lock(&session).link.handle_timeout(shared.clock.now());
             }
             _ = wake.notified() => {}

@@ -7,7 +7,7 @@ use tether_core::link::{Config, Event, Link, Phase, Role, SendError as LinkSendE
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info, warn};
 
-use crate::clock::Clock;
+use crate::clock::{Clock, Timer};
 use crate::endpoint::Endpoint;
 use crate::storage::HeapStorage;
 use crate::transport::{Stream, TransportError};
@@ -254,6 +254,7 @@ async fn drive(
 ) -> Result<Outcome, SendError> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut out = Vec::with_capacity(64 * 1024);
+    let mut timer = Timer::new();
     let mut frame = vec![0u8; link.transmit_len()];
     let mut closing = false;
     loop {
@@ -318,7 +319,7 @@ async fn drive(
         if last_progress.elapsed() > opts.give_up_after && link.unacked() > 0 {
             return Ok(Outcome::Reconnect("no acknowledgement".into()));
         }
-        let deadline = link.poll_timeout().map(|d| clock.instant(d));
+        timer.set(link.poll_timeout().map(|d| clock.instant(d)));
         let want_line = !*eof && link.can_send();
         tokio::select! {
             r = stream.read(&mut buf) => match r {
@@ -330,7 +331,7 @@ async fn drive(
                 None => *eof = true,
                 Some(batch) => lines.take(batch)?,
             },
-            _ = async { match deadline { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
+            _ = timer.fired() => {
                 link.handle_timeout(clock.now());
             }
         }
