@@ -5,7 +5,7 @@
 # tutorial's own Python server, a record's round trip vs a raw TCP ping-pong, and the
 # listener's memory with 1,000 idle devices, all on loopback. Prints a table; writes it as
 # JSON to bench.json in the current directory unless --json PATH is given.
-# About 10 s once built (the first release build takes 2 minutes); run it on an otherwise idle
+# About 12 s once built (the first release build takes 2 minutes); run it on an otherwise idle
 # machine.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
