@@ -237,12 +237,19 @@ mod imp {
             let name = ad.name().to_owned();
             // bluetoothd powers an adapter without making it connectable: a device would
             // then fail with "host down". Discoverable implies connectable.
+            // It is left so at exit: another listener may use the same adapter.
             let _ = ad.set_discoverable_timeout(0).await;
-            if let Err(e) = ad.set_discoverable(true).await {
-                warn!(
+            let was = ad.is_discoverable().await.unwrap_or(false);
+            match ad.set_discoverable(true).await {
+                Ok(()) if !was => info!(
+                    "{name} made discoverable so that devices can connect; it stays so after \
+                     tether exits: `bluetoothctl discoverable off` hides it"
+                ),
+                Ok(()) => {}
+                Err(e) => warn!(
                     "could not make {name} discoverable ({e}); devices that are not paired may \
                      fail to connect: `bluetoothctl discoverable on`"
-                );
+                ),
             }
             let listen = |e: io::Error| from_io(&e, Op::Listen(channel));
             let socket = Socket::new().map_err(listen)?;
