@@ -178,7 +178,9 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Row>, BenchError> {
         );
         // Four turns each, alternating, so that both see the same machine (raw TCP alone
         // moved between 1.3 and 3.9 GiB/s from one run to the next on this VM); each
-        // figure is the bytes of its four turns over their time.
+        // figure is the bytes of its four turns over their time. Not pinned: with the
+        // sender and the receiver each on its own CPU, both were slower and Tether more so
+        // (0.46-0.66 x), the loopback's receive work landing on the sender's CPU.
         let turn = (opts.bulk_bytes / BULK_TURNS).max(1);
         let (mut raw_moved, mut raw_secs, mut moved, mut secs) = (0, 0.0, 0, 0.0);
         for _ in 0..BULK_TURNS {
@@ -491,7 +493,6 @@ fn tether_bulk_throughput(total: u64, payload: usize) -> Result<(u64, f64), Benc
     let tx_len = frame * 2 + 8;
     let mut out = vec![0u8; BUF + tx_len];
     let mut acks = vec![0u8; BUF];
-    let mut nonblocking = false;
     link.connect(now(start));
     loop {
         if link.phase() == Phase::Established {
@@ -508,25 +509,33 @@ fn tether_bulk_throughput(total: u64, payload: usize) -> Result<(u64, f64), Benc
             }
         }
         if used > 0 {
-            set_nonblocking(&s, &mut nonblocking, false)?;
             s.write_all(&out[..used]).map_err(io("writing"))?;
         } else if queued == records && link.unacked() == 0 {
             break;
         }
         // Nothing more to send (window full, or all sent): wait for acknowledgements;
-        // otherwise take what has arrived and go on.
-        let wait = used == 0;
-        set_nonblocking(&s, &mut nonblocking, !wait)?;
-        match s.read(&mut acks) {
-            Ok(0) => return Err(BenchError::Failed("bulk: the receiver closed".into())),
-            Ok(n) => link.handle_input(now(start), &acks[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && !wait => {}
-            Err(e) => return Err(BenchError::Failed(format!("bulk: reading: {e}"))),
+        // otherwise take what has arrived and go on (MSG_DONTWAIT: the socket stays
+        // blocking for the writes).
+        let n = if used == 0 {
+            s.read(&mut acks)
+                .map_err(|e| BenchError::Failed(format!("bulk: reading: {e}")))?
+        } else {
+            use nix::sys::socket::{recv, MsgFlags};
+            use std::os::fd::AsRawFd;
+            match recv(s.as_raw_fd(), &mut acks, MsgFlags::MSG_DONTWAIT) {
+                Ok(n) => n,
+                Err(nix::errno::Errno::EAGAIN) => usize::MAX,
+                Err(e) => return Err(BenchError::Failed(format!("bulk: reading: {e}"))),
+            }
+        };
+        match n {
+            0 => return Err(BenchError::Failed("bulk: the receiver closed".into())),
+            usize::MAX => {}
+            n => link.handle_input(now(start), &acks[..n]),
         }
         link.handle_timeout(now(start));
     }
     let secs = start.elapsed().as_secs_f64();
-    set_nonblocking(&s, &mut nonblocking, false)?;
     s.shutdown(std::net::Shutdown::Both)
         .map_err(io("closing"))?;
     let got = join(server)?;
@@ -537,20 +546,6 @@ fn tether_bulk_throughput(total: u64, payload: usize) -> Result<(u64, f64), Benc
         )));
     }
     Ok((got, secs))
-}
-
-/// Puts `s` in non-blocking mode or out of it, with a system call only when that changes.
-fn set_nonblocking(
-    s: &TcpStream,
-    now_nonblocking: &mut bool,
-    nonblocking: bool,
-) -> Result<(), BenchError> {
-    if *now_nonblocking != nonblocking {
-        s.set_nonblocking(nonblocking)
-            .map_err(io("setting the socket's mode"))?;
-        *now_nonblocking = nonblocking;
-    }
-    Ok(())
 }
 
 /// A child process killed when dropped.
@@ -569,6 +564,16 @@ fn start_listener(
     csv: &Path,
     extra: &[&str],
 ) -> Result<(Kid, SocketAddr), BenchError> {
+    start_listener_with(opts, csv, extra, &[])
+}
+
+/// [`start_listener`] with environment variables.
+fn start_listener_with(
+    opts: &BenchOptions,
+    csv: &Path,
+    extra: &[&str],
+    env: &[(&str, String)],
+) -> Result<(Kid, SocketAddr), BenchError> {
     let _ = std::fs::remove_file(csv);
     let mut child = Command::new(&opts.exe)
         .arg("listen")
@@ -576,6 +581,7 @@ fn start_listener(
         .arg("--csv")
         .arg(csv)
         .args(extra)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .stdin(Stdio::piped())
@@ -741,16 +747,18 @@ fn median_p99(mut v: Vec<f64>) -> (f64, f64) {
 }
 
 /// Round trips of both kinds, interleaved in blocks of [`RTT_BLOCK`] so that both see the
-/// same machine: on this VM a ping-pong's time moves by a factor of 1.3 from one second to
-/// the next (and by 5 between a busy and an idle machine, whose idle virtual CPUs take long
-/// to wake), so measured one after the other the ratio said more of the moment than of
-/// Tether. Seconds: Tether's (median, p99), then raw TCP's.
+/// same machine, all on one CPU (see [`Pinned`]): on this VM a ping-pong's time moves by a
+/// factor of 1.3 from one moment to the next, so measured one after the other the ratio
+/// said more of the moment than of Tether. Seconds: Tether's (median, p99), then raw TCP's.
 fn round_trips(opts: &BenchOptions, rounds: u32) -> Result<[(f64, f64); 2], BenchError> {
     let rounds = rounds.max(1);
+    // The listener gets the tokio workers it would have unpinned (tokio counts the CPUs
+    // it may use), so that the code measured is the code users run.
+    let workers = std::thread::available_parallelism().map_or(1, usize::from);
     let _pinned = Pinned::to_one_cpu();
     let mut raw = PingPong::start()?;
     let csv = opts.dir.join("rtt.csv");
-    let mut tether = TetherRoundTrip::start(opts, &csv)?;
+    let mut tether = TetherRoundTrip::start(opts, &csv, workers)?;
     let cpu_before = cpu_seconds(tether.pid)?;
     let (mut raw_times, mut times) = (Vec::new(), Vec::new());
     let mut done = 0;
@@ -877,8 +885,13 @@ struct TetherRoundTrip {
 }
 
 impl TetherRoundTrip {
-    fn start(opts: &BenchOptions, csv: &Path) -> Result<Self, BenchError> {
-        let (listener, addr) = start_listener(opts, csv, &[])?;
+    fn start(opts: &BenchOptions, csv: &Path, workers: usize) -> Result<Self, BenchError> {
+        let (listener, addr) = start_listener_with(
+            opts,
+            csv,
+            &[],
+            &[("TOKIO_WORKER_THREADS", workers.to_string())],
+        )?;
         let pid = listener.0.id();
         let s = TcpStream::connect(addr).map_err(io("connecting"))?;
         s.set_nodelay(true).map_err(io("setting TCP_NODELAY"))?;
