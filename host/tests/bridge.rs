@@ -1,6 +1,7 @@
 //! `tether bridge` over TCP on 127.0.0.1: senders → bridge → listener → CSV, exactly once;
 //! the listener restarted mid-stream (the bridge withholds credit, reconnects, and nothing is
-//! lost or duplicated); devices that vanish do not stop it.
+//! lost or duplicated); the bridge itself stopped and started again mid-stream (exact); a
+//! bridge crash (a known bug, ignored: see its test); devices that vanish do not stop it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -55,10 +56,11 @@ async fn listener(csv: &Path, at: &str) -> Running<ListenSummary> {
 }
 
 async fn bridge(to: SocketAddr) -> (Running<BridgeSummary>, BridgeStatus) {
-    let mut opts = BridgeOptions::new(
-        vec!["tcp://127.0.0.1:0".parse().unwrap()],
-        Endpoint::Tcp(to),
-    );
+    bridge_at(to, "tcp://127.0.0.1:0").await
+}
+
+async fn bridge_at(to: SocketAddr, at: &str) -> (Running<BridgeSummary>, BridgeStatus) {
+    let mut opts = BridgeOptions::new(vec![at.parse().unwrap()], Endpoint::Tcp(to));
     opts.max_backoff = Duration::from_millis(400);
     let b = Bridge::bind(opts).await.expect("bridge binds");
     let addr = b.local_addrs()[0];
@@ -248,6 +250,79 @@ async fn the_listener_restarts_mid_stream_and_nothing_is_lost_or_duplicated() {
         assert_eq!(s.records, n as u64);
     }
     assert!(status.upstream_connections() >= 4, "reconnected");
+    b.stop().await;
+    l.stop().await;
+    assert_exact(&csv, &sessions, n);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A bridge stopped (Ctrl-C: it lets the listener acknowledge what it forwarded and closes
+/// its upstream sessions) and started again on the same port in the middle of two streams:
+/// the devices reconnect and every record is in the CSV once, with no marker row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_restarts_mid_stream_and_nothing_is_lost_or_duplicated() {
+    bridge_restart_mid_stream("bridge-restart", 0xB4_0001, false).await;
+}
+
+/// KNOWN BUG, kept as the reproduction (run it with `--ignored`): after a bridge *crash* the
+/// new bridge's upstream link for a device is a new link instance under the device's id,
+/// naming no listener session, which the listener must take for a device that restarted
+/// (PROTOCOL.md 9.5): it writes a "device restarted" marker row and numbers afresh, so the
+/// records that were written but whose acknowledgement died with the old bridge are written
+/// again (measured: 64 duplicates of 20,000, one window, for one of the two devices). A
+/// graceful stop closes the upstream sessions first and is exact (the test above). Fixing
+/// it needs the protocol to let a relay say "same numbering, link state lost" (or the bridge
+/// to keep each device's listener session across restarts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known bug: a bridge crash duplicates up to a window of records (see the doc)"]
+async fn the_bridge_crashes_mid_stream_and_a_new_one_carries_on_exactly() {
+    bridge_restart_mid_stream("bridge-crash", 0xB3_0001, true).await;
+}
+
+async fn bridge_restart_mid_stream(name: &str, first_session: u32, crash: bool) {
+    let dir = temp_dir(name);
+    let csv = dir.join("out.csv");
+    let l = listener(&csv, "tcp://127.0.0.1:0").await;
+    let (b, _) = bridge(l.addr).await;
+    let at = b.addr;
+    let sessions = [first_session, first_session + 1];
+    let n = 20_000;
+    let acked: Vec<Arc<AtomicU64>> = sessions.iter().map(|_| Arc::default()).collect();
+    let tasks: Vec<_> = sessions
+        .iter()
+        .enumerate()
+        .map(|(d, &s)| tokio::spawn(send_lines(at, lines(d, n), s, acked[d].clone())))
+        .collect();
+    let total = || acked.iter().map(|a| a.load(Ordering::Relaxed)).sum::<u64>();
+    let t0 = tokio::time::Instant::now();
+    while total() < 2_000 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "records flow");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    if crash {
+        // The bridge dies (its task is dropped: every connection closes, its state is
+        // gone), as when a Pi loses power.
+        b.done.abort();
+        let _ = b.done.await;
+    } else {
+        b.stop().await;
+    }
+    assert!(total() < (2 * n) as u64, "stopped mid-stream");
+    // Its accept task goes with its task set, a moment later: wait for the port.
+    let t0 = tokio::time::Instant::now();
+    while std::net::TcpListener::bind(at).is_err() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the port is freed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (b, _) = bridge_at(l.addr, &format!("tcp://{at}")).await;
+    for t in tasks {
+        let s = tokio::time::timeout(Duration::from_secs(90), t)
+            .await
+            .expect("in time")
+            .unwrap()
+            .expect("every line acknowledged through the new bridge");
+        assert_eq!(s.records, n as u64);
+    }
     b.stop().await;
     l.stop().await;
     assert_exact(&csv, &sessions, n);
