@@ -602,6 +602,79 @@ fn a_device_rebooted_with_the_same_session_value_is_treated_as_restarted() {
 }
 
 #[test]
+fn a_relay_that_lost_its_link_but_continues_the_numbering_is_resumed_not_restarted() {
+    // A relay (tether bridge) forwards a device's records to the host under the device's
+    // session value, numbered as the device numbers them.
+    let (mut r, mut h) = (device_with(|_| {}), host());
+    connected_pair(&mut r, &mut h);
+    for i in 0..5u8 {
+        r.send(&[i]).unwrap();
+    }
+    // The host gets all five and releases them, but every acknowledgement is lost with the
+    // relay, which crashes: the device still holds records 3 and 4 and sends them again
+    // through a new relay.
+    drain(&mut r, at(1))
+        .iter()
+        .for_each(|f| h.handle_input(at(1), f));
+    assert_eq!(take_all(&mut h).len(), 5);
+    drain(&mut h, at(1)); // lost
+    events(&mut h);
+    let mut r2 = device_with(|c| {
+        c.first_seq = 3;
+        // The device named its old relay: it kept its numbering, so the new relay says so.
+        c.continues_from = 0x0B1D_6E01;
+    });
+    for i in [3u8, 4, 5] {
+        r2.send(&[i]).unwrap();
+    }
+    r2.connect(at(2));
+    h.connect(at(2));
+    let mut got = Vec::new();
+    for now in 2..10 {
+        shuttle(&mut r2, &mut h, at(now));
+        got.extend(take_all(&mut h));
+    }
+    assert_eq!(
+        got,
+        [(5, vec![5])],
+        "records 3 and 4 are duplicates, not new records"
+    );
+    assert_eq!(r2.unacked(), 0);
+    let ev = events(&mut h);
+    assert!(ev.contains(&Event::Connected { resumed: true }), "{ev:?}");
+    assert!(
+        !ev.iter().any(|e| matches!(e, Event::PeerRestarted { .. })),
+        "{ev:?}"
+    );
+}
+
+#[test]
+fn naming_a_peer_does_not_resume_beyond_what_the_host_has() {
+    // The same relay, but its numbering starts past what the host received: nothing can be
+    // resumed (a gap would be acknowledged), so the host takes the new numbering.
+    let (mut r, mut h) = (device_with(|_| {}), host());
+    connected_pair(&mut r, &mut h);
+    r.send(&[0]).unwrap();
+    shuttle(&mut r, &mut h, at(1));
+    assert_eq!(take_all(&mut h).len(), 1);
+    events(&mut h);
+    let mut r2 = device_with(|c| {
+        c.first_seq = 9;
+        c.continues_from = 0x0B1D_6E01;
+    });
+    r2.send(&[9]).unwrap();
+    r2.connect(at(2));
+    h.connect(at(2));
+    let mut got = Vec::new();
+    for now in 2..10 {
+        shuttle(&mut r2, &mut h, at(now));
+        got.extend(take_all(&mut h));
+    }
+    assert_eq!(got, [(9, vec![9])]);
+    assert!(events(&mut h).contains(&Event::Connected { resumed: false }));
+}
+
+#[test]
 fn a_lost_release_acknowledgement_is_recovered_by_a_probe_before_the_keepalive() {
     let (mut d, mut h) = (device_with(|c| c.window = 2), host());
     connected_pair(&mut d, &mut h);

@@ -351,9 +351,22 @@ async fn read_hello(
 
 impl Shared {
     fn link(&self, role: Role, session: u32, first_seq: u32, max_send: usize) -> Link<HeapStorage> {
+        self.link_continuing(role, session, first_seq, max_send, 0)
+    }
+
+    /// [`Shared::link`] naming `continues_from` in its first HELLO (`Config::continues_from`).
+    fn link_continuing(
+        &self,
+        role: Role,
+        session: u32,
+        first_seq: u32,
+        max_send: usize,
+        continues_from: u32,
+    ) -> Link<HeapStorage> {
         let mut cfg = Config::new(role, session);
         cfg.max_send = max_send as u16;
         cfg.first_seq = first_seq;
+        cfg.continues_from = continues_from;
         cfg.window = self.opts.window.min(usize::from(u16::MAX)) as u16;
         cfg.dead_after_ms = self.opts.idle_timeout.as_millis().min(u128::from(u32::MAX)) as u32;
         let slots = self.opts.window;
@@ -504,12 +517,23 @@ async fn serve_device(
         shared.dropped.fetch_add(1, Ordering::Relaxed);
         return;
     };
+    // A device that names a bridge session kept its numbering (PROTOCOL.md 9.5.5): if this
+    // bridge has no session for it (it crashed and started again), the upstream link says
+    // the numbering continues, so the listener resumes instead of taking the records it
+    // already wrote for a restarted device's new ones.
+    let continues_from = crate::recover::hello_in(&seen).map_or(0, |h| h.peer_session);
     let device = {
         let mut map = lock(&shared.devices);
         map.entry(id)
             .or_insert_with(|| {
                 info!("new device {id:08x}");
-                let up = shared.link(Role::Client, id, tx_base, shared.opts.max_record);
+                let up = shared.link_continuing(
+                    Role::Client,
+                    id,
+                    tx_base,
+                    shared.opts.max_record,
+                    continues_from,
+                );
                 let down = shared.link(Role::Server, shared.session_id, 0, shared.opts.max_command);
                 let d = Arc::new(Device {
                     id,

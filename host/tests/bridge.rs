@@ -1,7 +1,7 @@
 //! `tether bridge` over TCP on 127.0.0.1: senders → bridge → listener → CSV, exactly once;
 //! the listener restarted mid-stream (the bridge withholds credit, reconnects, and nothing is
-//! lost or duplicated); the bridge itself stopped and started again mid-stream (exact); a
-//! bridge crash (a known bug, ignored: see its test); devices that vanish do not stop it.
+//! lost or duplicated); the bridge itself stopped, or crashed, and started again mid-stream
+//! (exact); devices that vanish do not stop it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -264,17 +264,13 @@ async fn the_bridge_restarts_mid_stream_and_nothing_is_lost_or_duplicated() {
     bridge_restart_mid_stream("bridge-restart", 0xB4_0001, false).await;
 }
 
-/// KNOWN BUG, kept as the reproduction (run it with `--ignored`): after a bridge *crash* the
-/// new bridge's upstream link for a device is a new link instance under the device's id,
-/// naming no listener session, which the listener must take for a device that restarted
-/// (PROTOCOL.md 9.5): it writes a "device restarted" marker row and numbers afresh, so the
-/// records that were written but whose acknowledgement died with the old bridge are written
-/// again (measured: 64 duplicates of 20,000, one window, for one of the two devices). A
-/// graceful stop closes the upstream sessions first and is exact (the test above). Fixing
-/// it needs the protocol to let a relay say "same numbering, link state lost" (or the bridge
-/// to keep each device's listener session across restarts).
+/// A bridge that crashes mid-stream (its task dropped: connections closed, state gone) and a
+/// new one on the same port: every record once, no marker row. The records the listener
+/// wrote whose acknowledgements died with the old bridge come again; the new bridge's
+/// upstream link says the device's numbering continues (`Config::continues_from`), so the
+/// listener discards them as duplicates. (Before, it took them for a restarted device's new
+/// records: 64 of 20,000 written twice, after a false "device restarted" marker row.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: a bridge crash duplicates up to a window of records (see the doc)"]
 async fn the_bridge_crashes_mid_stream_and_a_new_one_carries_on_exactly() {
     bridge_restart_mid_stream("bridge-crash", 0xB3_0001, true).await;
 }

@@ -157,6 +157,13 @@ pub struct Config {
     /// Declare the peer dead when nothing was received for this long (also bounds the
     /// handshake). Must exceed `keepalive_ms` with margin for the peer's answer.
     pub dead_after_ms: u32,
+    /// The peer session a new client names in its HELLO before its first handshake; 0 (the
+    /// default) names none. Naming one says "my numbering continues": the peer's receive
+    /// side resumes if it knew this session value and has every record from `first_seq`
+    /// on (PROTOCOL.md 9.5.5), even if the session named is not its own. Only a side that
+    /// kept its numbering may set it: a relay taking a device's records over after losing
+    /// its own link state (`tether bridge` after a crash), never a device that restarted.
+    pub continues_from: u32,
 }
 
 impl Config {
@@ -174,6 +181,7 @@ impl Config {
             rto_max_ms: 4_000,
             keepalive_ms: 1_000,
             dead_after_ms: 5_000,
+            continues_from: 0,
         }
     }
 }
@@ -757,7 +765,11 @@ impl State {
         Hello {
             version: PROTOCOL_VERSION,
             session: self.cfg.session,
-            peer_session: self.peer.session,
+            peer_session: if self.peer.session != 0 {
+                self.peer.session
+            } else {
+                self.cfg.continues_from
+            },
             tx_base: self.tx_base,
             rx_next: self.rx_next,
             rx_released: self.rx_released,
@@ -858,14 +870,17 @@ impl State {
     fn adopt(&mut self, now: Instant, peer: &Hello) {
         let knows_us = peer.peer_session == self.cfg.session;
         let same_peer = self.peer.session == peer.session;
-        // Receive side: resume only if the peer is the one we knew, knows us too, and still
-        // holds everything from our next expected record on. Otherwise start from the
-        // peer's numbering: a restarted peer (new session, or the same session value
-        // reused by a rebooted device that kept it) must never get a stale acknowledgement.
-        // In an authenticated link a HELLO may be a replay (9.14.6): for the same peer
-        // instance the receive side never goes back, whether or not the HELLO names us.
+        // Receive side: resume only if the peer is the one we knew, kept its numbering (it
+        // names a session: us, or one it had before, as a relay that took over a device's
+        // numbering), and still holds everything from our next expected record on.
+        // Otherwise start from the peer's numbering: a restarted peer (new session, or the
+        // same session value reused by a rebooted device, which then names none) must never
+        // get a stale acknowledgement. In an authenticated link a HELLO may be a replay
+        // (9.14.6): for the same peer instance the receive side never goes back, whether or
+        // not the HELLO names us.
+        let kept_numbering = knows_us || peer.peer_session != 0;
         let resume_rx = same_peer
-            && (knows_us || self.trailer_len() != 0)
+            && (kept_numbering || self.trailer_len() != 0)
             && seq_lte(peer.tx_base, self.rx_next);
         if !resume_rx {
             // Nothing lost and nothing to renumber: e.g. a HELLO retried before its WELCOME.
