@@ -77,6 +77,18 @@ fn take_all(l: &mut L) -> Vec<(u32, Vec<u8>)> {
     got
 }
 
+/// Connects `d` and `h` again at 2 ms and lets them talk until 10 ms; what `h` received.
+fn reconnect_and_take(d: &mut L, h: &mut L) -> Vec<(u32, Vec<u8>)> {
+    d.connect(at(2));
+    h.connect(at(2));
+    let mut got = Vec::new();
+    for now in 2..10 {
+        shuttle(d, h, at(now));
+        got.extend(take_all(h));
+    }
+    got
+}
+
 #[test]
 fn handshake_says_connection_established_on_both_sides() {
     let (mut d, mut h) = (device_with(|_| {}), host());
@@ -584,13 +596,7 @@ fn a_device_rebooted_with_the_same_session_value_is_treated_as_restarted() {
     for i in 10..13u8 {
         d2.send(&[i]).unwrap();
     }
-    d2.connect(at(2));
-    h.connect(at(2));
-    let mut got = Vec::new();
-    for now in 2..10 {
-        shuttle(&mut d2, &mut h, at(now));
-        got.extend(take_all(&mut h));
-    }
+    let got = reconnect_and_take(&mut d2, &mut h);
     assert_eq!(
         got,
         [(0, vec![10]), (1, vec![11]), (2, vec![12])],
@@ -627,13 +633,7 @@ fn a_relay_that_lost_its_link_but_continues_the_numbering_is_resumed_not_restart
     for i in [3u8, 4, 5] {
         r2.send(&[i]).unwrap();
     }
-    r2.connect(at(2));
-    h.connect(at(2));
-    let mut got = Vec::new();
-    for now in 2..10 {
-        shuttle(&mut r2, &mut h, at(now));
-        got.extend(take_all(&mut h));
-    }
+    let got = reconnect_and_take(&mut r2, &mut h);
     assert_eq!(
         got,
         [(5, vec![5])],
@@ -663,13 +663,7 @@ fn naming_a_peer_does_not_resume_beyond_what_the_host_has() {
         c.continues_from = 0x0B1D_6E01;
     });
     r2.send(&[9]).unwrap();
-    r2.connect(at(2));
-    h.connect(at(2));
-    let mut got = Vec::new();
-    for now in 2..10 {
-        shuttle(&mut r2, &mut h, at(now));
-        got.extend(take_all(&mut h));
-    }
+    let got = reconnect_and_take(&mut r2, &mut h);
     assert_eq!(got, [(9, vec![9])]);
     assert!(events(&mut h).contains(&Event::Connected { resumed: false }));
 }

@@ -99,6 +99,23 @@ async fn send_lines(
     .await
 }
 
+/// Waits for every sender (at most `secs` each) and checks that each had its `n` lines
+/// acknowledged.
+async fn all_acknowledged(
+    tasks: Vec<tokio::task::JoinHandle<Result<SendSummary, tether_host::send::SendError>>>,
+    n: usize,
+    secs: u64,
+) {
+    for t in tasks {
+        let s = tokio::time::timeout(Duration::from_secs(secs), t)
+            .await
+            .expect("in time")
+            .unwrap()
+            .expect("every line acknowledged");
+        assert_eq!(s.records, n as u64);
+    }
+}
+
 /// The CSV as device → [(seq, fields)] in file order.
 fn read_csv(path: &Path) -> HashMap<String, Vec<(u32, Vec<String>)>> {
     let mut r = csv::ReaderBuilder::new()
@@ -180,14 +197,7 @@ async fn devices_through_the_bridge_land_in_the_csv_exactly_once() {
             ))
         })
         .collect();
-    for t in tasks {
-        let s = tokio::time::timeout(Duration::from_secs(60), t)
-            .await
-            .expect("in time")
-            .unwrap()
-            .expect("every line acknowledged through the bridge");
-        assert_eq!(s.records, n as u64);
-    }
+    all_acknowledged(tasks, n, 60).await;
     let bs = b.stop().await;
     assert_eq!(bs.forwarded, (sessions.len() * n) as u64);
     assert_eq!(bs.devices, sessions.len());
@@ -241,14 +251,7 @@ async fn the_listener_restarts_mid_stream_and_nothing_is_lost_or_duplicated() {
     );
     // The same port again: the bridge reconnects by itself and the senders finish.
     let l = listener(&csv, &format!("tcp://{port}")).await;
-    for t in tasks {
-        let s = tokio::time::timeout(Duration::from_secs(90), t)
-            .await
-            .expect("in time")
-            .unwrap()
-            .expect("every line acknowledged after the restart");
-        assert_eq!(s.records, n as u64);
-    }
+    all_acknowledged(tasks, n, 90).await;
     assert!(status.upstream_connections() >= 4, "reconnected");
     b.stop().await;
     l.stop().await;
@@ -311,14 +314,7 @@ async fn bridge_restart_mid_stream(name: &str, first_session: u32, crash: bool) 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (b, _) = bridge_at(l.addr, &format!("tcp://{at}")).await;
-    for t in tasks {
-        let s = tokio::time::timeout(Duration::from_secs(90), t)
-            .await
-            .expect("in time")
-            .unwrap()
-            .expect("every line acknowledged through the new bridge");
-        assert_eq!(s.records, n as u64);
-    }
+    all_acknowledged(tasks, n, 90).await;
     b.stop().await;
     l.stop().await;
     assert_exact(&csv, &sessions, n);
