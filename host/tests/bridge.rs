@@ -99,13 +99,36 @@ async fn send_lines(
     .await
 }
 
+type Sender = tokio::task::JoinHandle<Result<SendSummary, tether_host::send::SendError>>;
+
+/// One sender per session to `at`, `n` lines each, and each one's acknowledged count.
+fn start_senders(at: SocketAddr, sessions: &[u32], n: usize) -> (Vec<Sender>, Vec<Arc<AtomicU64>>) {
+    let acked: Vec<Arc<AtomicU64>> = sessions.iter().map(|_| Arc::default()).collect();
+    let tasks = sessions
+        .iter()
+        .enumerate()
+        .map(|(d, &s)| tokio::spawn(send_lines(at, lines(d, n), s, acked[d].clone())))
+        .collect();
+    (tasks, acked)
+}
+
+/// Lines acknowledged so far, all senders together.
+fn total(acked: &[Arc<AtomicU64>]) -> u64 {
+    acked.iter().map(|a| a.load(Ordering::Relaxed)).sum()
+}
+
+/// Waits (at most 30 s) until the senders had `at_least` lines acknowledged together.
+async fn until_acked(acked: &[Arc<AtomicU64>], at_least: u64) {
+    let t0 = tokio::time::Instant::now();
+    while total(acked) < at_least {
+        assert!(t0.elapsed() < Duration::from_secs(30), "records flow");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Waits for every sender (at most `secs` each) and checks that each had its `n` lines
 /// acknowledged.
-async fn all_acknowledged(
-    tasks: Vec<tokio::task::JoinHandle<Result<SendSummary, tether_host::send::SendError>>>,
-    n: usize,
-    secs: u64,
-) {
+async fn all_acknowledged(tasks: Vec<Sender>, n: usize, secs: u64) {
     for t in tasks {
         let s = tokio::time::timeout(Duration::from_secs(secs), t)
             .await
@@ -216,19 +239,9 @@ async fn the_listener_restarts_mid_stream_and_nothing_is_lost_or_duplicated() {
     let (b, status) = bridge(port).await;
     let sessions = [0xB1_0001u32, 0xB1_0002];
     let n = 30_000;
-    let acked: Vec<Arc<AtomicU64>> = sessions.iter().map(|_| Arc::default()).collect();
-    let tasks: Vec<_> = sessions
-        .iter()
-        .enumerate()
-        .map(|(d, &s)| tokio::spawn(send_lines(b.addr, lines(d, n), s, acked[d].clone())))
-        .collect();
-    let total = || acked.iter().map(|a| a.load(Ordering::Relaxed)).sum::<u64>();
+    let (tasks, acked) = start_senders(b.addr, &sessions, n);
     // Stop the listener once some records went through, well before the end.
-    let t0 = tokio::time::Instant::now();
-    while total() < 2_000 {
-        assert!(t0.elapsed() < Duration::from_secs(30), "records flow");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_acked(&acked, 2_000).await;
     let first = l.stop().await;
     assert!(
         first.records > 0 && first.records < (2 * n) as u64,
@@ -236,10 +249,10 @@ async fn the_listener_restarts_mid_stream_and_nothing_is_lost_or_duplicated() {
     );
     // While it is down, the bridge grants no credit: nothing more is acknowledged.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let held = total();
+    let held = total(&acked);
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(
-        total(),
+        total(&acked),
         held,
         "nothing acknowledged while the listener is down"
     );
@@ -286,18 +299,8 @@ async fn bridge_restart_mid_stream(name: &str, first_session: u32, crash: bool) 
     let at = b.addr;
     let sessions = [first_session, first_session + 1];
     let n = 20_000;
-    let acked: Vec<Arc<AtomicU64>> = sessions.iter().map(|_| Arc::default()).collect();
-    let tasks: Vec<_> = sessions
-        .iter()
-        .enumerate()
-        .map(|(d, &s)| tokio::spawn(send_lines(at, lines(d, n), s, acked[d].clone())))
-        .collect();
-    let total = || acked.iter().map(|a| a.load(Ordering::Relaxed)).sum::<u64>();
-    let t0 = tokio::time::Instant::now();
-    while total() < 2_000 {
-        assert!(t0.elapsed() < Duration::from_secs(30), "records flow");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let (tasks, acked) = start_senders(at, &sessions, n);
+    until_acked(&acked, 2_000).await;
     if crash {
         // The bridge dies (its task is dropped: every connection closes, its state is
         // gone), as when a Pi loses power.
@@ -306,7 +309,7 @@ async fn bridge_restart_mid_stream(name: &str, first_session: u32, crash: bool) 
     } else {
         b.stop().await;
     }
-    assert!(total() < (2 * n) as u64, "stopped mid-stream");
+    assert!(total(&acked) < (2 * n) as u64, "stopped mid-stream");
     // Its accept task goes with its task set, a moment later: wait for the port.
     let t0 = tokio::time::Instant::now();
     while std::net::TcpListener::bind(at).is_err() {
