@@ -303,13 +303,14 @@ impl State {
     }
 }
 
-/// Reads a new device connection up to its HELLO: the session it names, the first sequence
-/// number it will send (its `tx_base`, PROTOCOL.md 9.5.1), and every byte read.
+/// Reads a new device connection up to its HELLO: the device's session, the first sequence
+/// number it will send (its `tx_base`) and the bridge session it names (its
+/// `peer_session`, 0 if none; PROTOCOL.md 9.5.1), and every byte read.
 async fn read_hello(
     opts: &BridgeOptions,
     stream: &mut Stream,
     peer: &str,
-) -> Option<(Option<(u32, u32)>, Vec<u8>)> {
+) -> Option<(Option<(u32, u32, u32)>, Vec<u8>)> {
     let deadline = tokio::time::Instant::now() + opts.handshake_timeout;
     let mut decoder = Decoder::new(vec![0u8; MIN_FRAME.max(128)]);
     let mut seen = Vec::new();
@@ -328,11 +329,15 @@ async fn read_hello(
         while let Some(r) = decoder.decode(&mut input) {
             match r {
                 Ok(f) if f.header.kind == Kind::Hello => {
-                    let tx_base = f
-                        .payload
-                        .get(10..14)
-                        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-                    let named = link::hello_session(f.payload).zip(tx_base);
+                    let u32_at = |i: usize| {
+                        f.payload
+                            .get(i..i + 4)
+                            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    };
+                    let named = link::hello_session(f.payload)
+                        .zip(u32_at(10))
+                        .zip(u32_at(6))
+                        .map(|((id, tx_base), named)| (id, tx_base, named));
                     return Some((named, seen));
                 }
                 Ok(f) => {
@@ -510,7 +515,7 @@ async fn serve_device(
         shared.dropped.fetch_add(1, Ordering::Relaxed);
         return;
     };
-    let Some((id, tx_base)) = named else {
+    let Some((id, tx_base, continues_from)) = named else {
         let l = shared.link(Role::Server, shared.session_id, 0, shared.opts.max_command);
         let now = shared.clock.now();
         crate::listen::refuse_hello(l, now, &seen, &mut stream, peer).await;
@@ -521,7 +526,6 @@ async fn serve_device(
     // bridge has no session for it (it crashed and started again), the upstream link says
     // the numbering continues, so the listener resumes instead of taking the records it
     // already wrote for a restarted device's new ones.
-    let continues_from = crate::recover::hello_in(&seen).map_or(0, |h| h.peer_session);
     let device = {
         let mut map = lock(&shared.devices);
         map.entry(id)
