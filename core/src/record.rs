@@ -1,12 +1,18 @@
 //! Records with typed fields, so that a host writes real CSV columns, not `str(bytes)`.
 //!
-//! A record's payload is one of (`PROTOCOL.md`, "Records"):
+//! A record's payload is one of two forms, told apart by its first byte alone
+//! (`PROTOCOL.md`, section 10, which this module implements):
 //! - **typed**: the byte `0x1E` (ASCII "record separator"), then fields, each a tag byte
 //!   and a little-endian value: what firmware sends, with no float formatting on the
 //!   device;
-//! - **text**: UTF-8 not starting with `0x1E`, one line of comma-separated fields: what a
-//!   person or a script sends (`tether send`);
-//! - anything else is opaque bytes.
+//! - **text**: every other payload, the empty one included: one line of text, by
+//!   convention comma-separated fields, what a person or a script sends (`tether send`).
+//!   A sender of text records must never send one that starts with `0x1E`: it would be
+//!   read as typed.
+//!
+//! [`Fields`] reads a typed record and stops at its first malformed field ([`FieldError`]:
+//! the spec's `unknown-tag`, `truncated` and `invalid`, at the offset of the field's tag);
+//! the fields before it stand. [`RecordWriter`] writes one.
 //!
 //! ```
 //! use tether_core::record::{Field, Fields, RecordWriter};
@@ -24,7 +30,7 @@
 /// The first byte of a typed record.
 pub const TYPED: u8 = 0x1E;
 
-/// Field tags (`PROTOCOL.md`, "Records").
+/// Field tags (`PROTOCOL.md` 10.1); every other value is reserved.
 mod tag {
     pub const BOOL: u8 = 0x01;
     pub const U8: u8 = 0x02;
@@ -67,29 +73,33 @@ pub enum Field<'a> {
     F32(f32),
     /// `0x0B`, IEEE 754 binary64.
     F64(f64),
-    /// `0x0C`, a length byte and that many bytes of UTF-8.
+    /// `0x0C`, a length byte and that many bytes of UTF-8 (bytes that are not UTF-8 are
+    /// [`FieldError::Invalid`]).
     Str(&'a str),
     /// `0x0D`, a length byte and that many bytes (written to CSV as hexadecimal).
     Bytes(&'a [u8]),
 }
 
-/// Why a typed record could not be read. Reading stops at the first error.
+/// Why a typed record could not be read (`PROTOCOL.md` 10.2). Reading stops at the first
+/// error; every offset is that of the malformed field's tag byte, the marker being byte 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum FieldError {
-    /// A tag this version does not define, at this byte offset.
+    /// `unknown-tag`: a tag this version does not define (a reserved one), at this offset.
     UnknownTag {
         /// The tag.
         tag: u8,
         /// Where it is in the payload.
         at: usize,
     },
-    /// The payload ends inside the field that starts at this offset.
+    /// `truncated`: the payload ends inside the field (its length byte or its value) that
+    /// starts at this offset.
     Truncated {
         /// Where the field starts.
         at: usize,
     },
-    /// A `bool` that is neither 0 nor 1, or a `str` that is not UTF-8, at this offset.
+    /// `invalid`: a `bool` that is neither 0 nor 1, or a `str` that is not UTF-8, at this
+    /// offset.
     Invalid {
         /// Where the field starts.
         at: usize,

@@ -3,35 +3,43 @@
 use std::collections::BTreeMap;
 
 use tether_core::frame::{self, Decoder, Flags, FrameError, FrameView, Header, HeaderError, Kind};
+use tether_core::record::{Field, FieldError, Fields, RecordWriter};
 
 const SPEC: &str = include_str!("../../PROTOCOL.md");
 
-/// Every `tether-vector` block as key → value, hex continuation lines joined.
+/// Every `tether-vector` block (section 7) as key → value, hex continuation lines joined.
 fn vectors() -> Vec<BTreeMap<String, String>> {
+    blocks(SPEC, "tether-vector")
+        .into_iter()
+        .map(|pairs| pairs.into_iter().collect())
+        .collect()
+}
+
+/// Every code block tagged `tag` in `spec`, as its `key: value` pairs in order (a key may
+/// repeat), continuation lines joined to the previous value.
+fn blocks(spec: &str, tag: &str) -> Vec<Vec<(String, String)>> {
     let mut out = Vec::new();
-    let mut lines = SPEC.lines();
+    let mut lines = spec.lines();
+    let fence = format!("```{tag}");
     while let Some(line) = lines.next() {
-        if line.trim() != "```tether-vector" {
+        if line.trim() != fence {
             continue;
         }
-        let mut map = BTreeMap::new();
-        let mut last: Option<String> = None;
+        let mut pairs: Vec<(String, String)> = Vec::new();
         for line in lines.by_ref() {
             if line.trim() == "```" {
                 break;
             }
             if line.starts_with(' ') {
-                let key = last.as_ref().expect("continuation after a key");
-                let v: &mut String = map.get_mut(key).expect("key present");
+                let (_, v) = pairs.last_mut().expect("continuation after a key");
                 v.push(' ');
                 v.push_str(line.trim());
             } else {
                 let (k, v) = line.split_once(':').expect("key: value");
-                map.insert(k.trim().to_string(), v.trim().to_string());
-                last = Some(k.trim().to_string());
+                pairs.push((k.trim().to_string(), v.trim().to_string()));
             }
         }
-        out.push(map);
+        out.push(pairs);
     }
     out
 }
@@ -174,5 +182,221 @@ fn invalid_vectors_are_dropped_for_the_stated_reason() {
             (0, 1),
             "{name}: counted once"
         );
+    }
+}
+
+// ---- records (section 10) ------------------------------------------------------------
+
+/// A `tether-record-vector` block: its name, record, classification, fields and error.
+struct RecordVector {
+    name: String,
+    record: Vec<u8>,
+    typed: bool,
+    fields: Vec<String>,
+    error: Option<String>,
+}
+
+fn record_vectors() -> Vec<RecordVector> {
+    blocks(SPEC, "tether-record-vector")
+        .into_iter()
+        .map(|pairs| {
+            let one = |key: &str| {
+                let mut it = pairs
+                    .iter()
+                    .filter(|(k, _)| k == key)
+                    .map(|(_, v)| v.clone());
+                let v = it.next();
+                assert!(it.next().is_none(), "one {key} per vector");
+                v
+            };
+            let name = one("name").expect("name");
+            let typed = match one("typed").as_deref() {
+                Some("yes") => true,
+                Some("no") => false,
+                other => panic!("{name}: typed: {other:?}"),
+            };
+            RecordVector {
+                record: hex(&one("record").expect("record")),
+                typed,
+                fields: pairs
+                    .iter()
+                    .filter(|(k, _)| k == "field")
+                    .map(|(_, v)| v.clone())
+                    .collect(),
+                error: one("error"),
+                name,
+            }
+        })
+        .collect()
+}
+
+/// A vector's float: the decimal number it equals exactly, or its bit pattern `0x…`.
+fn f64_of(name: &str, v: &str) -> f64 {
+    if let Some(bits) = v.strip_prefix("0x") {
+        return f64::from_bits(u64::from_str_radix(bits, 16).expect("f64 bits"));
+    }
+    v.parse().unwrap_or_else(|_| panic!("{name}: f64 {v}"))
+}
+
+fn f32_of(name: &str, v: &str) -> f32 {
+    if let Some(bits) = v.strip_prefix("0x") {
+        return f32::from_bits(u32::from_str_radix(bits, 16).expect("f32 bits"));
+    }
+    let x: f32 = v.parse().unwrap_or_else(|_| panic!("{name}: f32 {v}"));
+    let exact: f64 = v.parse().expect("decimal");
+    assert_eq!(f64::from(x), exact, "{name}: {v} is not exactly an f32");
+    x
+}
+
+/// A `field:` line as the field it names; `bytes` and `str` borrow from `keep`.
+fn field_of<'a>(name: &str, line: &'a str, keep: &'a mut Vec<u8>) -> Field<'a> {
+    let (ty, v) = line.split_once(' ').unwrap_or((line, ""));
+    let int = |v: &str| -> i128 { v.parse().unwrap_or_else(|_| panic!("{name}: {line}")) };
+    match ty {
+        "bool" => Field::Bool(match v {
+            "true" => true,
+            "false" => false,
+            _ => panic!("{name}: {line}"),
+        }),
+        "u8" => Field::U8(int(v) as u8),
+        "u16" => Field::U16(int(v) as u16),
+        "u32" => Field::U32(int(v) as u32),
+        "u64" => Field::U64(int(v) as u64),
+        "i8" => Field::I8(int(v) as i8),
+        "i16" => Field::I16(int(v) as i16),
+        "i32" => Field::I32(int(v) as i32),
+        "i64" => Field::I64(int(v) as i64),
+        "f32" => Field::F32(f32_of(name, v)),
+        "f64" => Field::F64(f64_of(name, v)),
+        "str" => Field::Str(
+            v.strip_prefix('"')
+                .and_then(|s| s.strip_suffix('"'))
+                .unwrap_or_else(|| panic!("{name}: {line}")),
+        ),
+        "bytes" => {
+            *keep = hex(v);
+            Field::Bytes(keep)
+        }
+        _ => panic!("{name}: unknown field type in {line}"),
+    }
+}
+
+/// Fields compared bit for bit (a NaN equals itself, −0 differs from +0).
+fn same(a: &Field<'_>, b: &Field<'_>) -> bool {
+    match (a, b) {
+        (Field::F32(x), Field::F32(y)) => x.to_bits() == y.to_bits(),
+        (Field::F64(x), Field::F64(y)) => x.to_bits() == y.to_bits(),
+        _ => a == b,
+    }
+}
+
+fn error_of(e: FieldError) -> String {
+    match e {
+        FieldError::UnknownTag { at, .. } => format!("unknown-tag at {at}"),
+        FieldError::Truncated { at } => format!("truncated at {at}"),
+        FieldError::Invalid { at } => format!("invalid at {at}"),
+    }
+}
+
+fn encode(w: &mut RecordWriter<'_>, f: &Field<'_>) {
+    match *f {
+        Field::Bool(v) => w.bool(v),
+        Field::U8(v) => w.u8(v),
+        Field::U16(v) => w.u16(v),
+        Field::U32(v) => w.u32(v),
+        Field::U64(v) => w.u64(v),
+        Field::I8(v) => w.i8(v),
+        Field::I16(v) => w.i16(v),
+        Field::I32(v) => w.i32(v),
+        Field::I64(v) => w.i64(v),
+        Field::F32(v) => w.f32(v),
+        Field::F64(v) => w.f64(v),
+        Field::Str(v) => w.str(v),
+        Field::Bytes(v) => w.bytes(v),
+    }
+    .expect("the buffer holds the record");
+}
+
+#[test]
+fn spec_has_the_record_vectors_it_promises() {
+    let v = record_vectors();
+    let reasons: std::collections::BTreeSet<&str> = v
+        .iter()
+        .filter_map(|r| r.error.as_deref()?.split(' ').next())
+        .collect();
+    assert_eq!(
+        reasons.into_iter().collect::<Vec<_>>(),
+        ["invalid", "truncated", "unknown-tag"],
+        "every reason of 10.2 has a vector"
+    );
+    let mut tags: Vec<u8> = v
+        .iter()
+        .filter(|r| r.typed && r.error.is_none())
+        .flat_map(|r| r.fields.iter())
+        .map(|f| match f.split(' ').next() {
+            Some("bool") => 1,
+            Some("u8") => 2,
+            Some("u16") => 3,
+            Some("u32") => 4,
+            Some("u64") => 5,
+            Some("i8") => 6,
+            Some("i16") => 7,
+            Some("i32") => 8,
+            Some("i64") => 9,
+            Some("f32") => 10,
+            Some("f64") => 11,
+            Some("str") => 12,
+            Some("bytes") => 13,
+            _ => 0,
+        })
+        .collect();
+    tags.sort_unstable();
+    tags.dedup();
+    assert_eq!(
+        tags,
+        (1..=13).collect::<Vec<u8>>(),
+        "every tag of 10.1 is encoded"
+    );
+    assert!(v.iter().any(|r| !r.typed), "text records too");
+}
+
+#[test]
+fn record_vectors_decode_and_encode_byte_for_byte() {
+    for v in record_vectors() {
+        let name = &v.name;
+        let Some(fields) = Fields::new(&v.record) else {
+            assert!(!v.typed, "{name}: read as text, the vector says typed");
+            assert!(v.fields.is_empty() && v.error.is_none(), "{name}");
+            continue;
+        };
+        assert!(v.typed, "{name}: read as typed, the vector says text");
+        let got: Vec<Result<Field<'_>, FieldError>> = fields.collect();
+        let ok: Vec<Field<'_>> = got.iter().filter_map(|r| r.ok()).collect();
+        let err: Vec<FieldError> = got.iter().filter_map(|r| r.err()).collect();
+        assert_eq!(err.first().copied().map(error_of), v.error, "{name}: error");
+        if !err.is_empty() {
+            assert!(
+                got.last().is_some_and(|r| r.is_err()),
+                "{name}: no field after the error"
+            );
+        }
+        assert_eq!(ok.len(), v.fields.len(), "{name}: field count: {got:?}");
+        for (i, (have, line)) in ok.iter().zip(&v.fields).enumerate() {
+            let mut keep = Vec::new();
+            let want = field_of(name, line, &mut keep);
+            assert!(
+                same(have, &want),
+                "{name}: field {i}: {have:?}, want {line}"
+            );
+        }
+        if v.error.is_none() {
+            let mut buf = vec![0u8; v.record.len()];
+            let mut w = RecordWriter::new(&mut buf);
+            let mut keeps = vec![Vec::new(); v.fields.len()];
+            for (line, keep) in v.fields.iter().zip(keeps.iter_mut()) {
+                encode(&mut w, &field_of(name, line, keep));
+            }
+            assert_eq!(w.finish(), &v.record[..], "{name}: encoding");
+        }
     }
 }

@@ -1,16 +1,20 @@
 #!/usr/bin/env python3
-"""Tether frame layer 1: a second, independent implementation (standard library only).
+"""Tether frame layer 1 and records: a second, independent implementation (standard library only).
 
 Written from PROTOCOL.md alone, without reading the Rust implementation, as an
 interoperability check: CRC-32C, COBS and the receiver rules of section 5, checked against
-every ```tether-vector block of section 7 plus self-checks derived from the spec text.
+every ```tether-vector block of section 7 plus self-checks derived from the spec text; and
+the typed records of section 10, checked against every ```tether-record-vector block.
 Usage:
   frame_ref.py [PATH/TO/PROTOCOL.md]     check the vectors and run the self-checks
   frame_ref.py decode M < WIRE           one line per event: "frame KIND FLAGS SEQ ACK CREDIT
                                          PAYLOAD_HEX" (decimal numbers) or "drop REASON"
   frame_ref.py encode < LINES > WIRE     the reverse: "KIND FLAGS SEQ ACK CREDIT PAYLOAD_HEX"
                                          lines in, concatenated frames out
-The last two let the Rust test suite exchange byte streams with this implementation.
+  frame_ref.py records < HEX_LINES       one record a line in; out "text", or "typed" and a
+                                         " TYPE:VALUE" per field (floats as bit patterns, str
+                                         and bytes in hex), then " ! REASON OFFSET" if malformed
+The last three let the Rust test suite exchange byte streams with this implementation.
 """
 import contextlib
 import random
@@ -197,6 +201,130 @@ def check_vector(v) -> str | None:
     return None
 
 
+# ---------------------------------------------------------------- records ----
+TYPED = 0x1E                        # first byte of a typed record (10)
+# tag: (type, struct format of the value, or None for a length byte + n bytes), 10.1
+TAGS = {0x01: ("bool", "<B"), 0x02: ("u8", "<B"), 0x03: ("u16", "<H"), 0x04: ("u32", "<I"),
+        0x05: ("u64", "<Q"), 0x06: ("i8", "<b"), 0x07: ("i16", "<h"), 0x08: ("i32", "<i"),
+        0x09: ("i64", "<q"), 0x0A: ("f32", "<I"), 0x0B: ("f64", "<Q"),   # floats as bit patterns
+        0x0C: ("str", None), 0x0D: ("bytes", None)}
+TAG_OF = {name: tag for tag, (name, _) in TAGS.items()}
+
+
+def read_record(rec: bytes):
+    """(typed, [(type, value)], error or None) by the rules of 10.2; floats as bit patterns,
+    an error as (reason, offset of the field's tag)."""
+    if rec[:1] != bytes([TYPED]):
+        return False, [], None
+    fields, i = [], 1
+    while i < len(rec):
+        at, tag = i, rec[i]
+        if tag not in TAGS:
+            return True, fields, ("unknown-tag", at)
+        name, fmt = TAGS[tag]
+        i += 1
+        if fmt is None:
+            if i >= len(rec):
+                return True, fields, ("truncated", at)
+            n = rec[i]; i += 1
+            if i + n > len(rec):
+                return True, fields, ("truncated", at)
+            value = rec[i:i + n]; i += n
+            if name == "str":
+                try:
+                    value = value.decode("utf-8")       # strict: RFC 3629
+                except UnicodeDecodeError:
+                    return True, fields, ("invalid", at)
+        else:
+            size = struct.calcsize(fmt)
+            if i + size > len(rec):
+                return True, fields, ("truncated", at)
+            (value,) = struct.unpack_from(fmt, rec, i); i += size
+            if name == "bool":
+                if value > 1:
+                    return True, fields, ("invalid", at)
+                value = value == 1
+        fields.append((name, value))
+    return True, fields, None
+
+
+def write_record(fields) -> bytes:
+    out = bytearray([TYPED])
+    for name, value in fields:
+        tag = TAG_OF[name]; fmt = TAGS[tag][1]
+        out.append(tag)
+        if fmt is None:
+            raw = value.encode("utf-8") if name == "str" else bytes(value)
+            if len(raw) > 255:
+                raise ValueError("a str or bytes value is at most 255 bytes")
+            out += bytes([len(raw)]) + raw
+        else:
+            out += struct.pack(fmt, int(value))
+    return bytes(out)
+
+
+def parse_field(line: str):
+    """A vector's `field:` line (10.4) as (type, value), floats as bit patterns."""
+    name, _, v = line.partition(" ")
+    if name == "bool":
+        return name, {"true": True, "false": False}[v]
+    if name in ("f32", "f64"):
+        fmt, bits = ("<f", "<I") if name == "f32" else ("<d", "<Q")
+        if v.startswith("0x"):
+            return name, int(v, 16)
+        (b,) = struct.unpack(bits, struct.pack(fmt, float(v)))
+        if struct.unpack(fmt, struct.pack(bits, b))[0] != float(v):
+            raise ValueError(f"{v} is not exactly an {name}")
+        return name, b
+    if name == "str":
+        if not (len(v) >= 2 and v[0] == v[-1] == '"'):
+            raise ValueError(f"str value not quoted: {line}")
+        return name, v[1:-1]
+    if name == "bytes":
+        return name, b"" if v == "(empty)" else bytes.fromhex(v)
+    if name in TAG_OF:
+        return name, int(v)
+    raise ValueError(f"unknown field type: {line}")
+
+
+def parse_record_vectors(text: str) -> list:
+    vectors, cur, key = [], None, None
+    for line in text.splitlines():
+        if cur is None:
+            if line.strip() == "```tether-record-vector":
+                cur, key = {"field": []}, None
+        elif line.strip() == "```":
+            vectors.append(cur); cur = None
+        elif line[:1].isspace() and key:
+            cur[key] += " " + line.strip()
+        elif line.strip():
+            key, _, value = line.partition(":")
+            key, value = key.strip(), value.strip()
+            if key == "field":
+                cur["field"].append(value); key = None   # a field value never continues
+            else:
+                cur[key] = value
+    for v in vectors:
+        v["record"] = b"" if v["record"] == "(empty)" else bytes.fromhex(v["record"])
+        v["field"] = [parse_field(f) for f in v["field"]]
+        if "error" in v:
+            reason, at, offset = v["error"].split()
+            assert at == "at", v["error"]
+            v["error"] = (reason, int(offset))
+    return vectors
+
+
+def check_record_vector(v) -> str | None:
+    typed, fields, error = read_record(v["record"])
+    if typed != (v["typed"] == "yes"):
+        return f"read as {'typed' if typed else 'text'}, the vector says typed: {v['typed']}"
+    if fields != v["field"] or error != v.get("error"):
+        return f"read {fields!r}, error {error!r}"
+    if typed and error is None and write_record(fields) != v["record"]:
+        return f"encoding gives {write_record(fields).hex(' ')}"
+    return None
+
+
 # ------------------------------------------------------------ self-checks ----
 def self_checks():
     """Checks derived from the spec text; returns [(name, function)]."""
@@ -294,17 +422,41 @@ def encode_stdin() -> int:
     return 0
 
 
+def records_stdin() -> int:
+    for line in sys.stdin.read().splitlines():
+        typed, fields, error = read_record(bytes.fromhex(line))
+        out = ["typed" if typed else "text"]
+        for name, value in fields:
+            if name == "str":
+                value = value.encode("utf-8").hex()
+            elif name == "bytes":
+                value = value.hex()
+            elif name == "bool":
+                value = "true" if value else "false"
+            out.append(f"{name}:{value}")
+        if error:
+            out.append(f"! {error[0]} {error[1]}")
+        print(" ".join(out))
+    return 0
+
+
 def main() -> int:
+    if sys.argv[1:2] == ["records"]:
+        return records_stdin()
     if sys.argv[1:2] == ["decode"]:
         return decode_stdin(int(sys.argv[2]))
     if sys.argv[1:2] == ["encode"]:
         return encode_stdin()
     path = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parents[2]
                 / "PROTOCOL.md")
-    vectors = parse_vectors(path.read_text(encoding="utf-8"))
+    text = path.read_text(encoding="utf-8")
+    vectors, records = parse_vectors(text), parse_record_vectors(text)
     tests = [(v.get("name", "?"), lambda v=v: check_vector(v)) for v in vectors]
+    tests += [("record " + v.get("name", "?"), lambda v=v: check_record_vector(v))
+              for v in records]
     tests += self_checks()
     tests += [] if vectors else [("vectors", lambda: f"no tether-vector blocks in {path}")]
+    tests += [] if records else [("records", lambda: f"no tether-record-vector blocks in {path}")]
     failed = 0
     for name, fn in tests:
         try:

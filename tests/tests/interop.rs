@@ -1,15 +1,17 @@
-//! Tether's frame layer against a second, independent implementation of PROTOCOL.md
-//! (`tests/interop/frame_ref.py`, Python, written from the spec alone).
+//! Tether's frame layer and records against a second, independent implementation of
+//! PROTOCOL.md (`tests/interop/frame_ref.py`, Python, written from the spec alone).
 //!
 //! Beyond the spec's vectors, the two implementations exchange seeded random streams in
 //! both directions — frames of every kind and size, garbage, corrupted and oversized frames
-//! — and must agree on every frame delivered and every frame dropped, and why.
+//! — and must agree on every frame delivered and every frame dropped, and why; and they read
+//! the same seeded random records (section 10), well-formed and damaged, field for field.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use tether_core::frame::{self, Decoder, Flags, FrameError, Header, HeaderError, Kind};
+use tether_core::record::{Field, FieldError, Fields, RecordWriter};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -138,6 +140,10 @@ fn reference_implementation_passes_the_spec_vectors() {
     let last = out.lines().last().unwrap_or_default();
     assert!(last.ends_with(" passed, 0 failed"), "{out}");
     assert!(!out.contains("FAIL"), "{out}");
+    assert!(
+        out.lines().filter(|l| l.starts_with("ok record ")).count() >= 10,
+        "the record vectors of section 10 are checked too: {out}"
+    );
 }
 
 #[test]
@@ -188,4 +194,112 @@ fn rust_decodes_what_python_encodes_byte_for_byte() {
         .map(|(h, p)| format!("frame {}\n", line(h, p)))
         .collect();
     assert_eq!(decoded, want);
+}
+
+/// A seeded random record: typed ones written field by field (then, one time in three,
+/// damaged: cut short, a byte changed, or bytes appended), or arbitrary bytes.
+fn random_record(rng: &mut Rng) -> Vec<u8> {
+    if rng.below(5) == 0 {
+        return (0..rng.below(12)).map(|_| rng.next() as u8).collect();
+    }
+    let mut buf = vec![0u8; 4096];
+    let mut w = RecordWriter::new(&mut buf);
+    for _ in 0..rng.below(8) {
+        let x = rng.next();
+        let text = ["", "ok", "°C", "a,b \"q\"", "\u{1F600}"][rng.below(5) as usize];
+        let bytes: Vec<u8> = (0..rng.below(6)).map(|_| rng.next() as u8).collect();
+        let _ = match rng.below(13) {
+            0 => w.bool(x & 1 == 1),
+            1 => w.u8(x as u8),
+            2 => w.u16(x as u16),
+            3 => w.u32(x as u32),
+            4 => w.u64(x),
+            5 => w.i8(x as i8),
+            6 => w.i16(x as i16),
+            7 => w.i32(x as i32),
+            8 => w.i64(x as i64),
+            9 => w.f32(f32::from_bits(x as u32)),
+            10 => w.f64(f64::from_bits(x)),
+            11 => w.str(text),
+            _ => w.bytes(&bytes),
+        };
+    }
+    let mut r = w.finish().to_vec();
+    match rng.below(3) {
+        0 if r.len() > 1 => r.truncate(1 + rng.below(r.len() as u64 - 1) as usize),
+        1 if r.len() > 1 => {
+            // Small values half the time: tags, bools and lengths have their edges there.
+            let i = 1 + rng.below(r.len() as u64 - 1) as usize;
+            r[i] = if rng.below(2) == 0 {
+                rng.below(16) as u8
+            } else {
+                rng.next() as u8
+            };
+        }
+        2 => r.extend((0..rng.below(4)).map(|_| rng.next() as u8)),
+        _ => {}
+    }
+    r
+}
+
+/// The Rust reader's account of `record`, in the reference implementation's format.
+fn rust_record(record: &[u8]) -> String {
+    let Some(fields) = Fields::new(record) else {
+        return "text".into();
+    };
+    let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let mut out = String::from("typed");
+    for f in fields {
+        out += &match f {
+            Ok(Field::Bool(v)) => format!(" bool:{v}"),
+            Ok(Field::U8(v)) => format!(" u8:{v}"),
+            Ok(Field::U16(v)) => format!(" u16:{v}"),
+            Ok(Field::U32(v)) => format!(" u32:{v}"),
+            Ok(Field::U64(v)) => format!(" u64:{v}"),
+            Ok(Field::I8(v)) => format!(" i8:{v}"),
+            Ok(Field::I16(v)) => format!(" i16:{v}"),
+            Ok(Field::I32(v)) => format!(" i32:{v}"),
+            Ok(Field::I64(v)) => format!(" i64:{v}"),
+            Ok(Field::F32(v)) => format!(" f32:{}", v.to_bits()),
+            Ok(Field::F64(v)) => format!(" f64:{}", v.to_bits()),
+            Ok(Field::Str(v)) => format!(" str:{}", hex(v.as_bytes())),
+            Ok(Field::Bytes(v)) => format!(" bytes:{}", hex(v)),
+            Err(FieldError::UnknownTag { at, .. }) => format!(" ! unknown-tag {at}"),
+            Err(FieldError::Truncated { at }) => format!(" ! truncated {at}"),
+            Err(FieldError::Invalid { at }) => format!(" ! invalid {at}"),
+        };
+    }
+    out
+}
+
+#[test]
+fn python_reads_random_records_as_rust_does() {
+    let mut rng = Rng(0x1E1E_1E1E);
+    let records: Vec<Vec<u8>> = (0..2000).map(|_| random_record(&mut rng)).collect();
+    let input: String = records
+        .iter()
+        .map(|r| r.iter().map(|b| format!("{b:02x}")).collect::<String>() + "\n")
+        .collect();
+    let theirs = String::from_utf8(python(&["records"], input.as_bytes())).unwrap();
+    let ours: Vec<String> = records.iter().map(|r| rust_record(r)).collect();
+    for reason in ["unknown-tag", "truncated", "invalid"] {
+        assert!(
+            ours.iter().any(|l| l.contains(reason)),
+            "the records include a {reason} one"
+        );
+    }
+    assert!(
+        ours.iter()
+            .filter(|l| !l.contains('!') && l.starts_with("typed"))
+            .count()
+            > 300
+    );
+    for (i, (o, t)) in ours.iter().zip(theirs.lines()).enumerate() {
+        assert_eq!(
+            o, t,
+            "record {i} ({:02x?}): the implementations disagree",
+            records[i]
+        );
+    }
+    assert_eq!(theirs.lines().count(), records.len());
 }
