@@ -25,7 +25,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tether_core::frame::{Decoder, Kind};
-use tether_core::link::{self, Config, Event, Link, Phase, Role, SendError, MIN_FRAME};
+use tether_core::link::{
+    self, Config, ConfigError, Event, Link, Phase, Role, SendError, MIN_FRAME,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
@@ -355,7 +357,13 @@ async fn read_hello(
 }
 
 impl Shared {
-    fn link(&self, role: Role, session: u32, first_seq: u32, max_send: usize) -> Link<HeapStorage> {
+    fn link(
+        &self,
+        role: Role,
+        session: u32,
+        first_seq: u32,
+        max_send: usize,
+    ) -> Result<Link<HeapStorage>, ConfigError> {
         self.link_continuing(role, session, first_seq, max_send, 0)
     }
 
@@ -367,36 +375,52 @@ impl Shared {
         first_seq: u32,
         max_send: usize,
         continues_from: u32,
-    ) -> Link<HeapStorage> {
+    ) -> Result<Link<HeapStorage>, ConfigError> {
         let mut cfg = Config::new(role, session);
         cfg.max_send = max_send as u16;
         cfg.first_seq = first_seq;
         cfg.continues_from = continues_from;
         cfg.window = self.opts.window.min(usize::from(u16::MAX)) as u16;
-        cfg.dead_after_ms = self.opts.idle_timeout.as_millis().min(u128::from(u32::MAX)) as u32;
+        cfg.dead_after_ms = crate::options::dead_after_ms(self.opts.idle_timeout);
         let slots = self.opts.window;
         let storage = HeapStorage::new(
             slots,
             slots,
             self.opts.max_record.max(self.opts.max_command) + tether_core::frame::OVERHEAD,
         );
-        Link::new(cfg, storage).unwrap_or_else(|e| unreachable!("checked options: {e:?}"))
+        // Options were checked in `bind`; a session id of 0 from a device's HELLO is the
+        // one case left, refused by the caller.
+        Link::new(cfg, storage)
     }
+}
+
+/// Whether connecting to `to` would reach the bridge's own listening socket `own`: the same
+/// port, and the same address or `own` listening on every address (a loopback or unspecified
+/// `to` reaches it too).
+fn is_own_address(own: SocketAddr, to: &Endpoint) -> bool {
+    let Endpoint::Tcp(to) = to else {
+        return false;
+    };
+    to.port() == own.port()
+        && (to.ip() == own.ip()
+            || (own.ip().is_unspecified() && (to.ip().is_loopback() || to.ip().is_unspecified())))
 }
 
 impl Bridge {
     /// Binds the device-side endpoints.
     pub async fn bind(opts: BridgeOptions) -> Result<Bridge, BridgeError> {
-        if opts.window == 0 || opts.window > 32_768 {
-            return Err(BridgeError::Options("window must be 1 to 32768".into()));
+        crate::options::Serving {
+            window: opts.window,
+            max_record: opts.max_record,
+            max_connections: opts.max_connections,
+            handshake_timeout: opts.handshake_timeout,
+            idle_timeout: opts.idle_timeout,
         }
-        if opts.max_record > tether_core::frame::MAX_PAYLOAD || opts.max_record + 18 < MIN_FRAME {
-            return Err(BridgeError::Options(format!(
-                "max record must be {} to {} bytes",
-                MIN_FRAME - 18,
-                tether_core::frame::MAX_PAYLOAD
-            )));
-        }
+        .check()
+        .map_err(BridgeError::Options)?;
+        opts.to
+            .check_dialable()
+            .map_err(|e| BridgeError::Options(format!("TO: {e}")))?;
         if opts.max_command > opts.max_record {
             return Err(BridgeError::Options(
                 "max command must not exceed max record".into(),
@@ -405,6 +429,16 @@ impl Bridge {
         let mut sockets = Vec::new();
         for e in &opts.from {
             sockets.push(Acceptor::bind(e).await?);
+        }
+        if let Some(own) = sockets
+            .iter()
+            .filter_map(Acceptor::tcp_addr)
+            .find(|a| is_own_address(*a, &opts.to))
+        {
+            return Err(BridgeError::Options(format!(
+                "TO ({}) is the bridge's own address (it listens on {own}): point it at the tether listen to forward to",
+                opts.to
+            )));
         }
         let (new_device, new_devices) = tokio::sync::mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
@@ -503,6 +537,49 @@ impl Bridge {
     }
 }
 
+/// The bridge's session for device `id`, made (with its upstream and device links) if new.
+fn device_session(
+    shared: &Arc<Shared>,
+    id: u32,
+    tx_base: u32,
+    continues_from: u32,
+) -> Result<Arc<Device>, ConfigError> {
+    let mut map = lock(&shared.devices);
+    if let Some(d) = map.get(&id) {
+        return Ok(d.clone());
+    }
+    let up = shared.link_continuing(
+        Role::Client,
+        id,
+        tx_base,
+        shared.opts.max_record,
+        continues_from,
+    )?;
+    let down = shared.link(Role::Server, shared.session_id, 0, shared.opts.max_command)?;
+    info!("new device {id:08x}");
+    let d = Arc::new(Device {
+        id,
+        state: Mutex::new(State {
+            up_base: acked_base(&up),
+            down_base: acked_base(&down),
+            down,
+            up,
+            generation: 0,
+            fwd_up: 0,
+            fwd_down: 0,
+            connected: false,
+            upstream_up: false,
+            credit_stopped: false,
+            stopping: false,
+        }),
+        wake_device: Notify::new(),
+        wake_upstream: Notify::new(),
+    });
+    let _ = shared.new_device.send(d.clone());
+    map.insert(id, d.clone());
+    Ok(d)
+}
+
 /// Serves one device connection until it ends, is superseded, or the bridge stops. A new
 /// device session is handed to the run loop, which starts its upstream task.
 async fn serve_device(
@@ -516,9 +593,11 @@ async fn serve_device(
         return;
     };
     let Some((id, tx_base, continues_from)) = named else {
-        let l = shared.link(Role::Server, shared.session_id, 0, shared.opts.max_command);
         let now = shared.clock.now();
-        crate::listen::refuse_hello(l, now, &seen, &mut stream, peer).await;
+        match shared.link(Role::Server, shared.session_id, 0, shared.opts.max_command) {
+            Ok(l) => crate::listen::refuse_hello(l, now, &seen, &mut stream, peer).await,
+            Err(e) => warn!(%peer, "refused: a malformed HELLO (and no link to answer it: {e})"),
+        }
         shared.dropped.fetch_add(1, Ordering::Relaxed);
         return;
     };
@@ -526,41 +605,13 @@ async fn serve_device(
     // bridge has no session for it (it crashed and started again), the upstream link says
     // the numbering continues, so the listener resumes instead of taking the records it
     // already wrote for a restarted device's new ones.
-    let device = {
-        let mut map = lock(&shared.devices);
-        map.entry(id)
-            .or_insert_with(|| {
-                info!("new device {id:08x}");
-                let up = shared.link_continuing(
-                    Role::Client,
-                    id,
-                    tx_base,
-                    shared.opts.max_record,
-                    continues_from,
-                );
-                let down = shared.link(Role::Server, shared.session_id, 0, shared.opts.max_command);
-                let d = Arc::new(Device {
-                    id,
-                    state: Mutex::new(State {
-                        up_base: acked_base(&up),
-                        down_base: acked_base(&down),
-                        down,
-                        up,
-                        generation: 0,
-                        fwd_up: 0,
-                        fwd_down: 0,
-                        connected: false,
-                        upstream_up: false,
-                        credit_stopped: false,
-                        stopping: false,
-                    }),
-                    wake_device: Notify::new(),
-                    wake_upstream: Notify::new(),
-                });
-                let _ = shared.new_device.send(d.clone());
-                d
-            })
-            .clone()
+    let device = match device_session(shared, id, tx_base, continues_from) {
+        Ok(d) => d,
+        Err(e) => {
+            warn!(%peer, "device {id:08x} refused: its links cannot be made: {e}");
+            shared.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
     };
     let generation = {
         let mut s = lock(&device.state);

@@ -77,8 +77,25 @@ pub enum EndpointError {
     #[error("unknown scheme `{0}://`: use tcp://ADDRESS:PORT or rfcomm://…")]
     UnknownScheme(String),
     /// The address part is not `IP:PORT`.
-    #[error("`{0}` is not IP:PORT (IPv6 in brackets: [::1]:5003); host names are not resolved")]
+    #[error("`{0}` is not IP:PORT (IPv6 in brackets: [::1]:5003)")]
     BadAddress(String),
+    /// The port is not a number from 0 to 65535.
+    #[error("port `{0}` is out of range: ports are 0 to 65535")]
+    BadPort(String),
+    /// A host name other than `localhost`.
+    #[error(
+        "host names are not resolved (`{0}`): give an IP address, e.g. tcp://192.0.2.10:5003 \
+         (localhost is understood as 127.0.0.1)"
+    )]
+    HostName(String),
+    /// An endpoint to listen on where one to connect to is needed.
+    #[error("cannot connect to {endpoint}: {why}")]
+    NotDialable {
+        /// The endpoint given.
+        endpoint: String,
+        /// What is wrong with it, and what to write instead.
+        why: String,
+    },
     /// The part after `rfcomm://` is not understood.
     #[error(
         "`{0}` is not an RFCOMM endpoint: write rfcomm://hci0/1 or rfcomm:///1 (default adapter) \
@@ -136,6 +153,73 @@ fn parse_rfcomm(rest: &str) -> Result<Endpoint, EndpointError> {
     }
 }
 
+/// `IP:PORT`, `[IPv6]:PORT` or `localhost:PORT` (127.0.0.1: resolved here, so that the
+/// same text means the same address everywhere and parsing never waits on a name server).
+fn parse_tcp(addr: &str) -> Result<SocketAddr, EndpointError> {
+    if let Ok(a) = addr.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let bad = || EndpointError::BadAddress(addr.to_owned());
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    if port.is_empty() || !port.bytes().all(|c| c.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let port: Result<u16, _> = port.parse();
+    let is_ip = host.parse::<std::net::Ipv4Addr>().is_ok()
+        || host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .is_some_and(|h| {
+                h.split('%')
+                    .next()
+                    .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok())
+            });
+    let name = host.eq_ignore_ascii_case("localhost");
+    match port {
+        Err(_) if is_ip || name => Err(EndpointError::BadPort(
+            addr.rsplit(':').next().unwrap_or_default().to_owned(),
+        )),
+        Ok(port) if name => Ok(SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), port)),
+        _ if !is_ip
+            && host.bytes().any(|c| c.is_ascii_alphabetic())
+            && host
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.') =>
+        {
+            Err(EndpointError::HostName(host.to_owned()))
+        }
+        _ => Err(bad()),
+    }
+}
+
+impl Endpoint {
+    /// Whether a connection can be made to this endpoint (`tether send`, `tether sim`, the
+    /// bridge's listener): not a listening form (`rfcomm://hci0/1`), not port 0, not an
+    /// unspecified address (`0.0.0.0`, `[::]`). A usage error, not worth retrying.
+    pub fn check_dialable(&self) -> Result<(), EndpointError> {
+        let why = match self {
+            Endpoint::Tcp(a) if a.port() == 0 => "port 0 is for listening (the system picks a port); give the listener's port".to_owned(),
+            Endpoint::Tcp(a) if a.ip().is_unspecified() => format!(
+                "{} means every local address, for listening; give the listener's address, e.g. tcp://127.0.0.1:{}",
+                a.ip(),
+                a.port()
+            ),
+            Endpoint::Rfcomm {
+                addr: None,
+                channel,
+                ..
+            } => format!(
+                "it is a listening endpoint; name the device to connect to: rfcomm://AA:BB:CC:DD:EE:FF/{channel}"
+            ),
+            _ => return Ok(()),
+        };
+        Err(EndpointError::NotDialable {
+            endpoint: self.to_string(),
+            why,
+        })
+    }
+}
+
 impl FromStr for Endpoint {
     type Err = EndpointError;
 
@@ -144,12 +228,7 @@ impl FromStr for Endpoint {
             .split_once("://")
             .ok_or_else(|| EndpointError::NoScheme(s.to_owned()))?;
         match scheme.to_ascii_lowercase().as_str() {
-            "tcp" => {
-                let addr = rest.trim_end_matches('/');
-                addr.parse::<SocketAddr>()
-                    .map(Endpoint::Tcp)
-                    .map_err(|_| EndpointError::BadAddress(addr.to_owned()))
-            }
+            "tcp" => parse_tcp(rest.trim_end_matches('/')).map(Endpoint::Tcp),
             "rfcomm" => parse_rfcomm(rest),
             other => Err(EndpointError::UnknownScheme(other.to_owned())),
         }
@@ -200,9 +279,27 @@ mod tests {
             Err(EndpointError::UnknownScheme("udp".into()))
         );
         assert_eq!(
-            "tcp://localhost:5003".parse::<Endpoint>(),
-            Err(EndpointError::BadAddress("localhost:5003".into()))
+            "tcp://localhost:5003".parse(),
+            Ok(Endpoint::Tcp("127.0.0.1:5003".parse().unwrap()))
         );
+        assert_eq!(
+            "tcp://example.org:5003".parse::<Endpoint>(),
+            Err(EndpointError::HostName("example.org".into()))
+        );
+        for port in ["65536", "99999999999"] {
+            for host in ["127.0.0.1", "[::1]", "localhost"] {
+                let e = format!("tcp://{host}:{port}").parse::<Endpoint>();
+                assert_eq!(e, Err(EndpointError::BadPort(port.into())), "{host}:{port}");
+                let msg = e.unwrap_err().to_string();
+                assert!(msg.contains("out of range: ports are 0 to 65535"), "{msg}");
+            }
+        }
+        for garbage in ["1.2.3:80", "127.0.0.1", "[::1:80", "127.0.0.1:x", ":80"] {
+            assert_eq!(
+                format!("tcp://{garbage}").parse::<Endpoint>(),
+                Err(EndpointError::BadAddress(garbage.into()))
+            );
+        }
         let e: Endpoint = "tcp://[::1]:9".parse().unwrap();
         assert_eq!(e.to_string(), "tcp://[::1]:9");
     }
@@ -284,5 +381,28 @@ mod tests {
         }
         let msg = "rfcomm://hci0".parse::<Endpoint>().unwrap_err().to_string();
         assert!(msg.contains("rfcomm://hci0/1"), "{msg}");
+    }
+
+    #[test]
+    fn listening_forms_are_refused_where_a_connection_is_made() {
+        for (text, says) in [
+            ("tcp://127.0.0.1:0", "port 0 is for listening"),
+            ("tcp://0.0.0.0:5003", "every local address"),
+            ("tcp://[::]:5003", "every local address"),
+            ("rfcomm://hci0/1", "it is a listening endpoint"),
+            ("rfcomm:///1", "it is a listening endpoint"),
+        ] {
+            let e: Endpoint = text.parse().unwrap();
+            let msg = e.check_dialable().unwrap_err().to_string();
+            assert!(msg.contains(says), "{text}: {msg}");
+        }
+        for text in [
+            "tcp://127.0.0.1:5003",
+            "tcp://[::1]:1",
+            "rfcomm://AA:BB:CC:DD:EE:FF/1",
+        ] {
+            let e: Endpoint = text.parse().unwrap();
+            assert_eq!(e.check_dialable(), Ok(()), "{text}");
+        }
     }
 }

@@ -6,7 +6,7 @@
 //! reconnects resumes where it was: the listener reads the HELLO of a new connection, finds
 //! the session it names, and hands the connection to that link.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use tether_core::frame::{Decoder, Kind};
-use tether_core::link::{self, Config, Event, Link, Phase, Role, MIN_FRAME};
+use tether_core::link::{self, Config, ConfigError, Event, Link, Phase, Role, MIN_FRAME};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
@@ -105,9 +105,9 @@ pub struct ListenSummary {
     pub records: u64,
     /// Connections accepted.
     pub connections: u64,
-    /// Device sessions seen.
+    /// Devices (identities) that had a session, evicted ones included.
     pub devices: usize,
-    /// Retransmissions the listener's links made.
+    /// Retransmissions the listener's links made (by the sessions still kept).
     pub retransmissions: u64,
     /// Connections dropped for garbage, protocol violations or time-outs.
     pub dropped_connections: u64,
@@ -211,6 +211,9 @@ struct Shared {
     /// Each device's last record in the CSV as found at start (see [`crate::recover`]),
     /// taken by its session when it first connects.
     recovered: Mutex<HashMap<u32, u32>>,
+    /// Every device identity that had a session, for the summary (sessions are evicted at
+    /// `max_devices`, so their count is not the devices seen).
+    seen: Mutex<HashSet<u32>>,
     sink: Mutex<CsvSink>,
     records: AtomicU64,
     connections: AtomicU64,
@@ -227,15 +230,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Listener {
     /// Binds every endpoint and opens the CSV file.
     pub async fn bind(opts: ListenOptions) -> Result<Listener, ListenError> {
-        if opts.window == 0 || opts.window > 32_768 {
-            return Err(ListenError::Options("window must be 1 to 32768".into()));
+        crate::options::Serving {
+            window: opts.window,
+            max_record: opts.max_record,
+            max_connections: opts.max_connections,
+            handshake_timeout: opts.handshake_timeout,
+            idle_timeout: opts.idle_timeout,
         }
-        if opts.max_record > tether_core::frame::MAX_PAYLOAD || opts.max_record + 18 < MIN_FRAME {
-            return Err(ListenError::Options(format!(
-                "max record must be {} to {} bytes",
-                MIN_FRAME - 18,
-                tether_core::frame::MAX_PAYLOAD
-            )));
+        .check()
+        .map_err(ListenError::Options)?;
+        if opts.max_devices == 0 {
+            return Err(ListenError::Options(
+                "--max-devices must be at least 1".into(),
+            ));
         }
         let trailer = tether_core::link::auth::TRAILER_LEN;
         if opts.keys.is_some() && opts.max_record > tether_core::frame::MAX_PAYLOAD - trailer {
@@ -259,6 +266,7 @@ impl Listener {
             clock: Clock::new(),
             sessions: Mutex::new(HashMap::new()),
             recovered: Mutex::new(recovered.last_seq),
+            seen: Mutex::new(HashSet::new()),
             sink: Mutex::new(sink),
             records: AtomicU64::new(0),
             connections: AtomicU64::new(0),
@@ -349,15 +357,14 @@ impl Listener {
             warn!("some connections did not close within 5 s");
         }
         lock(&self.shared.sink).commit()?;
-        let sessions = lock(&self.shared.sessions);
-        let retransmissions = sessions
+        let retransmissions = lock(&self.shared.sessions)
             .values()
             .map(|s| u64::from(lock(s).link.stats().retransmissions))
             .sum();
         Ok(ListenSummary {
             records: self.shared.records.load(Ordering::Relaxed),
             connections: self.shared.connections.load(Ordering::Relaxed),
-            devices: sessions.len(),
+            devices: lock(&self.shared.seen).len(),
             retransmissions,
             dropped_connections: self.shared.dropped.load(Ordering::Relaxed),
         })
@@ -369,7 +376,7 @@ impl Shared {
     /// bytes: its receive slots are that long (within `--max-record`), not `--max-record`
     /// long, so a device of 128-byte frames costs 64 × 128 bytes of slots rather than
     /// 64 × 1 KiB (the memory an idle connection holds: `tether bench`).
-    fn new_link(&self, device_max_send: Option<u16>) -> Link<HeapStorage> {
+    fn new_link(&self, device_max_send: Option<u16>) -> Result<Link<HeapStorage>, ConfigError> {
         let min_record = MIN_FRAME - tether_core::frame::OVERHEAD;
         let record = device_max_send
             .map_or(self.opts.max_record, |m| usize::from(m).max(min_record))
@@ -378,7 +385,7 @@ impl Shared {
         // must see a new one, or it would resume against state that is gone (9.5.5).
         let mut cfg = Config::new(Role::Server, crate::random_session());
         cfg.max_send = self.opts.max_command.min(record) as u16;
-        cfg.dead_after_ms = self.opts.idle_timeout.as_millis().min(u128::from(u32::MAX)) as u32;
+        cfg.dead_after_ms = crate::options::dead_after_ms(self.opts.idle_timeout);
         // Commands are few and short: 8 in flight is plenty (each slot is a record long).
         let storage = HeapStorage::new(
             self.opts.window.min(8),
@@ -391,8 +398,9 @@ impl Shared {
                     .as_ref()
                     .map_or(0, |_| tether_core::link::auth::TRAILER_LEN),
         );
-        // Options were checked in `bind`, so the configuration is valid.
-        Link::new(cfg, storage).unwrap_or_else(|e| unreachable!("checked options: {e:?}"))
+        // Options were checked in `bind`, so this fails only if that check missed a case:
+        // the connection is then refused with the reason, and the listener carries on.
+        Link::new(cfg, storage)
     }
 }
 
@@ -400,12 +408,22 @@ impl Shared {
 /// with nothing pending (no connection, no record held, no command unacknowledged) makes
 /// room; its last written record is kept, so that it resumes exactly once if it returns
 /// (its new link has a new session identity, so the device takes it as a listener
-/// restart). `None` if every session is busy.
-fn admit(shared: &Shared, device: u32, max_send: Option<u16>) -> Option<Arc<Mutex<Session>>> {
+/// restart). Otherwise why it was refused: every session is busy.
+fn admit(
+    shared: &Shared,
+    device: u32,
+    max_send: Option<u16>,
+) -> Result<Arc<Mutex<Session>>, String> {
     let mut map = lock(&shared.sessions);
     if let Some(s) = map.get(&device) {
-        return Some(s.clone());
+        return Ok(s.clone());
     }
+    let busy = || {
+        format!(
+            "{} device sessions are in use, none idle (--max-devices)",
+            shared.opts.max_devices
+        )
+    };
     if map.len() >= shared.opts.max_devices.max(1) {
         let (_, victim) = map
             .iter()
@@ -417,7 +435,8 @@ fn admit(shared: &Shared, device: u32, max_send: Option<u16>) -> Option<Arc<Mute
                     && s.link.received().next().is_none();
                 idle.then_some((s.idle_since, d))
             })
-            .min()?;
+            .min()
+            .ok_or_else(busy)?;
         if let Some(old) = map.remove(&victim) {
             let last = lock(&old).resume.last_written();
             if let Some(last) = last {
@@ -426,9 +445,13 @@ fn admit(shared: &Shared, device: u32, max_send: Option<u16>) -> Option<Arc<Mute
             info!("device {victim:08x} forgotten to make room for {device:08x} ({} sessions, --max-devices); it resumes if it returns", shared.opts.max_devices);
         }
     }
+    let link = shared
+        .new_link(max_send)
+        .map_err(|e| format!("its link cannot be made: {e}"))?;
     info!("new device {device:08x}");
+    lock(&shared.seen).insert(device);
     let session = Arc::new(Mutex::new(Session {
-        link: shared.new_link(max_send),
+        link,
         device,
         generation: 0,
         commands: VecDeque::new(),
@@ -438,7 +461,7 @@ fn admit(shared: &Shared, device: u32, max_send: Option<u16>) -> Option<Arc<Mute
         resume: crate::recover::Resume::new(lock(&shared.recovered).remove(&device)),
     }));
     map.insert(device, session.clone());
-    Some(session)
+    Ok(session)
 }
 
 /// Reads a new connection up to its HELLO. Returns the session it names and every byte read
@@ -455,7 +478,7 @@ async fn read_hello(
     loop {
         let n = match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
             Err(_) => {
-                warn!(%peer, "dropped: no HELLO within {:?}", shared.opts.handshake_timeout);
+                warn!(%peer, "dropped: no HELLO within {:?}{}", shared.opts.handshake_timeout, raw_hint(&seen));
                 return None;
             }
             Ok(Ok(0)) => {
@@ -483,9 +506,24 @@ async fn read_hello(
             }
         }
         if seen.len() > 4096 {
-            warn!(%peer, "dropped: no valid HELLO in the first 4 KiB (not a Tether device?)");
+            warn!(%peer, "dropped: no valid HELLO in the first 4 KiB (not a Tether device?){}", raw_hint(&seen));
             return None;
         }
+    }
+}
+
+/// A hint for a peer that sent bytes but never a frame: text without a frame delimiter is
+/// what a client of the tutorial's raw protocol sends.
+pub(crate) fn raw_hint(seen: &[u8]) -> &'static str {
+    let text = !seen.is_empty()
+        && !seen.contains(&0)
+        && seen
+            .iter()
+            .all(|&b| b.is_ascii_graphic() || b.is_ascii_whitespace());
+    if text {
+        "; it sent text and no Tether frame: if it is a client of the tutorial's raw protocol, run tether listen --raw"
+    } else {
+        ""
     }
 }
 
@@ -519,7 +557,10 @@ async fn serve(shared: &Shared, mut stream: Stream, peer: &str, mut stop: watch:
     };
     let Some(device) = session else {
         let now = shared.clock.now();
-        refuse_hello(shared.new_link(None), now, &seen, &mut stream, peer).await;
+        match shared.new_link(None) {
+            Ok(link) => refuse_hello(link, now, &seen, &mut stream, peer).await,
+            Err(e) => warn!(%peer, "refused: a malformed HELLO (and no link to answer it: {e})"),
+        }
         shared.dropped.fetch_add(1, Ordering::Relaxed);
         return;
     };
@@ -534,10 +575,13 @@ async fn serve(shared: &Shared, mut stream: Stream, peer: &str, mut stop: watch:
         }
     };
     let max_send = crate::recover::hello_in(&seen).map(|h| h.max_send);
-    let Some(session) = admit(shared, device, max_send) else {
-        warn!(%peer, "device {device:08x} refused: {} device sessions are in use, none idle (--max-devices)", shared.opts.max_devices);
-        shared.dropped.fetch_add(1, Ordering::Relaxed);
-        return;
+    let session = match admit(shared, device, max_send) {
+        Ok(session) => session,
+        Err(why) => {
+            warn!(%peer, "device {device:08x} refused: {why}");
+            shared.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
     };
     let bound = crate::keys::bind(&mut lock(&session).link, key);
     if let Err(refusal) = bound {
@@ -627,7 +671,7 @@ async fn serve(shared: &Shared, mut stream: Stream, peer: &str, mut stop: watch:
             warn!(%peer, "device {device:08x} silent for {:?}: connection dropped (frames from it this session: {} valid, {} too long, {} corrupt)",
                 shared.opts.idle_timeout, d.frames, d.too_long, d.crc_errors + d.cobs_errors)
         }
-        Phase::Rejected => warn!(%peer, "device {device:08x} refused: {:?}", s.link.reject()),
+        Phase::Rejected => warn!(%peer, "device {device:08x} refused: {}", reject_text(&s.link)),
         _ => {}
     }
     let st = s.link.stats();
@@ -672,7 +716,7 @@ fn step(shared: &Shared, s: &mut Session, out: &mut Vec<u8>) -> Result<(), SinkE
             }
             Err(link::SendError::WouldBlock) => break,
             Err(e) => {
-                warn!("command to device {device:08x} refused: {e:?}");
+                warn!("command to device {device:08x} refused: {e}");
                 s.commands.pop_front();
             }
         }
@@ -691,8 +735,13 @@ fn step(shared: &Shared, s: &mut Session, out: &mut Vec<u8>) -> Result<(), SinkE
                 up_to.wrapping_sub(1)
             ),
             Event::Rejected { by_us } => warn!(
-                "device {device:08x}: handshake refused (by us: {by_us}): {:?}",
-                s.link.reject()
+                "device {device:08x}: handshake refused ({}): {}",
+                if by_us {
+                    "by the listener"
+                } else {
+                    "by the device"
+                },
+                reject_text(&s.link)
             ),
             Event::PeerDead => warn!("device {device:08x}: no sign of life"),
             Event::Closed => info!("device {device:08x}: session closed"),
@@ -711,4 +760,10 @@ fn step(shared: &Shared, s: &mut Session, out: &mut Vec<u8>) -> Result<(), SinkE
         out.extend_from_slice(&buf[..k]);
     }
     Ok(())
+}
+
+/// Why a link's handshake was refused, for people.
+pub(crate) fn reject_text(link: &Link<HeapStorage>) -> String {
+    link.reject()
+        .map_or_else(|| "no reason given".to_owned(), |r| r.to_string())
 }

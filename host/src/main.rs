@@ -14,11 +14,10 @@ use tether_core::frame::{self, Decoder, DecoderStats, Flags, Header, Kind};
 use tether_host::endpoint::Endpoint;
 use tether_host::listen::{ListenOptions, Listener};
 use tether_host::send::{Progress, SendOptions};
-use tokio::io::AsyncBufReadExt;
 
 /// Stream data between microcontrollers and Linux hosts, reliably.
 #[derive(Debug, Parser)]
-#[command(version, propagate_version = true)]
+#[command(name = "tether", version, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -414,39 +413,33 @@ fn bench(args: BenchArgs) -> Result<ExitCode, CliError> {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
-    tracing_subscriber::fmt()
-        .with_writer(io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    tether_host::console::init_log();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(CliError::Runtime)
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+/// Completes on Ctrl-C (SIGINT) or SIGTERM. The handlers are installed when this is called,
+/// not when the future is first polled, so a signal that arrives while the command starts up
+/// (binding, reading the CSV) stops it cleanly instead of killing it.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let int = signal(SignalKind::interrupt());
+    let term = signal(SignalKind::terminate());
+    async move {
+        match (int, term) {
+            (Ok(mut int), Ok(mut term)) => {
+                tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+            }
+            // Without signal handlers (never seen on Linux) the default actions apply.
+            _ => std::future::pending().await,
+        }
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
 async fn listen(args: ListenArgs) -> Result<ExitCode, CliError> {
+    let shutdown = shutdown_signal();
     let mut opts = ListenOptions::new(args.endpoints, args.csv);
     opts.fsync = args.fsync;
     opts.max_connections = args.max_connections;
@@ -469,34 +462,10 @@ async fn listen(args: ListenArgs) -> Result<ExitCode, CliError> {
     for a in listener.describe_endpoints() {
         tracing::info!("listening on {a}, writing {}", opts.csv.display());
     }
-    // Commands from standard input: `DEVICE COMMAND` or `* COMMAND`.
+    // Commands from standard input: `DEVICE COMMAND` or `* COMMAND` (see `console`: a
+    // terminal is read only in the foreground, and the reader never holds the process).
     let commands = listener.commands();
-    tokio::spawn(async move {
-        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            let Some((who, cmd)) = line.trim().split_once(char::is_whitespace) else {
-                if !line.trim().is_empty() {
-                    tracing::warn!("command lines are `DEVICE COMMAND` or `* COMMAND`");
-                }
-                continue;
-            };
-            let device = if who == "*" {
-                None
-            } else {
-                match u32::from_str_radix(who, 16) {
-                    Ok(d) => Some(d),
-                    Err(_) => {
-                        tracing::warn!("`{who}` is not a device id (hex, as in the CSV)");
-                        continue;
-                    }
-                }
-            };
-            match commands.send(device, cmd.trim().as_bytes()) {
-                0 => tracing::warn!("no such device: {who} (known: {:x?})", commands.devices()),
-                n => tracing::info!("command queued for {n} device(s)"),
-            }
-        }
-    });
+    tether_host::console::read_lines(move |line| command_line(&commands, line));
     // A live status line on a terminal (silent otherwise): records/s, devices, records.
     if io::stderr().is_terminal() {
         let status = listener.status();
@@ -506,27 +475,73 @@ async fn listen(args: ListenArgs) -> Result<ExitCode, CliError> {
             loop {
                 tick.tick().await;
                 let (records, devices, connected) = status.snapshot();
-                eprint!(
-                    "\r{records} records, {}/s, {devices} devices ({connected} connected)   ",
-                    records - last
-                );
+                tether_host::console::show_status(&format!(
+                    "{records} records, {}/s, {} ({connected} connected)",
+                    records - last,
+                    plural(devices as u64, "device")
+                ));
                 last = records;
             }
         });
     }
-    let summary = listener.run(shutdown_signal()).await?;
+    let summary = listener.run(shutdown).await?;
+    tether_host::console::clear_status();
     tracing::info!(
-        "done: {} records from {} devices over {} connections ({} dropped), {} retransmissions",
-        summary.records,
-        summary.devices,
-        summary.connections,
+        "done: {} from {} over {} ({} dropped), {}",
+        plural(summary.records, "record"),
+        plural(summary.devices as u64, "device"),
+        plural(summary.connections, "connection"),
         summary.dropped_connections,
-        summary.retransmissions
+        plural(summary.retransmissions, "retransmission")
     );
     Ok(ExitCode::SUCCESS)
 }
 
+/// `n` and `noun`, with an `s` unless `n` is 1.
+fn plural(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// One command line typed at a listener: `DEVICE COMMAND` or `* COMMAND`.
+fn command_line(commands: &tether_host::listen::Commands, line: &str) {
+    let line = line.trim();
+    let Some((who, cmd)) = line.split_once(char::is_whitespace) else {
+        if !line.is_empty() {
+            tracing::warn!("command lines are `DEVICE COMMAND` or `* COMMAND`");
+        }
+        return;
+    };
+    let device = if who == "*" {
+        None
+    } else {
+        match u32::from_str_radix(who, 16) {
+            Ok(d) => Some(d),
+            Err(_) => {
+                tracing::warn!("`{who}` is not a device id (hex, as in the CSV)");
+                return;
+            }
+        }
+    };
+    match commands.send(device, cmd.trim().as_bytes()) {
+        0 if device.is_none() => tracing::warn!("no device is known yet: command not sent"),
+        0 => {
+            let known: Vec<String> = commands
+                .devices()
+                .iter()
+                .map(|d| format!("{d:08x}"))
+                .collect();
+            tracing::warn!("no such device: {who} (known: {})", known.join(", "))
+        }
+        n => tracing::info!("command queued for {}", plural(n as u64, "device")),
+    }
+}
+
 async fn bridge(args: BridgeArgs) -> Result<ExitCode, CliError> {
+    let shutdown = shutdown_signal();
     use tether_host::bridge::{Bridge, BridgeOptions, Target};
     let to = match args.to {
         Target::Upstream(to) => to,
@@ -558,7 +573,7 @@ async fn bridge(args: BridgeArgs) -> Result<ExitCode, CliError> {
     for a in bridge.describe_endpoints() {
         tracing::info!("bridging devices on {a} to {}", opts.to);
     }
-    let s = bridge.run(shutdown_signal()).await?;
+    let s = bridge.run(shutdown).await?;
     tracing::info!(
         "done: {} records forwarded and acknowledged from {} devices over {} connections ({} dropped); {} upstream connections",
         s.forwarded,

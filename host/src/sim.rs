@@ -5,6 +5,8 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tether_core::link::LinkStorage;
@@ -18,6 +20,8 @@ use crate::endpoint::Endpoint;
 
 /// How long one connection attempt of a simulated device may take (RFCOMM pages the peer).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a running simulation says how far it is.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// The faults, as `corrupt=0.01,loss=0.01,cuts=20,split=on` on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -127,7 +131,12 @@ struct DeviceRun {
     lost: u64,
 }
 
-async fn run_device(opts: &SimOptions, i: usize, cuts: u32) -> Result<DeviceRun, String> {
+async fn run_device(
+    opts: &SimOptions,
+    i: usize,
+    cuts: u32,
+    acked: &AtomicU64,
+) -> Result<DeviceRun, String> {
     let (session, sensor_seed) = device_identity(opts.seed, i);
     let mut cfg = DeviceConfig::new(session, sensor_seed);
     cfg.period_ms = opts.period_ms;
@@ -191,6 +200,10 @@ async fn run_device(opts: &SimOptions, i: usize, cuts: u32) -> Result<DeviceRun,
                 rest = &rest[n..];
             }
             out.clear();
+            acked.store(
+                u64::from(device.stats().readings - device.link().unacked()),
+                Ordering::Relaxed,
+            );
             if failed || done(&device) {
                 break;
             }
@@ -224,14 +237,35 @@ async fn run_device(opts: &SimOptions, i: usize, cuts: u32) -> Result<DeviceRun,
 
 /// Runs the devices until each has sent `records` readings and had them all acknowledged.
 pub async fn run(opts: &SimOptions) -> Result<SimSummary, String> {
+    opts.endpoint.check_dialable().map_err(|e| e.to_string())?;
     let started = std::time::Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
+    let acked: Arc<Vec<AtomicU64>> =
+        Arc::new((0..opts.devices).map(|_| AtomicU64::new(0)).collect());
     for i in 0..opts.devices {
         let cuts = opts.faults.cuts / opts.devices as u32
             + u32::from((i as u32) < opts.faults.cuts % opts.devices.max(1) as u32);
         let o = opts.clone();
-        tasks.spawn(async move { run_device(&o, i, cuts).await });
+        let acked = acked.clone();
+        tasks.spawn(async move { run_device(&o, i, cuts, &acked[i]).await });
     }
+    let expected = opts.devices as u64 * u64::from(opts.records);
+    let progress = {
+        let acked = acked.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PROGRESS_EVERY);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let n: u64 = acked.iter().map(|a| a.load(Ordering::Relaxed)).sum();
+                info!(
+                    "{n} of {expected} readings acknowledged ({:.0} %) after {:.0} s",
+                    n as f64 * 100.0 / expected.max(1) as f64,
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        })
+    };
     let mut s = SimSummary::default();
     let all = async {
         while let Some(r) = tasks.join_next().await {
@@ -244,9 +278,15 @@ pub async fn run(opts: &SimOptions) -> Result<SimSummary, String> {
         }
         Ok::<(), String>(())
     };
-    tokio::time::timeout(opts.timeout, all)
-        .await
-        .map_err(|_| format!("not finished within {:?}", opts.timeout))??;
+    let finished = tokio::time::timeout(opts.timeout, all).await;
+    progress.abort();
+    finished.map_err(|_| {
+        let n: u64 = acked.iter().map(|a| a.load(Ordering::Relaxed)).sum();
+        format!(
+            "not finished within {}: {n} of {expected} readings acknowledged",
+            humantime::format_duration(opts.timeout)
+        )
+    })??;
     s.seconds = started.elapsed().as_secs_f64();
     info!(
         "{} readings acknowledged in {:.2} s",

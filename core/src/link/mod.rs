@@ -220,6 +220,47 @@ pub enum SendError {
     Closed,
 }
 
+impl core::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            ConfigError::ZeroSession => f.write_str("the session identity is 0"),
+            ConfigError::FrameSize(n) => write!(
+                f,
+                "a frame slot of {n} bytes is outside {MIN_FRAME} to {} bytes",
+                frame::raw_len(MAX_PAYLOAD)
+            ),
+            ConfigError::Slots => f.write_str(
+                "the slot buffers do not match the slot counts (1 to 32768) times the frame size",
+            ),
+            ConfigError::Window(w) => {
+                write!(f, "a window of {w} records exceeds the transmit slots")
+            }
+            ConfigError::Timers => f.write_str(
+                "a timer is 0, or the dead-peer time does not exceed the keepalive interval",
+            ),
+        }
+    }
+}
+
+impl core::error::Error for ConfigError {}
+
+impl core::fmt::Display for SendError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            SendError::WouldBlock => f.write_str("every transmit slot is in use"),
+            SendError::TooLong { max } => {
+                write!(
+                    f,
+                    "the record is longer than the {max} bytes this link may send"
+                )
+            }
+            SendError::Closed => f.write_str("the link is closing or closed"),
+        }
+    }
+}
+
+impl core::error::Error for SendError {}
+
 /// Where the link is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]

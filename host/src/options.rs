@@ -1,0 +1,145 @@
+//! The limits and time-outs that `tether listen` and `tether bridge` share, checked once
+//! before anything is bound or opened: a value out of range is a clear message at start
+//! (exit 2), never a failure on every device's connection later.
+
+use std::time::Duration;
+
+use tether_core::frame::MAX_PAYLOAD;
+use tether_core::link::MIN_FRAME;
+
+/// How often an idle link sends a PING (the core's default, which every Tether peer of this
+/// project uses): an idle time-out must be longer, or idle devices would be dropped.
+pub const KEEPALIVE: Duration = Duration::from_millis(1_000);
+
+/// The smallest record size that still fits the link's smallest frame.
+pub const MIN_RECORD: usize = MIN_FRAME - tether_core::frame::OVERHEAD;
+
+/// The most records a window may hold (the core's slot limit).
+pub const MAX_WINDOW: usize = 32_768;
+
+/// What serving devices needs in range, whoever serves them.
+#[derive(Debug, Clone, Copy)]
+pub struct Serving {
+    /// `--window`.
+    pub window: usize,
+    /// `--max-record`.
+    pub max_record: usize,
+    /// `--max-connections`.
+    pub max_connections: usize,
+    /// `--handshake-timeout-ms`.
+    pub handshake_timeout: Duration,
+    /// `--idle-timeout-ms`.
+    pub idle_timeout: Duration,
+}
+
+impl Serving {
+    /// Checks each value; the message names the option and its range.
+    pub fn check(&self) -> Result<(), String> {
+        if !(1..=MAX_WINDOW).contains(&self.window) {
+            return Err(format!(
+                "--window must be 1 to {MAX_WINDOW} records (got {})",
+                self.window
+            ));
+        }
+        if !(MIN_RECORD..=MAX_PAYLOAD).contains(&self.max_record) {
+            return Err(format!(
+                "--max-record must be {MIN_RECORD} to {MAX_PAYLOAD} bytes (got {})",
+                self.max_record
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err("--max-connections must be at least 1".into());
+        }
+        if self.handshake_timeout.is_zero() {
+            return Err("--handshake-timeout-ms must be at least 1".into());
+        }
+        if self.idle_timeout <= KEEPALIVE {
+            return Err(format!(
+                "--idle-timeout-ms must be more than {} (idle links send a PING every {}; a shorter time-out would drop idle devices), got {}",
+                KEEPALIVE.as_millis(),
+                humantime::format_duration(KEEPALIVE),
+                self.idle_timeout.as_millis()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A link's dead-peer time for `idle`, in the core's unit (milliseconds, saturating).
+pub fn dead_after_ms(idle: Duration) -> u32 {
+    idle.as_millis().min(u128::from(u32::MAX)) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok() -> Serving {
+        Serving {
+            window: 64,
+            max_record: 1024,
+            max_connections: 256,
+            handshake_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn the_defaults_pass_and_each_value_out_of_range_names_its_option() {
+        assert_eq!(ok().check(), Ok(()));
+        let cases: [(Serving, &str); 7] = [
+            (Serving { window: 0, ..ok() }, "--window"),
+            (
+                Serving {
+                    window: 40_000,
+                    ..ok()
+                },
+                "--window",
+            ),
+            (
+                Serving {
+                    max_record: 2,
+                    ..ok()
+                },
+                "--max-record",
+            ),
+            (
+                Serving {
+                    max_connections: 0,
+                    ..ok()
+                },
+                "--max-connections",
+            ),
+            (
+                Serving {
+                    handshake_timeout: Duration::ZERO,
+                    ..ok()
+                },
+                "--handshake-timeout-ms",
+            ),
+            (
+                Serving {
+                    idle_timeout: Duration::from_millis(1000),
+                    ..ok()
+                },
+                "--idle-timeout-ms must be more than 1000",
+            ),
+            (
+                Serving {
+                    idle_timeout: Duration::ZERO,
+                    ..ok()
+                },
+                "--idle-timeout-ms",
+            ),
+        ];
+        for (s, want) in cases {
+            let e = s.check().unwrap_err();
+            assert!(e.contains(want), "{e:?} should name {want}");
+        }
+        let just = Serving {
+            idle_timeout: Duration::from_millis(1001),
+            ..ok()
+        };
+        assert_eq!(just.check(), Ok(()));
+    }
+}
