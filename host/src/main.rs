@@ -595,7 +595,17 @@ async fn sim(args: SimArgs) -> Result<ExitCode, CliError> {
         period_ms: args.period_ms.max(1),
         timeout: Duration::from_secs(args.timeout),
     };
-    let s = tether_host::sim::run(&opts).await.map_err(CliError::Sim)?;
+    opts.endpoint
+        .check_dialable()
+        .map_err(|e| CliError::Sim(e.to_string()))?;
+    // Started, the devices either finish or fail: a failure then is exit 1, not a usage error.
+    let s = match tether_host::sim::run(&opts).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tether: sim: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
     println!(
         "tether sim: {} devices, {} readings acknowledged in {:.1} s ({:.0}/s)",
         opts.devices,
