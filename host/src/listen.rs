@@ -498,9 +498,10 @@ async fn read_hello(
                 Ok(f) if f.header.kind == Kind::Hello => {
                     return Some((link::hello_session(f.payload), seen));
                 }
+                // Ignored, as by a Handshaking server (PROTOCOL.md 9.4.1): on a serial line a
+                // previous session's frames arrive first. The 4 KiB and the time-out bound it.
                 Ok(f) => {
-                    warn!(%peer, "dropped: protocol violation, {:?} frame before HELLO", f.header.kind);
-                    return None;
+                    debug!(%peer, "frame of kind {} before HELLO ignored", f.header.kind as u8)
                 }
                 Err(e) => debug!(%peer, "garbage before HELLO: {e}"),
             }

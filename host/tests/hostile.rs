@@ -997,3 +997,37 @@ fn a_device_that_restarts_is_reported_in_the_log_and_the_csv() {
     assert!(markers[0].contains("up to record 25"), "{markers:?}");
     assert!(markers[1].contains("up to record 4"), "{markers:?}");
 }
+
+/// Frames before the HELLO (a previous session's leftovers, as a serial line delivers
+/// first) are ignored, as PROTOCOL.md 9.4.1 says of a server that is Handshaking: the
+/// device's handshake that follows completes on the same connection, nothing of the
+/// leftovers is written, and the device's records are.
+#[test]
+fn frames_before_the_hello_are_ignored_and_the_handshake_that_follows_is_served() {
+    use std::io::Write;
+    let dir = temp_dir("before-hello");
+    let csv = dir.join("out.csv");
+    let t = Tether::start("tcp://127.0.0.1:0", &csv, &[], None);
+    let id = 0xB4F0_0001;
+    let mut d = TestDevice::new(id);
+    d.connect(t.addr);
+    let mut leftovers = wire(Kind::Data, 0, b"stale,0");
+    leftovers.extend(wire(Kind::Ping, 0, b""));
+    leftovers.extend(wire(Kind::Close, 7, b""));
+    d.sock.as_mut().unwrap().write_all(&leftovers).unwrap();
+    for i in 0..3 {
+        d.send(i);
+    }
+    d.run(Duration::from_secs(10), true, |d| d.link.unacked() == 0);
+    assert_eq!(
+        d.link.phase(),
+        tether_core::link::Phase::Established,
+        "the handshake after the leftovers completed on the same connection"
+    );
+    assert_eq!(d.link.unacked(), 0, "every record acknowledged");
+    t.stop();
+    let (rows, markers) = rows_and_markers(&csv, id);
+    let want: Vec<(u32, String)> = (0..3).map(|i| (i, format!("rec,{i}"))).collect();
+    assert_eq!(rows, want, "the records once, the leftovers not at all");
+    assert!(markers.is_empty(), "{markers:?}");
+}
