@@ -1723,5 +1723,3 @@ fn emit(out: &mut [u8], h: &Header, payload: &[u8]) -> Option<usize> {
     frame::encode(h, payload, out).ok()
 }
 
-#[cfg(test)]
-mod tests;
