@@ -55,18 +55,7 @@ scripts/firmware-qemu.sh
 fuzz_seconds=${FUZZ_SECONDS:-15}
 if [[ $fuzz_seconds -gt 0 ]] && cargo +nightly fuzz --version >/dev/null 2>&1; then
   step "fuzzing, ${fuzz_seconds}s per target"
-  for target in $(cargo +nightly fuzz list --fuzz-dir fuzz); do
-    # Run on a scratch copy of the corpus so the checkout is left as it was.
-    corpus=$(mktemp -d)
-    cp -r "fuzz/corpus/$target/." "$corpus/" 2>/dev/null || true
-    echo "fuzz target $target (executions, edges covered as cov, features as ft):"
-    cargo +nightly fuzz run --fuzz-dir fuzz --target-dir target/fuzz "$target" "$corpus" -- \
-      -max_total_time="$fuzz_seconds" -print_final_stats=1 2>&1 \
-      | grep -E '^(Done|#[0-9]+[[:space:]]+DONE|stat::number_of_executed_units|stat::peak_rss_mb)|ERROR|panicked' || true
-    status=${PIPESTATUS[0]}
-    rm -rf "$corpus"
-    [[ $status -eq 0 ]] || { echo "fuzz target $target failed (exit $status)"; exit 1; }
-  done
+  scripts/fuzz.sh
 else
   step "fuzzing skipped (FUZZ_SECONDS=0 or no nightly toolchain with cargo-fuzz)"
 fi
