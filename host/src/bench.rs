@@ -96,7 +96,8 @@ pub struct Row {
     pub baseline: Option<(String, f64)>,
     /// Tether / baseline, when that is the comparison.
     pub ratio: Option<f64>,
-    /// The target from DESIGN.md, in words, and whether it is met.
+    /// The target this project sets for the figure (README, Performance), in words, and
+    /// whether it is met.
     pub target: Option<(String, bool)>,
     /// Anything worth knowing about the figure.
     pub note: String,
