@@ -3,6 +3,7 @@
 use tether_core::frame::{self, Decoder, Header, Kind};
 use tether_core::link::{
     Config, ConfigError, Event, Instant, Link, LinkStorage, Phase, RejectCode, Role, SendError,
+    Storage,
 };
 
 type Store = LinkStorage<8, 8, 96>;
@@ -23,7 +24,7 @@ fn host() -> L {
 }
 
 /// All frames `from` wants to send now, each as its own byte vector.
-fn drain(from: &mut L, now: Instant) -> Vec<Vec<u8>> {
+fn drain<S: Storage>(from: &mut Link<S>, now: Instant) -> Vec<Vec<u8>> {
     let mut buf = vec![0u8; from.transmit_len()];
     let mut out = Vec::new();
     while let Some(n) = from.poll_transmit(now, &mut buf) {
@@ -71,7 +72,7 @@ fn events(l: &mut L) -> Vec<Event> {
     std::iter::from_fn(|| l.poll_event()).collect()
 }
 
-fn take_all(l: &mut L) -> Vec<(u32, Vec<u8>)> {
+fn take_all<S: Storage>(l: &mut Link<S>) -> Vec<(u32, Vec<u8>)> {
     let got: Vec<_> = l.received().map(|r| (r.seq, r.payload.to_vec())).collect();
     l.release(got.len());
     got
@@ -742,4 +743,193 @@ fn two_closed_sides_never_keep_answering_each_other() {
         "{exchanged} frames exchanged after both closed"
     );
     assert_eq!((d.phase(), h.phase()), (Phase::Closed, Phase::Closed));
+}
+
+/// The HELLO or WELCOME payload of the first such frame in `frames`.
+fn handshake_payload(frames: &[Vec<u8>], kind: Kind) -> Vec<u8> {
+    frames
+        .iter()
+        .find_map(|f| {
+            let mut d = Decoder::new(vec![0u8; 2048]);
+            let mut i = &f[..];
+            let fr = d.decode(&mut i)?.ok()?;
+            (fr.header.kind == kind).then(|| fr.payload.to_vec())
+        })
+        .expect("the frame is there")
+}
+
+/// PROTOCOL.md 9.5.1: a server announces in its WELCOME the smaller of its own `max_send`
+/// and the client's `max_payload`, so a host with large buffers and default options takes
+/// a device with small ones, and sends it only what it accepts.
+#[test]
+fn a_default_server_with_large_buffers_accepts_a_small_device() {
+    let mut big = Link::new(
+        Config::new(Role::Server, 0x51),
+        LinkStorage::<4, 4, 1024>::new(),
+    )
+    .unwrap();
+    let mut d = device_with(|_| {});
+    d.connect(at(0));
+    big.connect(at(0));
+    let mut welcome = Vec::new();
+    for _ in 0..10 {
+        let hello = drain(&mut d, at(0));
+        hello.iter().for_each(|f| big.handle_input(at(0), f));
+        let answer = drain(&mut big, at(0));
+        if welcome.is_empty() && kinds(&answer).contains(&Kind::Welcome) {
+            welcome = handshake_payload(&answer, Kind::Welcome);
+        }
+        answer.iter().for_each(|f| d.handle_input(at(0), f));
+    }
+    assert_eq!(
+        (d.phase(), big.phase()),
+        (Phase::Established, Phase::Established),
+        "refused: {:?} / {:?}",
+        d.reject(),
+        big.reject()
+    );
+    assert_eq!(
+        u16::from_le_bytes([welcome[24], welcome[25]]),
+        78,
+        "the WELCOME's max_send is the device's max_payload"
+    );
+    assert_eq!(big.max_send(), 78);
+    assert_eq!(big.send(&[1u8; 79]), Err(SendError::TooLong { max: 78 }));
+    big.send(&[2u8; 78]).unwrap();
+    let mut got = Vec::new();
+    for now in 1..5 {
+        for f in drain(&mut big, at(now)) {
+            d.handle_input(at(now), &f);
+        }
+        for f in drain(&mut d, at(now)) {
+            big.handle_input(at(now), &f);
+        }
+        got.extend(take_all(&mut d));
+    }
+    assert_eq!(got, [(0, vec![2u8; 78])]);
+}
+
+/// PROTOCOL.md 9.5.2: what a server cannot adapt to is a record it already queued that is
+/// longer than the client accepts; it refuses with a reason naming that record.
+#[test]
+fn a_server_holding_a_record_too_long_for_the_device_refuses_it() {
+    let mut big = Link::new(
+        Config::new(Role::Server, 0x51),
+        LinkStorage::<4, 4, 1024>::new(),
+    )
+    .unwrap();
+    big.send(&[0u8; 10]).unwrap();
+    big.send(&[0u8; 200]).unwrap();
+    let mut d = device_with(|_| {});
+    d.connect(at(0));
+    big.connect(at(0));
+    for _ in 0..10 {
+        drain(&mut d, at(0))
+            .iter()
+            .for_each(|f| big.handle_input(at(0), f));
+        drain(&mut big, at(0))
+            .iter()
+            .for_each(|f| d.handle_input(at(0), f));
+    }
+    assert_eq!((d.phase(), big.phase()), (Phase::Rejected, Phase::Rejected));
+    let r = d.reject().expect("a reason");
+    assert_eq!(
+        (r.code(), r.text()),
+        (
+            RejectCode::Capacity,
+            "this side holds a record of 200 bytes; accepted: 78"
+        )
+    );
+}
+
+/// PROTOCOL.md 9.4, 9.12: a REJECT and a WELCOME due are flags, and the last HELLO decides:
+/// a malformed HELLO followed by an acceptable one before the server sends anything is
+/// answered with a WELCOME alone, so the client is not refused after all.
+#[test]
+fn an_acceptable_hello_after_a_refused_one_is_answered_with_a_welcome_only() {
+    let mut h = host();
+    h.connect(at(0));
+    let mut wire = vec![0u8; 64];
+    let n = frame::encode(
+        &Header {
+            kind: Kind::Hello,
+            ..Header::default()
+        },
+        &[1, 0, 1, 2, 3],
+        &mut wire,
+    )
+    .unwrap();
+    let mut d = device_with(|_| {});
+    d.connect(at(0));
+    let mut input = wire[..n].to_vec();
+    drain(&mut d, at(0)).iter().for_each(|f| input.extend(f));
+    h.handle_input(at(0), &input);
+    let answer = drain(&mut h, at(0));
+    assert_eq!(kinds(&answer), [Kind::Welcome, Kind::Ack]);
+    answer.iter().for_each(|f| d.handle_input(at(0), f));
+    assert_eq!(
+        (d.phase(), h.phase()),
+        (Phase::Established, Phase::Established)
+    );
+}
+
+/// PROTOCOL.md 9.7, the NACK rule: an out-of-order record makes a NACK due while none was
+/// sent at the present `rx_next`, or when it is at or below `nack_trigger`, and only then
+/// moves `nack_trigger`. Records above it after the NACK was sent move nothing, so a
+/// later one below them but above the trigger makes no NACK (had every out-of-order record
+/// moved the trigger, record 4 after record 5 would make one).
+#[test]
+fn the_nack_rule_moves_its_trigger_only_when_a_nack_becomes_due() {
+    let (mut d, mut h) = (device_with(|_| {}), host());
+    connected_pair(&mut d, &mut h);
+    drain(&mut h, at(1));
+    let data = |seq: u32| {
+        let mut out = vec![0u8; 64];
+        let n = frame::encode(
+            &Header {
+                kind: Kind::Data,
+                seq,
+                ..Header::default()
+            },
+            &[seq as u8],
+            &mut out,
+        )
+        .unwrap();
+        out.truncate(n);
+        out
+    };
+    let nacks = |frames: &[Vec<u8>]| {
+        frames
+            .iter()
+            .filter(|f| {
+                let mut dec = Decoder::new(vec![0u8; 100]);
+                let mut i = &f[..];
+                let fr = dec.decode(&mut i).unwrap().unwrap();
+                fr.header.kind == Kind::Ack
+                    && fr.header.flags.contains(tether_core::frame::Flags::NACK)
+            })
+            .count()
+    };
+    // Record 0 is lost; 1, 2 and 3 arrive before the host transmits: one NACK, trigger 3.
+    for s in 1..=3 {
+        h.handle_input(at(2), &data(s));
+    }
+    assert_eq!(nacks(&drain(&mut h, at(2))), 1);
+    // The rest of the burst, 5 then 4: above the trigger, no NACK.
+    h.handle_input(at(3), &data(5));
+    h.handle_input(at(3), &data(4));
+    assert_eq!(
+        nacks(&drain(&mut h, at(3))),
+        0,
+        "4 and 5 are above the trigger 3"
+    );
+    // The sender went back and 0 was lost again: 3 (at the trigger) makes the next NACK.
+    h.handle_input(at(4), &data(3));
+    assert_eq!(nacks(&drain(&mut h, at(4))), 1);
+    // Now the trigger is 3 again and a NACK was sent at rx_next 0: 2 makes one, 4 none.
+    h.handle_input(at(5), &data(4));
+    assert_eq!(nacks(&drain(&mut h, at(5))), 0);
+    h.handle_input(at(5), &data(2));
+    assert_eq!(nacks(&drain(&mut h, at(5))), 1);
+    assert_eq!(h.received().count(), 0, "nothing beyond the gap is held");
 }

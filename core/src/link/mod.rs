@@ -535,11 +535,17 @@ impl<S: Storage> Link<S> {
     /// Bytes from the peer, in any chunking.
     pub fn handle_input(&mut self, now: Instant, mut bytes: &[u8]) {
         let Parts {
-            rx, rx_len, frame, ..
+            rx,
+            rx_len,
+            tx_len,
+            frame,
+            ..
         } = self.storage.parts();
         while let Some(result) = self.st.dec.decode(frame, &mut bytes) {
             match result {
-                Ok(f) => self.st.on_frame(now, &f.header, f.payload, rx, rx_len),
+                Ok(f) => self
+                    .st
+                    .on_frame(now, &f.header, f.payload, rx, rx_len, tx_len),
                 Err(FrameError::TooLong) if self.st.phase == Phase::Established => {
                     // A record larger than we accept: the peer ignored our HELLO. Counted
                     // by the decoder; the sender will time out on it and show in its stats.
@@ -766,6 +772,15 @@ impl State {
         }
     }
 
+    /// The longest record queued and not yet acknowledged (0 if none).
+    fn longest_unacked(&self, tx_len: &[u16]) -> usize {
+        let queued = self.tx_next.wrapping_sub(self.tx_base) as usize;
+        (0..queued)
+            .map(|k| usize::from(tx_len[(self.tx_head + k) % self.ntx]))
+            .max()
+            .unwrap_or(0)
+    }
+
     fn max_send(&self) -> usize {
         let own = self.own_max_send();
         if self.peer.session != 0 {
@@ -815,7 +830,13 @@ impl State {
             rx_next: self.rx_next,
             rx_released: self.rx_released,
             max_payload: self.payload_cap() as u16,
-            max_send: self.own_max_send() as u16,
+            // A server's WELCOME follows the HELLO it adopted: the smaller of its own
+            // max_send and the client's max_payload (PROTOCOL.md 9.5.1), so that a host
+            // with large buffers takes a device with small ones.
+            max_send: match self.cfg.role {
+                Role::Client => self.own_max_send(),
+                Role::Server => self.max_send(),
+            } as u16,
             // The credit granted from `rx_released` on, as in every acknowledgement.
             window: self.credit(),
             #[cfg(feature = "auth")]
@@ -861,8 +882,9 @@ impl State {
         }
     }
 
-    /// Why `peer` cannot be talked to, if it cannot. `payload` is the HELLO or WELCOME.
-    fn refuse(&self, peer: &Hello, payload: &[u8]) -> Option<Reject> {
+    /// Why `peer` cannot be talked to, if it cannot. `payload` is the HELLO or WELCOME;
+    /// `tx_len` the lengths of the records queued.
+    fn refuse(&self, peer: &Hello, payload: &[u8], tx_len: &[u16]) -> Option<Reject> {
         if peer.version != PROTOCOL_VERSION {
             return Some(Reject::new(
                 RejectCode::Version,
@@ -880,12 +902,19 @@ impl State {
         }
         #[cfg(not(feature = "auth"))]
         let _ = payload;
-        if self.own_max_send() > usize::from(peer.max_payload) {
+        // A client announced its max_send in its HELLO and holds to it. A server announces
+        // no more than the client accepts (`our_hello`), so only a record it already holds
+        // can be too long for this client (PROTOCOL.md 9.5.2).
+        let (sends, what) = match self.cfg.role {
+            Role::Client => (self.own_max_send(), "this side sends up to "),
+            Role::Server => (self.longest_unacked(tx_len), "this side holds a record of "),
+        };
+        if sends > usize::from(peer.max_payload) {
             return Some(Reject::new(
                 RejectCode::Capacity,
                 &[
-                    Text::Str("this side sends up to "),
-                    Text::Num(self.own_max_send() as u32),
+                    Text::Str(what),
+                    Text::Num(sends as u32),
                     Text::Str(" bytes; accepted: "),
                     Text::Num(u32::from(peer.max_payload)),
                 ],
@@ -1013,6 +1042,7 @@ impl State {
         payload: &[u8],
         rx: &mut [u8],
         rx_len: &mut [u16],
+        tx_len: &[u16],
     ) {
         #[cfg(feature = "auth")]
         let Some(payload) = self.open(h, payload) else {
@@ -1033,8 +1063,8 @@ impl State {
         }
         self.last_rx = now;
         match h.kind {
-            Kind::Hello => self.on_hello(now, payload),
-            Kind::Welcome => self.on_welcome(now, payload),
+            Kind::Hello => self.on_hello(now, payload, tx_len),
+            Kind::Welcome => self.on_welcome(now, payload, tx_len),
             #[cfg(feature = "auth")]
             Kind::Reject if self.auth_holds() => {
                 // The peer proved the key on this connection, so it refuses nothing now:
@@ -1210,7 +1240,7 @@ impl State {
         self.stats.unexpected = self.stats.unexpected.wrapping_add(1);
     }
 
-    fn on_hello(&mut self, now: Instant, payload: &[u8]) {
+    fn on_hello(&mut self, now: Instant, payload: &[u8], tx_len: &[u16]) {
         let acceptable = self.cfg.role == Role::Server
             && matches!(
                 self.phase,
@@ -1220,7 +1250,7 @@ impl State {
             self.unexpected();
             return;
         }
-        if let Some(peer) = self.acceptable_peer(payload, "malformed HELLO") {
+        if let Some(peer) = self.acceptable_peer(payload, "malformed HELLO", tx_len) {
             #[cfg(feature = "auth")]
             if let Some(ext) = peer.auth {
                 if !self.server_keys(ext.nonce) {
@@ -1228,17 +1258,20 @@ impl State {
                 }
             }
             self.adopt(now, &peer);
+            // The last HELLO decides: a REJECT still due answers one this HELLO supersedes
+            // (PROTOCOL.md 9.4), and would refuse a client that is acceptable now.
+            self.reject_pending = false;
             self.welcome_pending = true;
         }
     }
 
-    fn on_welcome(&mut self, now: Instant, payload: &[u8]) {
+    fn on_welcome(&mut self, now: Instant, payload: &[u8], tx_len: &[u16]) {
         if self.cfg.role != Role::Client || self.phase != Phase::Handshaking {
             // A late duplicate WELCOME after the handshake is harmless.
             self.unexpected();
             return;
         }
-        if let Some(peer) = self.acceptable_peer(payload, "malformed WELCOME") {
+        if let Some(peer) = self.acceptable_peer(payload, "malformed WELCOME", tx_len) {
             #[cfg(feature = "auth")]
             if self.auth.key.is_some() {
                 // Checked in `acceptable_peer`: the server proved the key for our nonce.
@@ -1252,10 +1285,15 @@ impl State {
 
     /// Parses a HELLO or WELCOME and checks it; refuses the peer (REJECT) if it is
     /// malformed or cannot be served.
-    fn acceptable_peer(&mut self, payload: &[u8], malformed: &'static str) -> Option<Hello> {
+    fn acceptable_peer(
+        &mut self,
+        payload: &[u8],
+        malformed: &'static str,
+        tx_len: &[u16],
+    ) -> Option<Hello> {
         let reject = match Hello::parse(payload) {
             None => Reject::new(RejectCode::Malformed, &[Text::Str(malformed)]),
-            Some(peer) => match self.refuse(&peer, payload) {
+            Some(peer) => match self.refuse(&peer, payload, tx_len) {
                 None => return Some(peer),
                 Some(r) => r,
             },
@@ -1722,4 +1760,3 @@ impl State {
 fn emit(out: &mut [u8], h: &Header, payload: &[u8]) -> Option<usize> {
     frame::encode(h, payload, out).ok()
 }
-
