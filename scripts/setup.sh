@@ -6,6 +6,21 @@ set -euo pipefail
 log() { printf 'setup: %s\n' "$*" >&2; }
 
 command -v cargo >/dev/null || { log "cargo not found: install Rust with rustup first"; exit 1; }
+
+# `setup.sh build`: only what building `tether` needs (the demo's case): bluer links libdbus
+# through pkg-config for the default `bluetooth` feature. Without an argument: everything the
+# test suite needs as well.
+if [[ ${1:-} == build ]]; then
+  build_need=()
+  command -v pkg-config >/dev/null || build_need+=(pkg-config)
+  pkg-config --exists dbus-1 2>/dev/null || build_need+=(libdbus-1-dev)
+  if ((${#build_need[@]})); then
+    log "installing ${build_need[*]} (to build tether with Bluetooth)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${build_need[@]}" >/dev/null
+  fi
+  exit 0
+fi
+
 command -v rustup >/dev/null || { log "rustup not found: the embedded targets need it"; exit 1; }
 
 # Embedded targets: the core must keep building for Cortex-M0 (v6-M) and Cortex-M4F (v7E-M);
