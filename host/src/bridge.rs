@@ -342,9 +342,11 @@ async fn read_hello(
                         .map(|((id, tx_base), named)| (id, tx_base, named));
                     return Some((named, seen));
                 }
+                // Ignored, as by a Handshaking server (PROTOCOL.md 9.4.1, 9.4.2): on a serial
+                // line a previous session's frames arrive first. The 4 KiB and the time-out
+                // bound it.
                 Ok(f) => {
-                    warn!(%peer, "dropped: protocol violation, {:?} frame before HELLO", f.header.kind);
-                    return None;
+                    debug!(%peer, "frame of kind {} before HELLO ignored", f.header.kind as u8)
                 }
                 Err(e) => debug!(%peer, "garbage before HELLO: {e}"),
             }

@@ -361,3 +361,81 @@ async fn devices_that_vanish_or_send_garbage_do_not_stop_the_bridge() {
     assert_eq!(rows.len(), 500);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Frames before the HELLO (a previous session's leftovers, as a serial line delivers
+/// first) are ignored by the bridge as by a Handshaking server (PROTOCOL.md 9.4.1, 9.4.2):
+/// the device's handshake that follows on the same connection is served, and only its
+/// records reach the CSV.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_before_the_hello_are_ignored_by_the_bridge() {
+    use tether_core::frame::{self, Header, Kind};
+    use tether_core::link::{Config, Link, LinkStorage, Phase, Role};
+    let dir = temp_dir("before-hello");
+    let csv = dir.join("out.csv");
+    let l = listener(&csv, "tcp://127.0.0.1:0").await;
+    let (b, _) = bridge(l.addr).await;
+    let at = b.addr;
+    let session = 0xB2_00B4;
+    let phase = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut sock = std::net::TcpStream::connect(at).expect("connects");
+        sock.set_read_timeout(Some(Duration::from_millis(5)))
+            .unwrap();
+        let mut leftovers = Vec::new();
+        for (kind, payload) in [
+            (Kind::Data, &b"stale,0"[..]),
+            (Kind::Ping, b""),
+            (Kind::Close, b""),
+        ] {
+            let mut out = vec![0u8; frame::max_encoded_len(payload.len())];
+            let h = Header {
+                kind,
+                ..Header::default()
+            };
+            let n = frame::encode(&h, payload, &mut out).unwrap();
+            leftovers.extend_from_slice(&out[..n]);
+        }
+        sock.write_all(&leftovers).unwrap();
+        let start = std::time::Instant::now();
+        let now = || tether_core::link::Instant::from_millis(start.elapsed().as_millis() as u64);
+        let mut link = Link::new(
+            Config::new(Role::Client, session),
+            LinkStorage::<8, 4, 128>::new(),
+        )
+        .unwrap();
+        link.connect(now());
+        for i in 0..3 {
+            link.send(format!("rec,{i}").as_bytes()).unwrap();
+        }
+        let mut out = vec![0u8; link.transmit_len()];
+        let mut buf = [0u8; 4096];
+        while start.elapsed() < Duration::from_secs(10) && link.unacked() != 0 {
+            while let Some(n) = link.poll_transmit(now(), &mut out) {
+                if sock.write_all(&out[..n]).is_err() {
+                    return link.phase();
+                }
+            }
+            match sock.read(&mut buf) {
+                Ok(0) => return link.phase(),
+                Ok(n) => link.handle_input(now(), &buf[..n]),
+                Err(_) => {}
+            }
+            link.handle_timeout(now());
+        }
+        assert_eq!(link.unacked(), 0, "every record acknowledged");
+        link.phase()
+    })
+    .await
+    .expect("device");
+    assert_eq!(phase, Phase::Established, "served on the same connection");
+    b.stop().await;
+    l.stop().await;
+    let by = read_csv(&csv);
+    let rows: Vec<(u32, String)> = by[&format!("{session:08x}")]
+        .iter()
+        .map(|(seq, f)| (*seq, f.join(",")))
+        .collect();
+    let want: Vec<(u32, String)> = (0..3).map(|i| (i, format!("rec,{i}"))).collect();
+    assert_eq!(rows, want, "the records once, the leftovers not at all");
+    let _ = std::fs::remove_dir_all(&dir);
+}
