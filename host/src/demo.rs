@@ -39,7 +39,8 @@ pub struct DemoSummary {
     /// Seconds the devices streamed.
     pub seconds: f64,
     /// Rows in the CSV, per device, each device's sequence numbers checked to run 0, 1, 2…
-    /// without a gap or a repeat.
+    /// without a gap or a repeat, and their number checked to equal the readings the device
+    /// had acknowledged.
     pub rows_per_device: Vec<(String, u64)>,
     /// Retransmissions by the devices.
     pub device_retransmissions: u64,
@@ -70,15 +71,12 @@ async fn run_device(
     addr: std::net::SocketAddr,
     period_ms: u32,
     stop: Arc<AtomicBool>,
-) -> (DeviceStats, u32) {
-    // Session values in a recognisable range; seeds make each device's sensor different.
-    let session = 0xD0_0000 + index as u32 + 1;
+) -> Result<DeviceRun, String> {
+    let session = demo_session(index);
     let mut cfg = DeviceConfig::new(session, index as u64 + 1);
     cfg.period_ms = period_ms;
-    let mut device = match DemoDevice::new(cfg, LinkStorage::new()) {
-        Ok(d) => d,
-        Err(e) => unreachable!("the demo's device configuration is valid: {e}"),
-    };
+    let mut device = DemoDevice::new(cfg, LinkStorage::new())
+        .map_err(|e| format!("device {session:08x} cannot start: {e}"))?;
     let clock = Clock::new();
     let mut buf = vec![0u8; 16 * 1024];
     let mut frame = vec![0u8; device.link().transmit_len()];
@@ -119,7 +117,28 @@ async fn run_device(
         device.transport_down();
         debug!("device {session:08x} lost its connection");
     }
-    (device.stats(), device.link().stats().retransmissions)
+    let stats = device.stats();
+    Ok(DeviceRun {
+        session,
+        // Readings and replies are records of one numbering from 0.
+        acknowledged: u64::from(stats.readings + stats.replies - device.link().unacked()),
+        stats,
+        retransmissions: device.link().stats().retransmissions,
+    })
+}
+
+/// Device `index`'s session: values in a recognisable range, as the CSV's device column.
+fn demo_session(index: usize) -> u32 {
+    0xD0_0000 + index as u32 + 1
+}
+
+/// What one simulated device did.
+struct DeviceRun {
+    session: u32,
+    /// Its records (readings and replies) the listener acknowledged.
+    acknowledged: u64,
+    stats: DeviceStats,
+    retransmissions: u32,
 }
 
 /// Runs the demo.
@@ -171,13 +190,38 @@ pub async fn run(opts: &DemoOptions) -> Result<DemoSummary, DemoError> {
     stop.store(true, Ordering::Relaxed);
     let mut device_retransmissions = 0;
     let mut commands_applied = 0;
+    let mut acknowledged = HashMap::new();
     for d in devices {
-        if let Ok((stats, retransmissions)) = d.await {
-            commands_applied += u64::from(stats.commands_applied);
-            device_retransmissions += u64::from(retransmissions);
-        }
+        let run = d
+            .await
+            .map_err(|e| DemoError::Check(format!("a device task failed: {e}")))?
+            .map_err(DemoError::Check)?;
+        commands_applied += u64::from(run.stats.commands_applied);
+        device_retransmissions += u64::from(run.retransmissions);
+        acknowledged.insert(format!("{:08x}", run.session), run.acknowledged);
     }
     let rows_per_device = check_csv(&opts.csv)?;
+    // Every device's acknowledged records are exactly its rows: none missing, none extra,
+    // and no device without rows.
+    for (device, acked) in &acknowledged {
+        let rows = rows_per_device
+            .iter()
+            .find(|(d, _)| d == device)
+            .map_or(0, |(_, n)| *n);
+        if rows != *acked {
+            return Err(DemoError::Check(format!(
+                "device {device}: {acked} records acknowledged but {rows} rows in the CSV"
+            )));
+        }
+    }
+    if let Some((stranger, _)) = rows_per_device
+        .iter()
+        .find(|(d, _)| !acknowledged.contains_key(d))
+    {
+        return Err(DemoError::Check(format!(
+            "the CSV has rows of device {stranger}, which is not one of the demo's"
+        )));
+    }
     Ok(DemoSummary {
         listener,
         seconds: opts.seconds,
