@@ -837,7 +837,7 @@ fn a_server_holding_a_record_too_long_for_the_device_refuses_it() {
         (r.code(), r.text()),
         (
             RejectCode::Capacity,
-            "this side holds a record of 200 bytes; accepted: 78"
+            "this side sends up to 200 bytes; accepted: 78"
         )
     );
 }

@@ -774,11 +774,13 @@ impl State {
 
     /// The longest record queued and not yet acknowledged (0 if none).
     fn longest_unacked(&self, tx_len: &[u16]) -> usize {
-        let queued = self.tx_next.wrapping_sub(self.tx_base) as usize;
-        (0..queued)
-            .map(|k| usize::from(tx_len[(self.tx_head + k) % self.ntx]))
-            .max()
-            .unwrap_or(0)
+        let mut longest = 0;
+        let mut slot = self.tx_head;
+        for _ in 0..self.tx_next.wrapping_sub(self.tx_base) {
+            longest = longest.max(tx_len.get(slot).copied().unwrap_or(0));
+            slot = if slot + 1 == self.ntx { 0 } else { slot + 1 };
+        }
+        usize::from(longest)
     }
 
     fn max_send(&self) -> usize {
@@ -905,15 +907,15 @@ impl State {
         // A client announced its max_send in its HELLO and holds to it. A server announces
         // no more than the client accepts (`our_hello`), so only a record it already holds
         // can be too long for this client (PROTOCOL.md 9.5.2).
-        let (sends, what) = match self.cfg.role {
-            Role::Client => (self.own_max_send(), "this side sends up to "),
-            Role::Server => (self.longest_unacked(tx_len), "this side holds a record of "),
+        let sends = match self.cfg.role {
+            Role::Client => self.own_max_send(),
+            Role::Server => self.longest_unacked(tx_len),
         };
         if sends > usize::from(peer.max_payload) {
             return Some(Reject::new(
                 RejectCode::Capacity,
                 &[
-                    Text::Str(what),
+                    Text::Str("this side sends up to "),
                     Text::Num(sends as u32),
                     Text::Str(" bytes; accepted: "),
                     Text::Num(u32::from(peer.max_payload)),
