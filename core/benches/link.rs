@@ -4,7 +4,7 @@
 //! Each iteration moves 1,000 records device → host: the device fills its window, its
 //! frames are gathered into one buffer (one "write"), the host takes them in one call (one
 //! "read"), releases them all and answers with its acknowledgement. Groups: 16-byte records
-//! in records/s for windows 1, 4, 16, 32 and 1,024 (the window `tether bench` uses for small
+//! in records/s for windows 1, 4, 16, 32 and 1,024 (the window `tether-bench` uses for small
 //! records; the protocol allows up to 32,768), and 1 KiB records in bytes/s.
 
 use std::hint::black_box;

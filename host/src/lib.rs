@@ -15,7 +15,6 @@
 //! All drive `tether_core::link::Link` over tokio streams: the protocol lives in the core,
 //! the host only moves bytes, keeps time and writes files.
 
-pub mod bench;
 pub mod bluetooth;
 pub mod bridge;
 pub mod clock;

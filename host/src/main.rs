@@ -88,15 +88,6 @@ enum Command {
     ///
     /// Example: tether bridge rfcomm://hci0/1 tcp://192.0.2.10:5003
     Bridge(BridgeArgs),
-    /// Measure Tether against raw TCP and the tutorial, on loopback, in one run.
-    ///
-    /// Raw TCP vs bulk records; 16-byte records into CSV (tether send → tether listen, every
-    /// record checked); stop-and-wait (window 1) vs the tutorial's own Python server; one
-    /// record's round trip vs a raw TCP ping-pong; the listener's memory with 1,000 idle
-    /// devices. Prints a table (and JSON with --json); build with --release first.
-    ///
-    /// Example: tether bench --json bench.json
-    Bench(BenchArgs),
     /// Write one Tether frame (COBS-encoded, delimiter included) to standard output.
     ///
     /// The payload is read from standard input, or taken from --payload.
@@ -265,33 +256,6 @@ struct DemoArgs {
 }
 
 #[derive(Debug, clap::Args)]
-struct BenchArgs {
-    /// Write the results as JSON to this file too.
-    #[arg(long)]
-    json: Option<PathBuf>,
-    /// A tenth of the volumes: a quick check, not figures to quote.
-    #[arg(long)]
-    quick: bool,
-    /// Concurrent devices for the memory measurement (0 skips it).
-    #[arg(long, default_value_t = 1000)]
-    devices: usize,
-    /// Skip the tutorial's Python server even if python3 is there.
-    #[arg(long)]
-    no_tutorial: bool,
-    /// Only these measurements: bulk, small, stop-and-wait, round-trip, memory
-    /// (comma-separated).
-    #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(tether_host::bench::SECTIONS))]
-    only: Vec<String>,
-    /// Payload of a bulk record, bytes.
-    #[arg(long, default_value_t = 16 * 1024)]
-    bulk_payload: usize,
-    /// Scratch directory for CSV and input files (default: a new one under the system's
-    /// temporary directory, removed afterwards).
-    #[arg(long)]
-    dir: Option<PathBuf>,
-}
-
-#[derive(Debug, clap::Args)]
 struct EncodeArgs {
     /// Frame kind.
     #[arg(long, value_enum, default_value_t = KindArg::Data)]
@@ -366,8 +330,6 @@ enum CliError {
     Sim(String),
     #[error(transparent)]
     Bridge(#[from] tether_host::bridge::BridgeError),
-    #[error(transparent)]
-    Bench(#[from] tether_host::bench::BenchError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] io::Error),
     #[error("internal error: {0}")]
@@ -393,48 +355,11 @@ fn main() -> ExitCode {
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo(args))),
         Command::Sim(args) => runtime().and_then(|rt| rt.block_on(sim(args))),
         Command::Bridge(args) => runtime().and_then(|rt| rt.block_on(bridge(args))),
-        Command::Bench(args) => bench(args),
     };
     result.unwrap_or_else(|e| {
         eprintln!("tether: {e}");
         ExitCode::from(2)
     })
-}
-
-fn bench(args: BenchArgs) -> Result<ExitCode, CliError> {
-    use tether_host::bench;
-    let exe = std::env::current_exe().map_err(|e| CliError::Read {
-        what: "the path of this program".into(),
-        source: e,
-    })?;
-    let scratch = args.dir.is_none();
-    let dir = args.dir.unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("tether-bench-{}", std::process::id()))
-    });
-    let mut opts = bench::BenchOptions::new(exe, dir.clone());
-    if args.quick {
-        opts = opts.quick();
-    }
-    opts.devices = args.devices;
-    opts.tutorial = !args.no_tutorial;
-    opts.only = args.only;
-    opts.bulk_payload = args.bulk_payload.clamp(1, tether_core::frame::MAX_PAYLOAD);
-    let machine = bench::machine();
-    eprintln!("bench: {machine}");
-    let result = bench::run(&opts);
-    if scratch {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-    let rows = result?;
-    println!("Machine: {machine}\n");
-    print!("{}", bench::table(&rows));
-    if let Some(path) = args.json {
-        std::fs::write(&path, bench::json(&rows, &machine)).map_err(|e| CliError::Read {
-            what: format!("{} (writing)", path.display()),
-            source: e,
-        })?;
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
@@ -832,7 +757,10 @@ async fn send(args: SendArgs) -> Result<ExitCode, CliError> {
     let secs = started.elapsed().as_secs_f64();
     let mut extra = String::new();
     if summary.skipped > 0 {
-        extra += &format!(", {} skipped (not sendable)", plural(summary.skipped, "line"));
+        extra += &format!(
+            ", {} skipped (not sendable)",
+            plural(summary.skipped, "line")
+        );
     }
     if summary.already_delivered > 0 {
         extra += &format!(

@@ -1,14 +1,14 @@
-//! `tether bench` keeps working: every measurement runs at a small volume through the real
+//! `tether-bench` keeps working: every measurement runs at a small volume through the real
 //! binary and checks its own results (every record in the CSV exactly once, every device's
 //! records, all bytes delivered). Figures are printed, never asserted: speed is measured by
 //! `scripts/bench.sh`, not by tests.
 
-use tether_host::bench::{self, BenchOptions};
+use tether_bench::{self as bench, BenchOptions};
 
 #[test]
 fn every_measurement_runs_and_checks_its_results() {
     let dir = std::env::temp_dir().join(format!("tether-bench-test-{}", std::process::id()));
-    let mut opts = BenchOptions::new(env!("CARGO_BIN_EXE_tether").into(), dir.clone());
+    let mut opts = BenchOptions::new(tether_binary(), dir.clone());
     opts.bulk_bytes = 8 << 20;
     opts.small_records = 20_000;
     opts.stop_and_wait_records = 300;
@@ -34,7 +34,29 @@ fn every_measurement_runs_and_checks_its_results() {
         assert!(r.value.is_finite() && r.value >= 0.0, "{r:?}");
     }
     println!("{}", bench::table(&rows));
+    let report = bench::report(&rows, "test", "scripts/bench.sh --quick", "now");
+    assert!(report.contains("| measurement |") && report.contains("Targets met in this run"));
     let json: serde_json::Value =
         serde_json::from_str(&bench::json(&rows, &bench::machine())).expect("valid JSON");
     assert_eq!(json["results"].as_array().map(Vec::len), Some(rows.len()));
+}
+
+/// The `tether` binary of this build: `TETHER_BIN`, or `tether` in the directory above this
+/// test's (`target/debug/deps/..`), which `cargo test --workspace` builds before any test runs.
+fn tether_binary() -> std::path::PathBuf {
+    let path = std::env::var_os("TETHER_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| {
+            let exe = std::env::current_exe().expect("the test's own path");
+            exe.parent()
+                .and_then(|deps| deps.parent())
+                .expect("target/debug")
+                .join("tether")
+        });
+    assert!(
+        path.is_file(),
+        "no tether binary at {} (cargo build -p tether-host, or set TETHER_BIN)",
+        path.display()
+    );
+    path
 }
