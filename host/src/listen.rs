@@ -258,9 +258,10 @@ impl Listener {
             addrs.extend(s.tcp_addr());
             sockets.push(s);
         }
-        let recovered = crate::recover::recover(&opts.csv)?;
+        // Opened (locked, and refused if not a Tether CSV) before recovery may cut anything.
+        let mut sink = CsvSink::open(&opts.csv, opts.fsync)?;
+        let recovered = crate::recover::recover(&mut sink)?;
         crate::recover::log_recovered(&opts.csv, &recovered);
-        let sink = CsvSink::open(&opts.csv, opts.fsync)?;
         let shared = Arc::new(Shared {
             opts,
             clock: Clock::new(),
@@ -356,7 +357,8 @@ impl Listener {
         {
             warn!("some connections did not close within 5 s");
         }
-        lock(&self.shared.sink).commit()?;
+        // Marker rows a failed batch left pending get a last chance.
+        lock(&self.shared.sink).batch().commit()?;
         let retransmissions = lock(&self.shared.sessions)
             .values()
             .map(|s| u64::from(lock(s).link.stats().retransmissions))
@@ -616,7 +618,8 @@ async fn serve(shared: &Shared, mut stream: Stream, peer: &str, mut stop: watch:
                 return;
             }
             if let Err(e) = step(shared, &mut s, &mut out) {
-                warn!("device {device:08x}: {e}; its records stay unacknowledged");
+                // The sink logs a failing CSV once, not once a round.
+                debug!("device {device:08x}: {e}; its records stay unacknowledged");
             }
             let phase = s.link.phase();
             let finished = matches!(phase, Phase::Closed | Phase::Rejected | Phase::Dead)
@@ -687,28 +690,9 @@ async fn serve(shared: &Shared, mut stream: Stream, peer: &str, mut stop: watch:
 fn step(shared: &Shared, s: &mut Session, out: &mut Vec<u8>) -> Result<(), SinkError> {
     let now = shared.clock.now();
     let device = s.device;
-    let (mut n, mut skipped) = (0, 0);
-    {
-        let mut sink = lock(&shared.sink);
-        let time = SystemTime::now();
-        for r in s.link.received() {
-            // Sent again after a listener restart, and already in the CSV: released unwritten.
-            if s.resume.already_written(r.seq) {
-                skipped += 1;
-            } else {
-                sink.write(time, device, r.seq, r.payload)?;
-            }
-            n += 1;
-        }
-        if n > 0 {
-            sink.commit()?;
-        }
-    }
-    if n > 0 {
-        s.link.release(n);
-        let written = (n - skipped) as u64;
-        shared.records.fetch_add(written, Ordering::Relaxed);
-    }
+    // A failed batch (a full disk) leaves nothing in the CSV and nothing released: its
+    // records are sent again and written once. The link carries on below either way.
+    let written = write_received(shared, s);
     while let Some(cmd) = s.commands.front() {
         match s.link.send(cmd) {
             Ok(seq) => {
@@ -728,8 +712,8 @@ fn step(shared: &Shared, s: &mut Session, out: &mut Vec<u8>) -> Result<(), SinkE
                 info!("device {device:08x}: session established (resumed: {resumed})")
             }
             Event::PeerRestarted { in_doubt } => {
-                warn!("device {device:08x} restarted; {in_doubt} commands in doubt, sent again");
-                crate::recover::report_restart(&shared.sink, device, s.resume.restarted());
+                let restart = s.resume.restarted();
+                crate::recover::report_restart(&shared.sink, device, restart, in_doubt);
             }
             Event::Delivered { up_to } => info!(
                 "device {device:08x} acknowledged commands up to #{}",
@@ -760,6 +744,38 @@ fn step(shared: &Shared, s: &mut Session, out: &mut Vec<u8>) -> Result<(), SinkE
     while let Some(k) = s.link.poll_transmit(now, buf) {
         out.extend_from_slice(&buf[..k]);
     }
+    written
+}
+
+/// Writes what the link of `s` received as one batch, and releases it once the batch is
+/// committed; if the batch fails, nothing is released.
+fn write_received(shared: &Shared, s: &mut Session) -> Result<(), SinkError> {
+    let device = s.device;
+    let (mut n, mut skipped, mut last) = (0, 0, 0);
+    {
+        let mut sink = lock(&shared.sink);
+        let mut batch = sink.batch();
+        let time = SystemTime::now();
+        for r in s.link.received() {
+            // Sent again after a listener restart, and already in the CSV: released unwritten.
+            if s.resume.already_written(r.seq) {
+                skipped += 1;
+            } else {
+                batch.write(time, device, r.seq, r.payload)?;
+            }
+            last = r.seq;
+            n += 1;
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        batch.commit()?;
+    }
+    s.resume.committed(last, skipped as u64);
+    s.link.release(n);
+    shared
+        .records
+        .fetch_add((n - skipped) as u64, Ordering::Relaxed);
     Ok(())
 }
 

@@ -46,8 +46,9 @@ pub async fn serve(
         };
         {
             let mut s = sink.lock().unwrap_or_else(|e| e.into_inner());
-            s.write_text(SystemTime::now(), peer, seq, &buf[..n])?;
-            s.commit()?;
+            let mut batch = s.batch();
+            batch.write_text(SystemTime::now(), peer, seq, &buf[..n])?;
+            batch.commit()?;
         }
         seq = seq.wrapping_add(1);
         if stream.write_all(ACK).await.is_err() {

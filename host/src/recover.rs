@@ -21,12 +21,22 @@
 //! - **A device that restarted** (its HELLO names no listener, so it lost its own state)
 //!   while keeping its identity: its numbering starts afresh. That is reported in the log
 //!   and by a marker row in the CSV, and nothing is skipped.
+//! - **A device that kept its session but moved on** (its HELLO names a session, and its
+//!   oldest unacknowledged record is beyond what this listener received: another receiver
+//!   acknowledged the records between): the listener takes up its numbering there, and a
+//!   marker row says that the records before that the listener had not received are not in
+//!   the CSV.
+//!
+//! Recovery cuts only a file that is a Tether CSV: [`CsvSink::open`] refuses any other (and
+//! locks the file, so that a second listener cannot write it at the same time). A failed
+//! write (a full disk) is no crash: the sink cuts its batch off and the records stay
+//! unacknowledged (see [`crate::sink`]).
 //!
 //! Startup reads the whole CSV once, streaming (measured: 0.75 s for a million rows, 62 MB,
 //! on a 2-core VM, release build), keeping a few dozen bytes per device.
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -63,18 +73,17 @@ pub struct Recovered {
     pub torn: Option<String>,
 }
 
-/// Reads the CSV at `path` (if it exists), truncates a torn last row, and returns each
-/// device's last written sequence number.
-pub fn recover(path: &Path) -> Result<Recovered, RecoverError> {
+/// Reads the CSV of `sink` (opened, so locked and known to be Tether's: see
+/// [`CsvSink::open`]), truncates a torn last row, and returns each device's last written
+/// sequence number. Nothing is cut from a file that is not a Tether CSV, since
+/// [`CsvSink::open`] refuses one.
+pub fn recover(sink: &mut CsvSink) -> Result<Recovered, RecoverError> {
+    let path = sink.path().to_owned();
     let err = |source| RecoverError::Io {
-        path: path.to_owned(),
+        path: path.clone(),
         source,
     };
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Recovered::default()),
-        Err(e) => return Err(err(e)),
-    };
+    let file = File::open(&path).map_err(err)?;
     let len = file.metadata().map_err(err)?.len();
     if len == 0 {
         return Ok(Recovered::default());
@@ -110,7 +119,7 @@ pub fn recover(path: &Path) -> Result<Recovered, RecoverError> {
     };
     // The last record is whole if it ends with an end of line and closes its quotes: rows
     // are written whole, so only a write cut short leaves one without (a complete line is
-    // never cut, whatever it holds: the file may have lines of other programs).
+    // never cut, whatever it holds).
     let mut file = reader.into_inner().into_inner();
     let mut tail = Vec::new();
     file.seek(SeekFrom::Start(start)).map_err(err)?;
@@ -123,9 +132,10 @@ pub fn recover(path: &Path) -> Result<Recovered, RecoverError> {
         }
         return Ok(found);
     }
-    let file = OpenOptions::new().write(true).open(path).map_err(err)?;
-    file.set_len(start).map_err(err)?;
-    file.sync_all().map_err(err)?;
+    sink.cut_back(start).map_err(|e| match e {
+        crate::sink::SinkError::Io { source, .. } => err(source),
+        other => err(io::Error::other(other.to_string())),
+    })?;
     found.truncated = len - start;
     found.rows = found.rows.saturating_sub(1);
     let shown = String::from_utf8_lossy(&tail[..tail.len().min(80)]).into_owned();
@@ -254,14 +264,27 @@ impl std::fmt::Display for Notice {
 /// written once.
 #[derive(Debug, Clone, Default)]
 pub struct Resume {
-    /// Its last record written to the CSV (by this process or found by [`recover`]).
+    /// Its last record in the CSV (committed by this process, or found by [`recover`]).
     last_written: Option<u32>,
     /// Records up to this one are in the CSV already: skip them.
     skip_through: Option<u32>,
     /// Whether a HELLO was seen by this process's link of the device.
     seen_hello: bool,
+    /// The HELLO of its latest connection: what its link adopts, and so what a restart it
+    /// reports is about.
+    latest: Option<HelloInfo>,
     /// Records skipped.
     skipped: u64,
+}
+
+/// What the link's report of a restart (`Event::PeerRestarted`) is about, for
+/// [`report_restart`]: the device's last record written, and the HELLO its link adopted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Restart {
+    /// Its last record in the CSV, if any.
+    pub last_written: Option<u32>,
+    /// The HELLO of its latest connection, if it was read.
+    pub hello: Option<HelloInfo>,
 }
 
 impl Resume {
@@ -274,8 +297,10 @@ impl Resume {
     }
 
     /// A new connection of the device said `hello`. Only the first HELLO a fresh link sees
-    /// matters: later ones the link itself resumes (or reports as a restart).
+    /// makes a notice: later ones the link itself resumes (or reports as a restart, see
+    /// [`Resume::restarted`]).
     pub fn on_hello(&mut self, hello: Option<HelloInfo>) -> Option<Notice> {
+        self.latest = hello;
         if std::mem::replace(&mut self.seen_hello, true) {
             return None;
         }
@@ -302,25 +327,33 @@ impl Resume {
         }
     }
 
-    /// Whether record `seq`, delivered by the link, is already in the CSV. Otherwise the
-    /// caller writes it, and it is remembered as written.
-    pub fn already_written(&mut self, seq: u32) -> bool {
-        if let Some(through) = self.skip_through {
-            if at_or_before(seq, through) {
-                self.skipped += 1;
-                return true;
-            }
-            self.skip_through = None;
-        }
-        self.last_written = Some(seq);
-        false
+    /// Whether record `seq`, delivered by the link, is already in the CSV (then it is
+    /// released unwritten). Nothing changes until [`Resume::committed`]: a batch that
+    /// fails is offered again, and skips the same records.
+    pub fn already_written(&self, seq: u32) -> bool {
+        self.skip_through
+            .is_some_and(|through| at_or_before(seq, through))
     }
 
-    /// The link reported that the device restarted (`Event::PeerRestarted`): its numbering
-    /// starts afresh, so nothing more is skipped. Returns its last record written.
-    pub fn restarted(&mut self) -> Option<u32> {
+    /// A batch of the device's records up to `last` is in the CSV (committed), `skipped` of
+    /// them skipped as already there.
+    pub fn committed(&mut self, last: u32, skipped: u64) {
+        self.skipped += skipped;
+        self.last_written = Some(last);
+        if self.skip_through.is_some_and(|t| !at_or_before(last, t)) {
+            self.skip_through = None;
+        }
+    }
+
+    /// The link reported that the device restarted (`Event::PeerRestarted`): it takes up
+    /// the device's numbering, so nothing more is skipped. Returns what the report is
+    /// about.
+    pub fn restarted(&mut self) -> Restart {
         self.skip_through = None;
-        self.last_written
+        Restart {
+            last_written: self.last_written,
+            hello: self.latest,
+        }
     }
 
     /// The device's last record written, if any.
@@ -346,11 +379,13 @@ pub fn log_recovered(path: &Path, r: &Recovered) {
     }
     if r.rows > 0 {
         info!(
-            "{}: {} rows from before, {} devices; a device resuming its session continues \
+            "{}: {} row{} from before, {} device{}; a device resuming its session continues \
              after its last row",
             path.display(),
             r.rows,
-            r.last_seq.len()
+            if r.rows == 1 { "" } else { "s" },
+            r.last_seq.len(),
+            if r.last_seq.len() == 1 { "" } else { "s" }
         );
     }
 }
@@ -371,26 +406,64 @@ pub fn report(sink: &Mutex<CsvSink>, device: u32, notice: &Notice) {
     }
 }
 
-/// Reports a restart of `device` that its link detected, in the log and the CSV.
-pub fn report_restart(sink: &Mutex<CsvSink>, device: u32, last_written: Option<u32>) {
-    let text = match last_written {
-        Some(last) => format!(
-            "<device restarted (it lost its session): its records are numbered afresh; the rows \
-             before are its previous instance's, up to record {last}; records it had not got \
-             acknowledged were lost with it or are sent again under new numbers>"
-        ),
-        None => "<device restarted (it lost its session): its records are numbered afresh>".into(),
-    };
+/// The marker text for a restart the link of `device` reported (`PROTOCOL.md` 9.5.5: its
+/// receive side did not resume, and took up the device's numbering). Two cases:
+/// - the HELLO named no session: the device lost its state and numbers its records
+///   afresh;
+/// - it named one: the device kept its session and numbering, but no longer holds records
+///   this listener had not received (its oldest unacknowledged record is beyond them:
+///   another receiver acknowledged them, or it dropped them).
+pub fn restart_text(restart: &Restart) -> String {
+    match restart.hello {
+        Some(h) if h.peer_session != 0 => {
+            let from = h.tx_base;
+            let last = match restart.last_written {
+                Some(last) => format!(" (its last record written until then: {last})"),
+                None => String::new(),
+            };
+            format!(
+                "<device continued its session at record {from}, beyond what this listener \
+                 had received of it{last}: it kept its numbering, and the records before \
+                 {from} that had not reached this listener are not in the CSV>"
+            )
+        }
+        _ => match restart.last_written {
+            Some(last) => format!(
+                "<device restarted (it lost its session): its records are numbered afresh; \
+                 the rows before are its previous instance's, up to record {last}; records \
+                 it had not got acknowledged were lost with it or are sent again under new \
+                 numbers>"
+            ),
+            None => {
+                "<device restarted (it lost its session): its records are numbered afresh>".into()
+            }
+        },
+    }
+}
+
+/// Reports a restart of `device` that its link detected (`in_doubt`: commands sent to it
+/// and not acknowledged), in the log and by a marker row in the CSV.
+pub fn report_restart(sink: &Mutex<CsvSink>, device: u32, restart: Restart, in_doubt: u32) {
+    let text = restart_text(&restart);
+    let said = text.trim_start_matches("<device ").trim_end_matches('>');
+    if restart.hello.is_some_and(|h| h.peer_session != 0) {
+        warn!("device {device:08x} {said}");
+    } else {
+        warn!("device {device:08x} {said}; {in_doubt} commands in doubt, sent again");
+    }
     note(sink, device, &text);
 }
 
+/// Writes a marker row in a batch of its own. If that fails, the sink keeps the row and
+/// writes it first in its next batch that commits.
 fn note(sink: &Mutex<CsvSink>, device: u32, text: &str) {
     let mut sink = lock_sink(sink);
-    let r = sink
+    let mut batch = sink.batch();
+    let r = batch
         .write_note(SystemTime::now(), device, text)
-        .and_then(|()| sink.commit());
+        .and_then(|()| batch.commit());
     if let Err(e) = r {
-        warn!("device {device:08x}: could not write a marker row: {e}");
+        warn!("device {device:08x}: a marker row is not written yet ({e}); it is written first once writing works");
     }
 }
 
@@ -407,6 +480,24 @@ mod tests {
 
     const HEADER: &str = "host_time,device,seq,field_1\n";
 
+    /// [`recover`] through a sink of its own, closed again.
+    fn recover_file(p: &Path) -> Recovered {
+        recover(&mut CsvSink::open(p, false).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_tether_csv_is_never_cut() {
+        let d = dir("foreign");
+        let p = d.join("u.csv");
+        std::fs::write(&p, "name,age\nbob,42\nalice,3").unwrap();
+        assert!(CsvSink::open(&p, false).is_err());
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            "name,age\nbob,42\nalice,3"
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
     #[test]
     fn reads_each_devices_last_seq_and_keeps_a_whole_file() {
         let d = dir("whole");
@@ -416,7 +507,7 @@ mod tests {
              t,0000000b,,<a marker row>\nt,127.0.0.1:9,3,raw\n"
         );
         std::fs::write(&p, &text).unwrap();
-        let r = recover(&p).unwrap();
+        let r = recover_file(&p);
         assert_eq!(r.last_seq, HashMap::from([(0xa, 1), (0xb, 7)]));
         assert_eq!((r.rows, r.truncated, r.torn), (5, 0, None));
         assert_eq!(std::fs::read_to_string(&p).unwrap(), text);
@@ -434,7 +525,7 @@ mod tests {
             "t,0000",                       // cut in the device column
         ] {
             std::fs::write(&p, format!("{good}{torn}")).unwrap();
-            let r = recover(&p).unwrap();
+            let r = recover_file(&p);
             assert_eq!(r.truncated, torn.len() as u64, "{torn:?}");
             assert_eq!(r.last_seq, HashMap::from([(0xa, 1)]), "{torn:?}");
             assert_eq!(r.rows, 2);
@@ -442,12 +533,18 @@ mod tests {
         }
         // A complete line is kept, whatever it holds.
         std::fs::write(&p, format!("{good}t\n")).unwrap();
-        assert_eq!(recover(&p).unwrap().truncated, 0);
+        assert_eq!(recover_file(&p).truncated, 0);
         // A header cut short leaves an empty file, which gets a new header.
         std::fs::write(&p, "host_time,dev").unwrap();
-        assert_eq!(recover(&p).unwrap().truncated, 13);
+        let mut sink = CsvSink::open(&p, false).unwrap();
+        assert_eq!(recover(&mut sink).unwrap().truncated, 13);
         assert_eq!(std::fs::metadata(&p).unwrap().len(), 0);
-        assert_eq!(recover(&d.join("none.csv")).unwrap(), Recovered::default());
+        let mut batch = sink.batch();
+        batch.write(SystemTime::UNIX_EPOCH, 0xa, 0, b"x").unwrap();
+        batch.commit().unwrap();
+        assert!(std::fs::read_to_string(&p).unwrap().starts_with(HEADER));
+        drop(sink);
+        assert_eq!(recover_file(&d.join("none.csv")), Recovered::default());
         std::fs::remove_dir_all(&d).unwrap();
     }
 
@@ -466,7 +563,12 @@ mod tests {
         assert_eq!(r.on_hello(hello(0x1234, 5)), None, "only the first HELLO");
         assert!((5..=9).all(|s| r.already_written(s)));
         assert!(!r.already_written(10));
-        assert!(!r.already_written(11));
+        // A batch that failed changes nothing: offered again, the same records are skipped.
+        assert!((5..=9).all(|s| r.already_written(s)));
+        r.committed(8, 4);
+        assert!(r.already_written(9), "still skipped through 9");
+        r.committed(11, 1);
+        assert!(!r.already_written(9), "past it: nothing more is skipped");
         assert_eq!((r.skipped(), r.last_written()), (5, Some(11)));
         // Across the wrap of the numbering.
         let mut r = Resume::new(Some(2));
@@ -495,6 +597,33 @@ mod tests {
         assert!(!r.already_written(0));
         // A device the CSV does not know.
         assert_eq!(Resume::new(None).on_hello(hello(1, 0)), None);
+    }
+
+    /// A restart the link reports is told for what it is: a device that named no session
+    /// lost it; one that named a session kept it (and its numbering), and moved on.
+    #[test]
+    fn a_restart_marker_says_whether_the_device_kept_its_session() {
+        let hello = |peer_session, tx_base| hello_in(&hello_frame(peer_session, tx_base, 0));
+        let mut r = Resume::new(Some(4));
+        r.on_hello(hello(0x1234, 0));
+        r.on_hello(hello(0x5678, 10));
+        let kept = restart_text(&r.restarted());
+        assert!(!kept.contains("lost its session"), "{kept}");
+        assert!(
+            kept.starts_with("<device continued its session at record 10"),
+            "{kept}"
+        );
+        assert!(kept.contains("last record written until then: 4"), "{kept}");
+        assert!(kept.contains("kept its numbering"), "{kept}");
+        r.on_hello(hello(0, 0));
+        let lost = restart_text(&r.restarted());
+        assert!(
+            lost.starts_with("<device restarted (it lost its session)"),
+            "{lost}"
+        );
+        assert!(lost.contains("up to record 4"), "{lost}");
+        let unknown = restart_text(&Resume::new(None).restarted());
+        assert!(unknown.contains("lost its session"), "{unknown}");
     }
 
     /// A HELLO frame (`PROTOCOL.md` 9.5.1) after some noise, with `extra` bytes more of
