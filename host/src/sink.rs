@@ -334,7 +334,8 @@ impl CsvSink {
     /// Makes the open batch durable to the promised degree.
     fn finish(&mut self) -> io::Result<()> {
         self.hand_over()?;
-        if self.fsync && self.batch_bytes > 0 {
+        let wrote = self.batch_bytes > 0;
+        if self.fsync && wrote {
             self.file.sync_data()?;
         }
         self.committed += self.batch_bytes;
@@ -344,7 +345,8 @@ impl CsvSink {
         self.batch_rows = 0;
         self.notes.clear();
         self.open = false;
-        if let Some(f) = self.failing.take() {
+        // An empty batch proves nothing about the disk.
+        if let Some(f) = self.failing.take_if(|_| wrote) {
             info!(
                 "CSV file {}: writing works again, after {} failed batches in {:.1} s; the \
                  records their devices kept are written now",
@@ -1199,6 +1201,9 @@ mod tests {
             "the file as before the batch"
         );
         assert_eq!(s.rows(), 100);
+        // An empty batch commits, and says nothing about the disk.
+        s.batch().commit().unwrap();
+        assert!(s.failing());
         // A marker row during the failure stays pending and comes first in the next batch.
         let mut b = s.batch();
         b.write_note(t0(), 7, &format!("<{}>", "m".repeat(70_000)))
