@@ -717,10 +717,7 @@ async fn upstream(shared: Arc<Shared>, device: Arc<Device>, mut stop: watch::Rec
     let first_delay = Duration::from_millis(100);
     let mut delay = first_delay;
     let mut failures = 0u32;
-    let connect_timeout = match to {
-        Endpoint::Tcp(_) => Duration::from_secs(5),
-        Endpoint::Rfcomm { .. } => Duration::from_secs(15),
-    };
+    let connect_timeout = crate::transport::connect_timeout(&to);
     loop {
         if *stop.borrow() && lock(&device.state).drained() {
             return;

@@ -26,6 +26,9 @@ pub enum Endpoint {
         /// The RFCOMM channel, 1 to 30.
         channel: u8,
     },
+    /// In-process pipes under a name (`memory://NAME`), for tests: made by code, never parsed
+    /// from a URL.
+    Memory(String),
 }
 
 /// A Bluetooth device address, `AA:BB:CC:DD:EE:FF` (most significant byte first, as printed
@@ -239,6 +242,7 @@ impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Endpoint::Tcp(a) => write!(f, "tcp://{a}"),
+            Endpoint::Memory(name) => write!(f, "memory://{name}"),
             Endpoint::Rfcomm {
                 adapter,
                 addr,

@@ -377,7 +377,7 @@ impl Shared {
     /// A link for a device whose HELLO says it sends records of at most `device_max_send`
     /// bytes: its receive slots are that long (within `--max-record`), not `--max-record`
     /// long, so a device of 128-byte frames costs 64 × 128 bytes of slots rather than
-    /// 64 × 1 KiB (the memory an idle connection holds: `tether bench`).
+    /// 64 × 1 KiB (the memory an idle connection holds: `tether-bench`).
     fn new_link(&self, device_max_send: Option<u16>) -> Result<Link<HeapStorage>, ConfigError> {
         let min_record = MIN_FRAME - tether_core::frame::OVERHEAD;
         let record = device_max_send

@@ -19,7 +19,6 @@ use crate::clock::Clock;
 use crate::endpoint::Endpoint;
 
 /// How long one connection attempt of a simulated device may take (RFCOMM pages the peer).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a running simulation says how far it is.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
@@ -165,7 +164,8 @@ async fn run_device(
     let mut made_cuts = 0;
     let done = |d: &SimDevice| d.stats().readings == opts.records && d.link().unacked() == 0;
     while !done(&device) {
-        let mut stream = match crate::transport::connect(&opts.endpoint, CONNECT_TIMEOUT).await {
+        let timeout = crate::transport::connect_timeout(&opts.endpoint);
+        let mut stream = match crate::transport::connect(&opts.endpoint, timeout).await {
             Ok(s) => s,
             Err(e) if e.is_permanent() => return Err(e.to_string()),
             Err(e) => {
