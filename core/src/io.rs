@@ -10,6 +10,11 @@
 //! | [`blocking::Driver`] | [`Read`] + [`Write`] | in every read, up to the transport's read timeout |
 //! | [`nb::Driver`] | [`Read`] + [`Write`] + [`ReadReady`] + [`WriteReady`] | never |
 //! | `asynch::Driver` (feature `async`) | `embedded_io_async::{Read, Write}` | at `.await` |
+//! | `hal_nb::Driver` (feature `embedded-hal-nb`) | `embedded_hal_nb::serial::{Read, Write}` (most HALs' UARTs) | never |
+//!
+//! Real firmware receives in an interrupt: `isr` (feature `isr`) is the pattern and its
+//! helpers, a lock-free queue (`heapless::spsc`) the receive interrupt fills and the drivers
+//! read, with no `unsafe` in the firmware's code.
 //!
 //! What they share:
 //!
@@ -44,6 +49,13 @@
 use core::fmt;
 
 use embedded_io::ErrorKind;
+
+#[cfg(feature = "embedded-hal-nb")]
+#[cfg_attr(docsrs, doc(cfg(feature = "embedded-hal-nb")))]
+pub mod hal_nb;
+#[cfg(feature = "isr")]
+#[cfg_attr(docsrs, doc(cfg(feature = "isr")))]
+pub mod isr;
 
 use crate::frame::{self, OVERHEAD};
 use crate::link::{Instant, Link, Storage};
@@ -637,6 +649,54 @@ pub mod nb {
                 link.handle_timeout(now);
             }
 
+            progress.written = self.write_while_ready(link, io, now)?;
+            progress.pending = self.tx.pending();
+            Ok(progress)
+        }
+
+        /// Everything the link has to send now handed to the transport, as it becomes
+        /// ready: `Ok` once the transport accepted all of it, `WouldBlock` while some is still
+        /// waiting (call again, or `nb::block!` it). Feature `nb`.
+        ///
+        /// "Accepted" is what `write` returned: the bytes may still sit in the UART's FIFO
+        /// (this driver never calls the transport's `flush`, which may wait). Reads nothing and
+        /// runs no timer.
+        #[cfg(feature = "nb")]
+        #[cfg_attr(docsrs, doc(cfg(feature = "nb")))]
+        pub fn flush<S, T>(
+            &mut self,
+            link: &mut Link<S>,
+            io: &mut T,
+            now: Instant,
+        ) -> ::nb::Result<(), Error<T::Error>>
+        where
+            S: Storage,
+            T: Write + WriteReady,
+        {
+            if let Some((need, have)) = self.tx.too_small(link) {
+                return Err(::nb::Error::Other(Error::BufferTooSmall { need, have }));
+            }
+            self.write_while_ready(link, io, now)?;
+            if self.tx.refill(link, now) > 0 {
+                Err(::nb::Error::WouldBlock)
+            } else {
+                Ok(())
+            }
+        }
+
+        /// Writes while the transport is ready and the link has frames, the rest of a partly
+        /// written frame first; the bytes written.
+        fn write_while_ready<S, T>(
+            &mut self,
+            link: &mut Link<S>,
+            io: &mut T,
+            now: Instant,
+        ) -> Result<usize, Error<T::Error>>
+        where
+            S: Storage,
+            T: Write + WriteReady,
+        {
+            let mut written = 0;
             // Each write was preceded by a `write_ready` that said yes; frames are taken
             // from the link only when the transport can take some of them now.
             loop {
@@ -651,13 +711,12 @@ pub mod nb {
                 }
                 match io.write(self.tx.unsent()) {
                     Ok(0) => return Err(Error::WriteZero),
-                    Ok(n) => progress.written += self.tx.consume(n),
+                    Ok(n) => written += self.tx.consume(n),
                     Err(e) if is_transient(e.kind()) => break,
                     Err(e) => return Err(Error::Write(e)),
                 }
             }
-            progress.pending = self.tx.pending();
-            Ok(progress)
+            Ok(written)
         }
     }
 }
