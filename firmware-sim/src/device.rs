@@ -66,6 +66,7 @@
 //! # Ok::<(), tether_firmware_sim::device::DeviceError>(())
 //! ```
 
+use heapless::String;
 use tether_core::io::nb;
 use tether_core::link::{ConfigError, Event, Instant, Link, Phase, Role, SendError, Storage};
 use tether_core::record::{Full, RecordWriter, TYPED};
@@ -380,8 +381,8 @@ enum Action {
     Apply(Command),
     Refuse {
         error: CommandError,
-        text: [u8; ERROR_TEXT_MAX],
-        len: usize,
+        /// What the error reply repeats, copied out of the record before it is released.
+        text: String<ERROR_TEXT_MAX>,
     },
 }
 
@@ -390,14 +391,9 @@ impl Action {
         match Command::parse(payload) {
             Ok(c) => Action::Apply(c),
             Err(error) => {
-                let shown = echo(payload, error);
-                let mut text = [0u8; ERROR_TEXT_MAX];
-                text[..shown.len()].copy_from_slice(shown.as_bytes());
-                Action::Refuse {
-                    error,
-                    text,
-                    len: shown.len(),
-                }
+                // `echo` is at most ERROR_TEXT_MAX bytes, so it always fits.
+                let text = String::try_from(echo(payload, error)).unwrap_or_default();
+                Action::Refuse { error, text }
             }
         }
     }
@@ -735,9 +731,9 @@ impl<S: Storage> Device<S> {
                     self.reply(&buf, reply);
                     self.applied();
                 }
-                Action::Refuse { error, text, len } => {
+                Action::Refuse { error, text } => {
                     let mut buf = [0u8; RECORD_MAX];
-                    let reply = error_record(&mut buf, &text[..len], error);
+                    let reply = error_record(&mut buf, &text, error);
                     self.reply(&buf, reply);
                     self.stats.commands_rejected = self.stats.commands_rejected.wrapping_add(1);
                 }
@@ -799,8 +795,7 @@ impl<S: Storage> Device<S> {
 }
 
 /// An error reply: `"error"`, the command's text, the reason.
-fn error_record(buf: &mut [u8], text: &[u8], error: CommandError) -> Result<usize, Full> {
-    let text = core::str::from_utf8(text).unwrap_or_default();
+fn error_record(buf: &mut [u8], text: &str, error: CommandError) -> Result<usize, Full> {
     let mut w = RecordWriter::new(buf);
     w.str("error")?.str(text)?.str(error.reason())?;
     Ok(w.finish().len())

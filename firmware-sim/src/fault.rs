@@ -36,6 +36,8 @@
 //! # Ok::<(), tether_firmware_sim::fault::Cut>(())
 //! ```
 
+use heapless::Deque;
+
 use crate::rng::{Chance, XorShift};
 
 /// What the faults are. Probabilities are in `0.0..=1.0`; the default is no fault at all.
@@ -304,51 +306,6 @@ impl Side {
     }
 }
 
-/// A byte ring of `N` bytes.
-#[derive(Debug, Clone)]
-struct Ring<const N: usize> {
-    buf: [u8; N],
-    head: usize,
-    len: usize,
-}
-
-impl<const N: usize> Ring<N> {
-    const fn new() -> Self {
-        Ring {
-            buf: [0; N],
-            head: 0,
-            len: 0,
-        }
-    }
-
-    fn free(&self) -> usize {
-        N - self.len
-    }
-
-    /// Appends a byte; the caller checked there is room (a full ring drops it).
-    fn push(&mut self, b: u8) {
-        if self.len < N {
-            self.buf[(self.head + self.len) % N] = b;
-            self.len += 1;
-        }
-    }
-
-    fn pop_into(&mut self, out: &mut [u8]) -> usize {
-        let n = out.len().min(self.len);
-        for slot in &mut out[..n] {
-            *slot = self.buf[self.head];
-            self.head = (self.head + 1) % N;
-        }
-        self.len -= n;
-        n
-    }
-
-    fn clear(&mut self) {
-        self.head = 0;
-        self.len = 0;
-    }
-}
-
 /// An in-memory duplex pipe between [`Side::A`] and [`Side::B`] with faults applied in
 /// between: sans-IO, `no_std`, no allocation. Each direction buffers up to `N` bytes.
 ///
@@ -364,7 +321,8 @@ impl<const N: usize> Ring<N> {
 pub struct FaultPipe<const N: usize> {
     injector: FaultInjector,
     /// Bytes travelling to A (index 0) and to B (index 1).
-    lanes: [Ring<N>; 2],
+    /// Bytes in flight each way (heapless's ring buffer).
+    lanes: [Deque<u8, N>; 2],
 }
 
 impl<const N: usize> FaultPipe<N> {
@@ -372,7 +330,7 @@ impl<const N: usize> FaultPipe<N> {
     pub fn new(config: FaultConfig) -> Self {
         FaultPipe {
             injector: FaultInjector::new(config),
-            lanes: [Ring::new(), Ring::new()],
+            lanes: [Deque::new(), Deque::new()],
         }
     }
 
@@ -386,11 +344,16 @@ impl<const N: usize> FaultPipe<N> {
             return Err(Cut);
         }
         let lane = &mut self.lanes[from.other().inbound()];
-        let take = bytes.len().min(lane.free() / self.injector.expansion());
+        let take = bytes
+            .len()
+            .min((N - lane.len()) / self.injector.expansion());
         if take == 0 {
             return Ok(0);
         }
-        match self.injector.write(&bytes[..take], |b| lane.push(b)) {
+        // The room was checked: a byte that does not fit (never) is dropped.
+        match self.injector.write(&bytes[..take], |b| {
+            let _ = lane.push_back(b);
+        }) {
             Ok(()) => Ok(take),
             Err(Cut) => {
                 self.drop_in_flight();
@@ -406,13 +369,21 @@ impl<const N: usize> FaultPipe<N> {
             return Err(Cut);
         }
         let lane = &mut self.lanes[to.inbound()];
-        let n = self.injector.piece(buf.len().min(lane.len));
-        Ok(lane.pop_into(&mut buf[..n]))
+        let n = self.injector.piece(buf.len().min(lane.len()));
+        let mut got = 0;
+        for slot in &mut buf[..n] {
+            match lane.pop_front() {
+                Some(b) => *slot = b,
+                None => break,
+            }
+            got += 1;
+        }
+        Ok(got)
     }
 
     /// Bytes waiting to be pulled by side `to`.
     pub fn pending(&self, to: Side) -> usize {
-        self.lanes[to.inbound()].len
+        self.lanes[to.inbound()].len()
     }
 
     /// Cuts the connection now: what is in flight is lost and both sides get [`Cut`]
