@@ -169,8 +169,8 @@ pub enum SendError {
     Refused(String),
     /// No progress for too long.
     #[error(
-        "gave up after {} without progress ({acked} lines acknowledged, {unacked} sent and \
-         not acknowledged): {last}",
+        "gave up after {} without progress ({acked} lines acknowledged, {unacked} in flight \
+         and not): {last}",
         humantime::format_duration(*after)
     )]
     GaveUp {

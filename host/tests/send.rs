@@ -392,6 +392,16 @@ fn kill_9_and_a_rerun_with_the_state_file_deliver_every_line_exactly_once() {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        if round == 0 {
+            // One sender per state file.
+            let second = Command::new(tether()).args(args(&[])).output().unwrap();
+            assert_eq!(second.status.code(), Some(2));
+            assert!(
+                text(&second.stderr).contains("is in use by another tether send"),
+                "{}",
+                text(&second.stderr)
+            );
+        }
         sender.kill().unwrap();
         sender.wait().unwrap();
         assert!(rows(&csv).len() < n as usize, "killed before the end");

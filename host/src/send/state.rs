@@ -109,6 +109,16 @@ pub enum StateError {
         /// What differs.
         why: String,
     },
+    /// Another `tether send` uses the file.
+    #[error(
+        "{} is in use by another tether send (it holds {}.lock); one sender per state file",
+        path.display(),
+        path.display()
+    )]
+    InUse {
+        /// The file.
+        path: PathBuf,
+    },
     /// The input cannot be read again from a position.
     #[error(
         "--state-file needs an input that can be read again from a position: a file, named or \
@@ -141,6 +151,9 @@ impl Stretch {
 pub struct StateFile {
     path: PathBuf,
     tmp: PathBuf,
+    /// `FILE.lock`, locked (`flock`) while the sender runs: two senders of one session
+    /// would interleave their numbering.
+    _lock: nix::fcntl::Flock<File>,
     input: File,
     input_name: String,
     head: Stretch,
@@ -187,6 +200,25 @@ impl StateFile {
         let input = input.try_clone().map_err(io_err)?;
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".tmp");
+        // A lock file of its own: the state file itself is replaced on every write.
+        let mut lock_path = path.as_os_str().to_owned();
+        lock_path.push(".lock");
+        let lock_file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err)?;
+        let lock =
+            match nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+                Ok(l) => l,
+                Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                    return Err(StateError::InUse {
+                        path: path.to_owned(),
+                    })
+                }
+                Err((_, e)) => return Err(io_err(io::Error::from(e))),
+            };
         let text = match std::fs::read(path) {
             Ok(bytes) => Some(bytes),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
@@ -199,7 +231,7 @@ impl StateFile {
                 listener: 0,
                 position: Position::start(0),
             };
-            let state = StateFile::new(path, tmp.into(), input, input_name, head, saved);
+            let state = StateFile::new(path, tmp.into(), lock, input, input_name, head, saved);
             state.write().map_err(io_err)?;
             return Ok(Opened {
                 state,
@@ -263,7 +295,15 @@ impl StateFile {
                 parsed.input
             ));
         }
-        let state = StateFile::new(path, tmp.into(), input, input_name, head, parsed.saved);
+        let state = StateFile::new(
+            path,
+            tmp.into(),
+            lock,
+            input,
+            input_name,
+            head,
+            parsed.saved,
+        );
         Ok(Opened {
             state,
             saved: parsed.saved,
@@ -275,6 +315,7 @@ impl StateFile {
     fn new(
         path: &Path,
         tmp: PathBuf,
+        lock: nix::fcntl::Flock<File>,
         input: File,
         input_name: &str,
         head: Stretch,
@@ -283,6 +324,7 @@ impl StateFile {
         StateFile {
             path: path.to_owned(),
             tmp,
+            _lock: lock,
             input,
             input_name: input_name.replace(['\n', '\r'], "?"),
             head,
@@ -467,6 +509,9 @@ mod tests {
             seq: 2,
         });
         o.state.write().unwrap();
+        let busy = StateFile::open(&path, &f, "in", 0x999).unwrap_err();
+        assert!(matches!(busy, StateError::InUse { .. }), "{busy}");
+        drop(o);
         let again = StateFile::open(&path, &f, "in", 0x999).unwrap();
         assert!(again.resumed);
         assert_eq!(
@@ -482,6 +527,7 @@ mod tests {
             }
         );
         assert!(again.notice.is_none());
+        drop(again);
         // Lines appended: the same input, grown.
         std::fs::write(&input, "a\nbb\nccc\ndddd\n").unwrap();
         let grown = File::open(&input).unwrap();
@@ -501,6 +547,7 @@ mod tests {
             seq: 2,
         });
         o.state.write().unwrap();
+        drop(o);
         for (text, what) in [("x\nbb\nccc\n", "first 9 bytes differ"), ("a\n", "shorter")] {
             std::fs::write(&input, text).unwrap();
             let e = StateFile::open(&path, &File::open(&input).unwrap(), "in", 7).unwrap_err();
@@ -532,6 +579,7 @@ mod tests {
             seq: 1500,
         });
         o.state.write().unwrap();
+        drop(o);
         // Changed between the head and the position.
         text.replace_range(120_000..120_001, "y");
         std::fs::write(&input, &text).unwrap();
