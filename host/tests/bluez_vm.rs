@@ -458,7 +458,8 @@ async fn e_the_tether_command_listens_and_sends_over_rfcomm_and_explains_errors(
         b"1,2\n",
         Duration::from_secs(60),
     );
-    assert_eq!(code, Some(2), "{err}");
+    // Gave up: it ran and delivered nothing, exit 1 (2 is for usage errors).
+    assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("refused the connection"), "{err}");
     let pid = listener.id().to_string();
     Command::new("kill")
