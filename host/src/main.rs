@@ -49,9 +49,9 @@ enum Command {
     ///
     /// Exit codes: 0 every line acknowledged; 1 ran but did not deliver everything (gave up,
     /// refused by the listener, stopped at a line it cannot send, input unreadable midway),
-    /// the message saying how many lines were acknowledged; 2 usage error (a bad option, an
-    /// endpoint one cannot connect to, a listener of the wrong kind, an unreadable input
-    /// file or a state file that does not match it).
+    /// the message saying how many lines were acknowledged; 2 usage error or cannot start (a
+    /// bad option, an endpoint one cannot connect to, a listener of the wrong kind, no
+    /// Bluetooth, an unreadable input file or a state file that does not match it).
     ///
     /// Example: printf '21.5,ok\n22.0,ok\n' | tether send tcp://127.0.0.1:5003
     Send(SendArgs),

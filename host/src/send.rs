@@ -162,6 +162,8 @@ pub enum SendError {
         source: TransportError,
         /// Lines acknowledged.
         acked: u64,
+        /// Whether it happened before any connection was made: the sender could not start.
+        at_start: bool,
     },
     /// The handshake was refused, by the listener or by this sender: what and why, in words,
     /// and how many lines were acknowledged before.
@@ -219,9 +221,10 @@ pub enum SendError {
 }
 
 impl SendError {
-    /// Whether this is the user's mistake, found before anything was sent (an option, an
-    /// endpoint or a state file that cannot work; a listener of the wrong kind): `tether
-    /// send` exits 2 for these and 1 for the others.
+    /// Whether this is the user's mistake or the machine's, found before anything was sent
+    /// (an option, an endpoint or a state file that cannot work; a listener of the wrong
+    /// kind; no Bluetooth at the first connection): `tether send` exits 2 for these and 1
+    /// for the others.
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
@@ -229,6 +232,7 @@ impl SendError {
                 | SendError::Options(_)
                 | SendError::State(_)
                 | SendError::NotTether { .. }
+                | SendError::Transport { at_start: true, .. }
         )
     }
 
@@ -691,6 +695,7 @@ impl Run<'_> {
                     return Err(SendError::Transport {
                         source: e,
                         acked: self.acked(),
+                        at_start: self.connections == 0,
                     })
                 }
                 Ok(Err(e)) => {
