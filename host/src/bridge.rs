@@ -3,38 +3,39 @@
 //! (or RFCOMM), one upstream session per device, and acknowledges a device's record only once
 //! the listener has acknowledged it: "acked means written" holds across the hop.
 //!
-//! Per device the bridge keeps two links for its whole life: the device side (a server link,
-//! as `tether listen` has) and the upstream side (a client link whose session is the
-//! device's own and whose numbering starts at the device's, so the listener's CSV shows the
-//! device and its sequence numbers as if it had connected directly). A record received from
-//! the device is queued on the upstream link; when the upstream link reports it acknowledged
-//! the device's record is released, which acknowledges it to the device. Commands from the
+//! The device sessions are served by [`crate::session`], as the listener's are; the bridge is
+//! its [`Relay`] server. Per device it keeps two links: the device side (a server link, as
+//! `tether listen` has) and the upstream side (a client link whose session is the device's
+//! own and whose numbering starts at the device's, so the listener's CSV shows the device and
+//! its sequence numbers as if it had connected directly). A record received from the device
+//! is queued on the upstream link; when the upstream link reports it acknowledged the
+//! device's record is released, which acknowledges it to the device. Commands from the
 //! listener travel the other way under the same rule.
 //!
 //! While the upstream connection is down the bridge grants its devices no credit: they
 //! stop sending and keep their records (nothing is dropped), and the bridge reconnects with
 //! exponential backoff. A device that vanishes keeps its session at the bridge and resumes
-//! when it comes back; nothing a device does stops the bridge.
+//! when it comes back; at `--max-devices` sessions, the one idle longest with nothing pending
+//! is forgotten (its upstream session closed) to make room for a new device, and resumes
+//! when it returns: its new upstream link says that its numbering continues. Nothing a
+//! device does stops the bridge.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tether_core::frame::{Decoder, Kind};
-use tether_core::link::{
-    self, Config, ConfigError, Event, Link, Phase, Role, SendError, MIN_FRAME,
-};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tether_core::link::{Config, ConfigError, Event, Link, Phase, Role, SendError};
+use tokio::io::AsyncReadExt;
 use tokio::sync::{watch, Notify};
-use tokio::task::JoinSet;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use crate::clock::{Clock, Timer};
+use crate::clock::Timer;
 use crate::endpoint::{Endpoint, EndpointError};
+use crate::keys::Refusal;
+use crate::session::{Engine, Hello, Server, Session};
 use crate::storage::HeapStorage;
 use crate::transport::{write_or_stall, Acceptor, Stream, TransportError, Written};
 
@@ -73,6 +74,10 @@ pub struct BridgeOptions {
     pub max_command: usize,
     /// Device connections at once. Default 256.
     pub max_connections: usize,
+    /// Device sessions kept (each holds two links, about 140 KB at the defaults). At the
+    /// limit, a new device takes the place of the one idle longest with nothing pending; it
+    /// resumes when it comes back. Default 256.
+    pub max_devices: usize,
     /// A new device connection must say HELLO within this. Default 5 s.
     pub handshake_timeout: Duration,
     /// A silent device or listener is dropped after this. Default 10 s.
@@ -91,6 +96,7 @@ impl BridgeOptions {
             max_record: 1024,
             max_command: 64,
             max_connections: 256,
+            max_devices: 256,
             handshake_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(10),
             max_backoff: Duration::from_secs(5),
@@ -114,7 +120,7 @@ pub enum BridgeError {
 pub struct BridgeSummary {
     /// Device records acknowledged by the listener (and so to the device).
     pub forwarded: u64,
-    /// Device sessions seen.
+    /// Device sessions seen (forgotten ones included).
     pub devices: usize,
     /// Device connections accepted.
     pub connections: u64,
@@ -127,27 +133,32 @@ pub struct BridgeSummary {
 /// A live view of a running bridge.
 #[derive(Debug, Clone)]
 pub struct BridgeStatus {
-    shared: Arc<Shared>,
+    engine: Arc<Engine<Relay>>,
 }
 
 impl BridgeStatus {
     /// Device records acknowledged upstream so far.
     pub fn forwarded(&self) -> u64 {
-        self.shared.forwarded.load(Ordering::Relaxed)
+        self.engine.server().forwarded.load(Ordering::Relaxed)
     }
 
     /// Upstream connections made so far.
     pub fn upstream_connections(&self) -> u64 {
-        self.shared.upstream_connections.load(Ordering::Relaxed)
+        self.engine
+            .server()
+            .upstream_connections
+            .load(Ordering::Relaxed)
     }
 
     /// Devices whose upstream session is established now.
     pub fn upstream_up(&self) -> usize {
-        let devices: Vec<Arc<Device>> = lock(&self.shared.devices).values().cloned().collect();
-        devices
-            .iter()
-            .filter(|d| lock(&d.state).upstream_up)
-            .count()
+        let sessions = self.engine.sessions();
+        sessions.iter().filter(|s| s.lock().upstream_up).count()
+    }
+
+    /// Device sessions kept now (at most `--max-devices`).
+    pub fn devices(&self) -> usize {
+        self.engine.kept()
     }
 }
 
@@ -155,46 +166,24 @@ impl BridgeStatus {
 #[derive(Debug)]
 pub struct Bridge {
     sockets: Vec<Acceptor>,
-    shared: Arc<Shared>,
-    new_devices: tokio::sync::mpsc::UnboundedReceiver<Arc<Device>>,
+    engine: Arc<Engine<Relay>>,
 }
 
+/// The bridge as a [`Server`] of device sessions: records go upstream, and are released
+/// when the listener acknowledged them.
 #[derive(Debug)]
-struct Shared {
+pub struct Relay {
     opts: BridgeOptions,
-    clock: Clock,
-    session_id: u32,
-    devices: Mutex<HashMap<u32, Arc<Device>>>,
     forwarded: AtomicU64,
-    connections: AtomicU64,
-    dropped: AtomicU64,
-    active: AtomicU64,
     upstream_connections: AtomicU64,
-    /// New device sessions, whose upstream tasks the run loop starts.
-    new_device: tokio::sync::mpsc::UnboundedSender<Arc<Device>>,
 }
 
-/// One device: both links, and a wake-up for each side's task.
-struct Device {
-    id: u32,
-    state: Mutex<State>,
-    wake_device: Notify,
-    wake_upstream: Notify,
-}
-
-impl std::fmt::Debug for Device {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Device({:08x})", self.id)
-    }
-}
-
-struct State {
+/// One device at the bridge: both links, and what has been moved between them.
+pub struct Device {
     /// The device side (we are its server).
     down: Link<HeapStorage>,
     /// The upstream side (we are the listener's client, in the device's name).
     up: Link<HeapStorage>,
-    /// Device connections so far; an older connection task seeing a newer one leaves.
-    generation: u64,
     /// Records held by `down` that were queued on `up` (the oldest ones).
     fwd_up: usize,
     /// `up`'s first unacknowledged sequence number when last looked at.
@@ -210,6 +199,21 @@ struct State {
     /// The device is granted no credit (upstream down, or stopping).
     credit_stopped: bool,
     stopping: bool,
+    /// Forgotten at `--max-devices`: the upstream task closes its session and ends.
+    forgotten: bool,
+    /// Wakes the upstream task.
+    wake_upstream: Arc<Notify>,
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Device(up: {:?}, down: {:?})",
+            self.up.phase(),
+            self.down.phase()
+        )
+    }
 }
 
 /// What a round of forwarding changed, for whom.
@@ -219,15 +223,11 @@ struct Changed {
     upstream: bool,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn acked_base(l: &Link<HeapStorage>) -> u32 {
     l.next_seq().wrapping_sub(l.unacked())
 }
 
-impl State {
+impl Device {
     /// Moves records across, releases what the far side acknowledged, and grants or
     /// withholds the device's credit.
     fn pump(&mut self, forwarded: &AtomicU64) -> Changed {
@@ -257,7 +257,7 @@ impl State {
                 Err(e) => {
                     // Both links have the same limits, so this is not expected; the record
                     // stays unacknowledged at the device rather than being dropped.
-                    warn!("cannot forward a record upstream: {e:?}");
+                    warn!("cannot forward a record upstream: {e}");
                     break;
                 }
             }
@@ -283,7 +283,7 @@ impl State {
                 }
                 Err(SendError::WouldBlock) => break,
                 Err(e) => {
-                    warn!("cannot forward a command to the device: {e:?}");
+                    warn!("cannot forward a command to the device: {e}");
                     break;
                 }
             }
@@ -305,72 +305,9 @@ impl State {
     }
 }
 
-/// Reads a new device connection up to its HELLO: the device's session, the first sequence
-/// number it will send (its `tx_base`) and the bridge session it names (its
-/// `peer_session`, 0 if none; PROTOCOL.md 9.5.1), and every byte read.
-async fn read_hello(
-    opts: &BridgeOptions,
-    stream: &mut Stream,
-    peer: &str,
-) -> Option<(Option<(u32, u32, u32)>, Vec<u8>)> {
-    let deadline = tokio::time::Instant::now() + opts.handshake_timeout;
-    let mut decoder = Decoder::new(vec![0u8; MIN_FRAME.max(128)]);
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 1024];
-    loop {
-        let n = match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
-            Err(_) => {
-                warn!(%peer, "dropped: no HELLO within {:?}", opts.handshake_timeout);
-                return None;
-            }
-            Ok(Ok(0)) | Ok(Err(_)) => return None,
-            Ok(Ok(n)) => n,
-        };
-        seen.extend_from_slice(&buf[..n]);
-        let mut input = &buf[..n];
-        while let Some(r) = decoder.decode(&mut input) {
-            match r {
-                Ok(f) if f.header.kind == Kind::Hello => {
-                    let u32_at = |i: usize| {
-                        f.payload
-                            .get(i..i + 4)
-                            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    };
-                    let named = link::hello_session(f.payload)
-                        .zip(u32_at(10))
-                        .zip(u32_at(6))
-                        .map(|((id, tx_base), named)| (id, tx_base, named));
-                    return Some((named, seen));
-                }
-                // Ignored, as by a Handshaking server (PROTOCOL.md 9.4.1, 9.4.2): on a serial
-                // line a previous session's frames arrive first. The 4 KiB and the time-out
-                // bound it.
-                Ok(f) => {
-                    debug!(%peer, "frame of kind {} before HELLO ignored", f.header.kind as u8)
-                }
-                Err(e) => debug!(%peer, "garbage before HELLO: {e}"),
-            }
-        }
-        if seen.len() > 4096 {
-            warn!(%peer, "dropped: no valid HELLO in the first 4 KiB (not a Tether device?)");
-            return None;
-        }
-    }
-}
-
-impl Shared {
+impl Relay {
+    /// A link of the bridge's (`continues_from`: see `Config::continues_from`).
     fn link(
-        &self,
-        role: Role,
-        session: u32,
-        first_seq: u32,
-        max_send: usize,
-    ) -> Result<Link<HeapStorage>, ConfigError> {
-        self.link_continuing(role, session, first_seq, max_send, 0)
-    }
-
-    /// [`Shared::link`] naming `continues_from` in its first HELLO (`Config::continues_from`).
-    fn link_continuing(
         &self,
         role: Role,
         session: u32,
@@ -390,9 +327,117 @@ impl Shared {
             slots,
             self.opts.max_record.max(self.opts.max_command) + tether_core::frame::OVERHEAD,
         );
-        // Options were checked in `bind`; a session id of 0 from a device's HELLO is the
-        // one case left, refused by the caller.
+        // Options were checked in `bind`; what is left (a session of 0) the caller refuses.
         Link::new(cfg, storage)
+    }
+
+    /// The device side's link: each its own identity, so that a device whose session was
+    /// forgotten sees a new one and does not resume against state that is gone (9.5.5).
+    fn device_link(&self) -> Result<Link<HeapStorage>, ConfigError> {
+        let max_command = self.opts.max_command;
+        self.link(Role::Server, crate::random_session(), 0, max_command, 0)
+    }
+}
+
+impl Server for Relay {
+    type State = Device;
+    type Ticket = ();
+
+    const NAME: &'static str = "bridge";
+    const READ_BUFFER: usize = 16 * 1024;
+    const RAW_HINT: bool = false;
+    const STOPPING: &'static str =
+        "bridge stopping: no more credit to devices; waiting for the listener's acknowledgements";
+    const UNFINISHED: &'static str =
+        "some connections did not finish within 5 s; their devices send those records again";
+
+    fn link(state: &mut Device) -> &mut Link<HeapStorage> {
+        &mut state.down
+    }
+
+    /// Nothing held on either side, in either direction.
+    fn idle(s: &mut Device) -> bool {
+        s.down.received().next().is_none()
+            && s.down.unacked() == 0
+            && s.up.received().next().is_none()
+            && s.up.unacked() == 0
+    }
+
+    fn refusal_link(&self) -> Result<Link<HeapStorage>, ConfigError> {
+        self.device_link()
+    }
+
+    fn check(&self, _: &Hello) -> Result<(), Refusal> {
+        Ok(())
+    }
+
+    /// A device that names a bridge session kept its numbering (PROTOCOL.md 9.5.5): if this
+    /// bridge has no session for it (it crashed and started again, or forgot the session
+    /// to make room), the upstream link says the numbering continues, so the listener
+    /// resumes instead of taking the records it already wrote for a restarted device's new
+    /// ones.
+    fn open(&self, hello: &Hello) -> Result<Device, ConfigError> {
+        let up = self.link(
+            Role::Client,
+            hello.session,
+            hello.tx_base,
+            self.opts.max_record,
+            hello.peer_session,
+        )?;
+        let down = self.device_link()?;
+        Ok(Device {
+            up_base: acked_base(&up),
+            down_base: acked_base(&down),
+            down,
+            up,
+            fwd_up: 0,
+            fwd_down: 0,
+            connected: false,
+            upstream_up: false,
+            credit_stopped: false,
+            stopping: false,
+            forgotten: false,
+            wake_upstream: Arc::new(Notify::new()),
+        })
+    }
+
+    fn opened(&self, engine: &Arc<Engine<Self>>, session: &Arc<Session<Device>>) {
+        engine.spawn(upstream(engine.clone(), session.clone()));
+    }
+
+    fn forgotten(&self, session: &Session<Device>) {
+        let mut s = session.lock();
+        s.forgotten = true;
+        s.wake_upstream.notify_one();
+    }
+
+    fn attach(&self, _: u32, _: &mut Device, _: (), _: &Hello) -> Result<(), Refusal> {
+        Ok(())
+    }
+
+    /// Forwards, and wakes the upstream task if there is something for it.
+    fn step(&self, _: u32, s: &mut Device, stopping: bool) -> bool {
+        s.stopping |= stopping;
+        if s.pump(&self.forwarded).upstream {
+            s.wake_upstream.notify_one();
+        }
+        s.stopping && s.drained()
+    }
+
+    fn restarted(&self, device: u32, _: &mut Device, in_doubt: u32) {
+        warn!("device {device:08x} restarted; {in_doubt} commands in doubt, sent again");
+    }
+
+    /// No more credit to any device; the upstream tasks close their sessions once what was
+    /// forwarded is acknowledged.
+    fn stopping(&self, engine: &Engine<Self>) {
+        for session in engine.sessions() {
+            let mut s = session.lock();
+            s.stopping = true;
+            s.wake_upstream.notify_one();
+            drop(s);
+            session.wake();
+        }
     }
 }
 
@@ -411,15 +456,9 @@ fn is_own_address(own: SocketAddr, to: &Endpoint) -> bool {
 impl Bridge {
     /// Binds the device-side endpoints.
     pub async fn bind(opts: BridgeOptions) -> Result<Bridge, BridgeError> {
-        crate::options::Serving {
-            window: opts.window,
-            max_record: opts.max_record,
-            max_connections: opts.max_connections,
-            handshake_timeout: opts.handshake_timeout,
-            idle_timeout: opts.idle_timeout,
-        }
-        .check()
-        .map_err(BridgeError::Options)?;
+        let limits = crate::options::serving_of!(opts)
+            .check()
+            .map_err(BridgeError::Options)?;
         opts.to
             .check_dialable()
             .map_err(|e| BridgeError::Options(format!("TO: {e}")))?;
@@ -442,23 +481,14 @@ impl Bridge {
                 opts.to
             )));
         }
-        let (new_device, new_devices) = tokio::sync::mpsc::unbounded_channel();
-        let shared = Arc::new(Shared {
-            new_device,
+        let relay = Relay {
             opts,
-            clock: Clock::new(),
-            session_id: crate::random_session(),
-            devices: Mutex::new(HashMap::new()),
             forwarded: AtomicU64::new(0),
-            connections: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
-            active: AtomicU64::new(0),
             upstream_connections: AtomicU64::new(0),
-        });
+        };
         Ok(Bridge {
             sockets,
-            shared,
-            new_devices,
+            engine: Engine::new(relay, limits),
         })
     }
 
@@ -475,251 +505,49 @@ impl Bridge {
     /// A live view.
     pub fn status(&self) -> BridgeStatus {
         BridgeStatus {
-            shared: self.shared.clone(),
+            engine: self.engine.clone(),
         }
     }
 
     /// Serves until `shutdown` completes; then stops accepting and crediting devices, lets
     /// what was forwarded be acknowledged (up to 5 s), and returns the summary.
     pub async fn run(
-        mut self,
+        self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<BridgeSummary, BridgeError> {
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let mut tasks = JoinSet::new();
-        let mut accepted = crate::transport::accept_all(self.sockets, &mut tasks, &stop_rx);
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                Some((stream, peer)) = accepted.recv() => {
-                    let shared = &self.shared;
-                    shared.connections.fetch_add(1, Ordering::Relaxed);
-                    if shared.active.load(Ordering::Relaxed) >= shared.opts.max_connections as u64 {
-                        warn!(%peer, "connection refused: limit of {} connections reached", shared.opts.max_connections);
-                        shared.dropped.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    shared.active.fetch_add(1, Ordering::Relaxed);
-                    let shared = shared.clone();
-                    let stop = stop_rx.clone();
-                    tasks.spawn(async move {
-                        serve_device(&shared, stream, &peer, stop).await;
-                        shared.active.fetch_sub(1, Ordering::Relaxed);
-                    });
-                }
-                Some(device) = self.new_devices.recv() => {
-                    tasks.spawn(upstream(self.shared.clone(), device, stop_rx.clone()));
-                }
-                Some(_) = tasks.join_next() => {}
-                _ = &mut shutdown => break,
-            }
-        }
-        info!("bridge stopping: no more credit to devices; waiting for the listener's acknowledgements");
-        let _ = stop_tx.send(true);
-        let devices: Vec<Arc<Device>> = lock(&self.shared.devices).values().cloned().collect();
-        for d in &devices {
-            lock(&d.state).stopping = true;
-            d.wake_device.notify_one();
-            d.wake_upstream.notify_one();
-        }
-        let drain = async { while tasks.join_next().await.is_some() {} };
-        if tokio::time::timeout(Duration::from_secs(5), drain)
-            .await
-            .is_err()
-        {
-            warn!("some connections did not finish within 5 s; their devices send those records again");
-        }
+        let Bridge { sockets, engine } = self;
+        engine
+            .run(sockets, shutdown, Engine::serve_connection)
+            .await;
+        let relay = engine.server();
         Ok(BridgeSummary {
-            forwarded: self.shared.forwarded.load(Ordering::Relaxed),
-            devices: devices.len(),
-            connections: self.shared.connections.load(Ordering::Relaxed),
-            dropped_connections: self.shared.dropped.load(Ordering::Relaxed),
-            upstream_connections: self.shared.upstream_connections.load(Ordering::Relaxed),
+            forwarded: relay.forwarded.load(Ordering::Relaxed),
+            devices: engine.seen(),
+            connections: engine.connections(),
+            dropped_connections: engine.dropped(),
+            upstream_connections: relay.upstream_connections.load(Ordering::Relaxed),
         })
     }
 }
 
-/// The bridge's session for device `id`, made (with its upstream and device links) if new.
-fn device_session(
-    shared: &Arc<Shared>,
-    id: u32,
-    tx_base: u32,
-    continues_from: u32,
-) -> Result<Arc<Device>, ConfigError> {
-    let mut map = lock(&shared.devices);
-    if let Some(d) = map.get(&id) {
-        return Ok(d.clone());
-    }
-    let up = shared.link_continuing(
-        Role::Client,
-        id,
-        tx_base,
-        shared.opts.max_record,
-        continues_from,
-    )?;
-    let down = shared.link(Role::Server, shared.session_id, 0, shared.opts.max_command)?;
-    info!("new device {id:08x}");
-    let d = Arc::new(Device {
-        id,
-        state: Mutex::new(State {
-            up_base: acked_base(&up),
-            down_base: acked_base(&down),
-            down,
-            up,
-            generation: 0,
-            fwd_up: 0,
-            fwd_down: 0,
-            connected: false,
-            upstream_up: false,
-            credit_stopped: false,
-            stopping: false,
-        }),
-        wake_device: Notify::new(),
-        wake_upstream: Notify::new(),
-    });
-    let _ = shared.new_device.send(d.clone());
-    map.insert(id, d.clone());
-    Ok(d)
-}
-
-/// Serves one device connection until it ends, is superseded, or the bridge stops. A new
-/// device session is handed to the run loop, which starts its upstream task.
-async fn serve_device(
-    shared: &Arc<Shared>,
-    mut stream: Stream,
-    peer: &str,
-    mut stop: watch::Receiver<bool>,
-) {
-    let Some((named, seen)) = read_hello(&shared.opts, &mut stream, peer).await else {
-        shared.dropped.fetch_add(1, Ordering::Relaxed);
-        return;
-    };
-    let Some((id, tx_base, continues_from)) = named else {
-        let now = shared.clock.now();
-        match shared.link(Role::Server, shared.session_id, 0, shared.opts.max_command) {
-            Ok(l) => crate::listen::refuse_hello(l, now, &seen, &mut stream, peer).await,
-            Err(e) => warn!(%peer, "refused: a malformed HELLO (and no link to answer it: {e})"),
-        }
-        shared.dropped.fetch_add(1, Ordering::Relaxed);
-        return;
-    };
-    // A device that names a bridge session kept its numbering (PROTOCOL.md 9.5.5): if this
-    // bridge has no session for it (it crashed and started again), the upstream link says
-    // the numbering continues, so the listener resumes instead of taking the records it
-    // already wrote for a restarted device's new ones.
-    let device = match device_session(shared, id, tx_base, continues_from) {
-        Ok(d) => d,
-        Err(e) => {
-            warn!(%peer, "device {id:08x} refused: its links cannot be made: {e}");
-            shared.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-    };
-    let generation = {
-        let mut s = lock(&device.state);
-        s.generation += 1;
-        let now = shared.clock.now();
-        s.down.connect(now);
-        s.down.handle_input(now, &seen);
-        s.generation
-    };
-    info!(%peer, "device {id:08x} connected");
-    let mut buf = vec![0u8; 16 * 1024];
-    let mut out = Vec::with_capacity(16 * 1024);
-    let mut timer = Timer::new();
-    let mut frame = Vec::new();
-    loop {
-        let (deadline, finished, changed) = {
-            let mut s = lock(&device.state);
-            if s.generation != generation {
-                debug!(%peer, "superseded by a newer connection of device {id:08x}");
-                return;
-            }
-            let changed = s.pump(&shared.forwarded);
-            while let Some(e) = s.down.poll_event() {
-                log_device_event(id, e);
-            }
-            frame.resize(s.down.transmit_len(), 0);
-            let now = shared.clock.now();
-            while let Some(n) = s.down.poll_transmit(now, &mut frame) {
-                out.extend_from_slice(&frame[..n]);
-            }
-            let phase = s.down.phase();
-            let finished = matches!(phase, Phase::Closed | Phase::Rejected | Phase::Dead)
-                || (s.stopping && s.drained());
-            (s.down.poll_timeout(), finished, changed)
-        };
-        if changed.upstream {
-            device.wake_upstream.notify_one();
-        }
-        if !out.is_empty() {
-            match write_or_stall(&mut stream, &out, shared.opts.idle_timeout).await {
-                Written::All => {}
-                Written::Failed(e) => {
-                    debug!(%peer, "write failed: {e}");
-                    break;
-                }
-                Written::Stalled => {
-                    warn!(%peer, "device {id:08x} dropped: it read nothing for {:?} (its connection backed up)", shared.opts.idle_timeout);
-                    shared.dropped.fetch_add(1, Ordering::Relaxed);
-                    break;
-                }
-            }
-            out.clear();
-        }
-        if finished {
-            break;
-        }
-        timer.set(deadline.map(|d| shared.clock.instant(d)));
-        tokio::select! {
-            r = stream.read(&mut buf) => match r {
-                Ok(0) => { info!(%peer, "device {id:08x} disconnected"); break }
-                Ok(n) => {
-                    let mut s = lock(&device.state);
-                    if s.generation == generation {
-                        s.down.handle_input(shared.clock.now(), &buf[..n]);
-                    }
-                }
-                Err(e) => { info!(%peer, "device {id:08x} connection lost: {e}"); break }
-            },
-            _ = timer.fired() => {
-                lock(&device.state).down.handle_timeout(shared.clock.now());
-            }
-            _ = device.wake_device.notified() => {}
-            _ = stop.changed() => {}
-        }
-    }
-    if lock(&device.state).down.phase() == Phase::Dead {
-        warn!(%peer, "device {id:08x} silent for {:?}: connection dropped", shared.opts.idle_timeout);
-    }
-}
-
-fn log_device_event(id: u32, e: Event) {
-    match e {
-        Event::Connected { resumed } => {
-            info!("device {id:08x}: session established (resumed: {resumed})")
-        }
-        Event::PeerRestarted { in_doubt } => {
-            warn!("device {id:08x} restarted; {in_doubt} commands in doubt, sent again")
-        }
-        Event::Delivered { .. } => debug!("device {id:08x} acknowledged commands"),
-        Event::Rejected { by_us } => warn!("device {id:08x}: handshake refused (by us: {by_us})"),
-        Event::PeerDead => warn!("device {id:08x}: no sign of life"),
-        Event::Closed => info!("device {id:08x}: session closed"),
-    }
-}
-
-/// Keeps one device's upstream session connected for the life of the bridge: connects with
-/// exponential backoff, forwards, and on stop waits until what was forwarded is acknowledged.
-async fn upstream(shared: Arc<Shared>, device: Arc<Device>, mut stop: watch::Receiver<bool>) {
-    let id = device.id;
-    let to = shared.opts.to.clone();
+/// Keeps one device's upstream session connected while the bridge keeps the device's
+/// session: connects with exponential backoff, forwards, and on stop waits until what was
+/// forwarded is acknowledged.
+async fn upstream(engine: Arc<Engine<Relay>>, session: Arc<Session<Device>>) {
+    let relay = engine.server();
+    let id = session.device();
+    let to = relay.opts.to.clone();
+    let mut stop = engine.stop_signal();
     let first_delay = Duration::from_millis(100);
     let mut delay = first_delay;
     let mut failures = 0u32;
     let connect_timeout = crate::transport::connect_timeout(&to);
+    let done = |stop: &watch::Receiver<bool>| {
+        let mut s = session.lock();
+        s.forgotten || (*stop.borrow() && s.drained())
+    };
     loop {
-        if *stop.borrow() && lock(&device.state).drained() {
+        if done(&stop) {
             return;
         }
         let mut stream = match crate::transport::connect(&to, connect_timeout).await {
@@ -732,40 +560,42 @@ async fn upstream(shared: Arc<Shared>, device: Arc<Device>, mut stop: watch::Rec
                 if *stop.borrow() {
                     return;
                 }
+                let wake = session.lock().wake_upstream.clone();
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = stop.changed() => {}
+                    _ = wake.notified() => {}
                 }
-                delay = (delay * 2).min(shared.opts.max_backoff);
+                delay = (delay * 2).min(relay.opts.max_backoff);
                 continue;
             }
         };
-        shared.upstream_connections.fetch_add(1, Ordering::Relaxed);
+        relay.upstream_connections.fetch_add(1, Ordering::Relaxed);
         {
-            let mut s = lock(&device.state);
+            let mut s = session.lock();
             s.connected = true;
-            s.up.connect(shared.clock.now());
+            s.up.connect(engine.clock().now());
         }
-        let why = drive_upstream(&shared, &device, &mut stream, &mut stop, &mut delay).await;
+        let why = drive_upstream(&engine, &session, &mut stream, &mut stop, &mut delay).await;
         let changed = {
-            let mut s = lock(&device.state);
+            let mut s = session.lock();
             // The connection is gone: whatever the link thinks, no credit until it is back.
             s.connected = false;
-            s.pump(&shared.forwarded)
+            s.pump(&relay.forwarded)
         };
         if changed.device {
-            device.wake_device.notify_one();
+            session.wake();
         }
         match why {
             Upstream::Stopped => return,
             Upstream::Lost(why) => {
                 failures = 0;
-                if *stop.borrow() && lock(&device.state).drained() {
+                if done(&stop) {
                     return;
                 }
                 warn!("device {id:08x}: upstream connection lost ({why}); its device is held until it is back");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(shared.opts.max_backoff);
+                delay = (delay * 2).min(relay.opts.max_backoff);
             }
         }
     }
@@ -777,13 +607,17 @@ enum Upstream {
 }
 
 async fn drive_upstream(
-    shared: &Shared,
-    device: &Device,
+    engine: &Engine<Relay>,
+    session: &Session<Device>,
     stream: &mut Stream,
     stop: &mut watch::Receiver<bool>,
     delay: &mut Duration,
 ) -> Upstream {
-    let id = device.id;
+    let relay = engine.server();
+    let clock = engine.clock();
+    let idle = relay.opts.idle_timeout;
+    let id = session.device();
+    let wake = session.lock().wake_upstream.clone();
     let mut buf = vec![0u8; 16 * 1024];
     let mut out = Vec::with_capacity(64 * 1024);
     let mut timer = Timer::new();
@@ -791,8 +625,8 @@ async fn drive_upstream(
     let mut closing = false;
     loop {
         let (deadline, changed) = {
-            let mut s = lock(&device.state);
-            let mut changed = s.pump(&shared.forwarded);
+            let mut s = session.lock();
+            let mut changed = s.pump(&relay.forwarded);
             while let Some(e) = s.up.poll_event() {
                 match e {
                     Event::Connected { resumed } => {
@@ -805,7 +639,7 @@ async fn drive_upstream(
                     Event::Rejected { .. } => {
                         let why = s.up.reject().map(|r| r.to_string()).unwrap_or_default();
                         warn!("device {id:08x}: the listener refused the session: {why}");
-                        *delay = shared.opts.max_backoff;
+                        *delay = relay.opts.max_backoff;
                         return Upstream::Lost(format!("refused: {why}"));
                     }
                     Event::PeerDead => return Upstream::Lost("the listener went silent".into()),
@@ -813,9 +647,14 @@ async fn drive_upstream(
                 }
             }
             // Credit may have changed with the phase: pump again so the device hears now.
-            let again = s.pump(&shared.forwarded);
+            let again = s.pump(&relay.forwarded);
             changed.device |= again.device;
-            if s.stopping && !closing && s.drained() && s.up.unacked() == 0 {
+            let ending = s.stopping || s.forgotten;
+            if ending && !closing && s.drained() && s.up.unacked() == 0 {
+                if s.forgotten && s.up.phase() != Phase::Established {
+                    // Forgotten before its session was up: there is nothing to close.
+                    return Upstream::Stopped;
+                }
                 closing = true;
                 s.up.close();
             }
@@ -823,7 +662,7 @@ async fn drive_upstream(
                 return Upstream::Stopped;
             }
             frame.resize(s.up.transmit_len(), 0);
-            let now = shared.clock.now();
+            let now = clock.now();
             while let Some(n) = s.up.poll_transmit(now, &mut frame) {
                 out.extend_from_slice(&frame[..n]);
                 if out.len() >= 60 * 1024 {
@@ -833,25 +672,29 @@ async fn drive_upstream(
             (s.up.poll_timeout(), changed)
         };
         if changed.device {
-            device.wake_device.notify_one();
+            session.wake();
         }
         if !out.is_empty() {
-            if let Err(e) = stream.write_all(&out).await {
-                return Upstream::Lost(format!("write failed: {e}"));
+            match write_or_stall(stream, &out, idle).await {
+                Written::All => {}
+                Written::Failed(e) => return Upstream::Lost(format!("write failed: {e}")),
+                Written::Stalled => {
+                    return Upstream::Lost(format!("the listener read nothing for {idle:?}"))
+                }
             }
             out.clear();
         }
-        timer.set(deadline.map(|d| shared.clock.instant(d)));
+        timer.set(deadline.map(|d| clock.instant(d)));
         tokio::select! {
             r = stream.read(&mut buf) => match r {
                 Ok(0) => return Upstream::Lost("the listener closed the connection".into()),
-                Ok(n) => lock(&device.state).up.handle_input(shared.clock.now(), &buf[..n]),
+                Ok(n) => session.lock().up.handle_input(clock.now(), &buf[..n]),
                 Err(e) => return Upstream::Lost(format!("read failed: {e}")),
             },
             _ = timer.fired() => {
-                lock(&device.state).up.handle_timeout(shared.clock.now());
+                session.lock().up.handle_timeout(clock.now());
             }
-            _ = device.wake_upstream.notified() => {}
+            _ = wake.notified() => {}
             _ = stop.changed() => {}
         }
     }

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use tether_core::frame;
 use tether_core::link::{self, auth, Key, Link, RejectCode, REJECT_TEXT_MAX};
 
+use crate::session::Hello;
 use crate::storage::HeapStorage;
 
 /// The keys of the devices a listener accepts, by device id.
@@ -229,28 +230,12 @@ impl Refusal {
     }
 }
 
-/// The payload of the first HELLO in `seen`.
-fn hello_payload(seen: &[u8]) -> Option<Vec<u8>> {
-    let mut decoder = frame::Decoder::new(vec![0u8; 256]);
-    let mut input = seen;
-    while let Some(r) = decoder.decode(&mut input) {
-        if let Ok(f) = r {
-            if f.header.kind == frame::Kind::Hello {
-                return Some(f.payload.to_vec());
-            }
-        }
-    }
-    None
-}
-
-/// Decides, before any state is kept for a new connection, whether its HELLO (in `seen`)
-/// may go on: with `keys`, it must name a device that has a key and carry a tag made with
-/// that key; without, it must not ask for authentication. The key to bind to the device's
-/// link, or the refusal to send.
-pub fn admit(keys: Option<&KeyTable>, seen: &[u8]) -> Result<Option<Key>, Refusal> {
-    let hello = hello_payload(seen).unwrap_or_default();
-    let key_id = link::hello_key_id(&hello);
-    match (keys, key_id) {
+/// Decides, before any state is kept for a new connection, whether its `hello` may go on:
+/// with `keys`, it must name a device that has a key and carry a tag made with that key;
+/// without, it must not ask for authentication. The key to bind to the device's link, or
+/// the refusal to send.
+pub fn admit(keys: Option<&KeyTable>, hello: &Hello) -> Result<Option<Key>, Refusal> {
+    match (keys, hello.key_id) {
         (None, None) => Ok(None),
         (None, Some(_)) => Err(Refusal::new(
             RejectCode::AuthUnsupported,
@@ -265,7 +250,7 @@ pub fn admit(keys: Option<&KeyTable>, seen: &[u8]) -> Result<Option<Key>, Refusa
                 RejectCode::Auth,
                 format!("no key for device {id:08x}"),
             )),
-            Some(k) if k.verifies_hello(&hello) => Ok(Some(k.clone())),
+            Some(k) if k.verifies_hello(hello.payload()) => Ok(Some(k.clone())),
             Some(_) => Err(Refusal::new(
                 RejectCode::Auth,
                 format!("authentication failed for device {id:08x}: wrong key"),

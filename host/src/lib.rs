@@ -8,6 +8,8 @@
 //! - [`sim`]: simulated devices through a fault injector, and the CSV check;
 //! - [`bridge`]: devices' sessions forwarded to a listener, acknowledged end to end (the
 //!   Raspberry Pi's job);
+//! - [`session`]: the session engine listen and bridge share (HELLO → session → link:
+//!   admission, `--max-devices`, eviction, the per-connection pump);
 //! - [`endpoint`], [`transport`] (TCP and, with the `bluetooth` feature, RFCOMM as one
 //!   stream type), [`bluetooth`] (BlueZ and its errors), [`sink`], [`storage`], [`clock`]: the
 //!   pieces they share.
@@ -27,6 +29,7 @@ pub mod options;
 pub mod raw;
 pub mod recover;
 pub mod send;
+pub mod session;
 pub mod sim;
 pub mod sink;
 pub mod storage;

@@ -204,6 +204,10 @@ struct BridgeArgs {
     /// Device connections served at once.
     #[arg(long, default_value_t = 256)]
     max_connections: usize,
+    /// Device sessions kept (about 140 KB each at the default window and record size); at
+    /// the limit a new device replaces the one idle longest with nothing pending.
+    #[arg(long, default_value_t = 256)]
+    max_devices: usize,
     /// Milliseconds of silence after which a device or the listener is dropped.
     #[arg(long, default_value_t = 10_000)]
     idle_timeout_ms: u64,
@@ -502,7 +506,7 @@ async fn bridge(args: BridgeArgs) -> Result<ExitCode, CliError> {
                 csv,
                 fsync: false,
                 max_connections: args.max_connections,
-                max_devices: 256,
+                max_devices: args.max_devices,
                 handshake_timeout_ms: 5_000,
                 idle_timeout_ms: args.idle_timeout_ms,
                 window: args.window,
@@ -517,6 +521,7 @@ async fn bridge(args: BridgeArgs) -> Result<ExitCode, CliError> {
     opts.window = args.window;
     opts.max_record = args.max_record;
     opts.max_connections = args.max_connections;
+    opts.max_devices = args.max_devices;
     opts.idle_timeout = Duration::from_millis(args.idle_timeout_ms);
     opts.max_backoff = Duration::from_millis(args.max_backoff_ms.max(100));
     let bridge = Bridge::bind(opts.clone()).await?;

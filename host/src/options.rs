@@ -7,6 +7,8 @@ use std::time::Duration;
 use tether_core::frame::MAX_PAYLOAD;
 use tether_core::link::MIN_FRAME;
 
+use crate::session::Limits;
+
 /// How often an idle link sends a PING (the core's default, which every Tether peer of this
 /// project uses): an idle time-out must be longer, or idle devices would be dropped.
 pub const KEEPALIVE: Duration = Duration::from_millis(1_000);
@@ -26,15 +28,34 @@ pub struct Serving {
     pub max_record: usize,
     /// `--max-connections`.
     pub max_connections: usize,
+    /// `--max-devices`.
+    pub max_devices: usize,
     /// `--handshake-timeout-ms`.
     pub handshake_timeout: Duration,
     /// `--idle-timeout-ms`.
     pub idle_timeout: Duration,
 }
 
+/// The [`Serving`] values of a server's options (`ListenOptions`, `BridgeOptions`: both have
+/// fields of these names), in one place so that the two commands' checks cannot drift apart.
+macro_rules! serving_of {
+    ($opts:expr) => {
+        $crate::options::Serving {
+            window: $opts.window,
+            max_record: $opts.max_record,
+            max_connections: $opts.max_connections,
+            max_devices: $opts.max_devices,
+            handshake_timeout: $opts.handshake_timeout,
+            idle_timeout: $opts.idle_timeout,
+        }
+    };
+}
+pub(crate) use serving_of;
+
 impl Serving {
-    /// Checks each value; the message names the option and its range.
-    pub fn check(&self) -> Result<(), String> {
+    /// Checks each value, and returns the limits the session engine enforces; the message
+    /// names the option and its range.
+    pub fn check(&self) -> Result<Limits, String> {
         if !(1..=MAX_WINDOW).contains(&self.window) {
             return Err(format!(
                 "--window must be 1 to {MAX_WINDOW} records (got {})",
@@ -50,6 +71,9 @@ impl Serving {
         if self.max_connections == 0 {
             return Err("--max-connections must be at least 1".into());
         }
+        if self.max_devices == 0 {
+            return Err("--max-devices must be at least 1".into());
+        }
         if self.handshake_timeout.is_zero() {
             return Err("--handshake-timeout-ms must be at least 1".into());
         }
@@ -61,7 +85,12 @@ impl Serving {
                 self.idle_timeout.as_millis()
             ));
         }
-        Ok(())
+        Ok(Limits {
+            max_connections: self.max_connections,
+            max_sessions: self.max_devices,
+            handshake_timeout: self.handshake_timeout,
+            idle_timeout: self.idle_timeout,
+        })
     }
 }
 
@@ -79,6 +108,7 @@ mod tests {
             window: 64,
             max_record: 1024,
             max_connections: 256,
+            max_devices: 256,
             handshake_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(10),
         }
@@ -86,8 +116,9 @@ mod tests {
 
     #[test]
     fn the_defaults_pass_and_each_value_out_of_range_names_its_option() {
-        assert_eq!(ok().check(), Ok(()));
-        let cases: [(Serving, &str); 7] = [
+        let limits = ok().check().expect("the defaults pass");
+        assert_eq!((limits.max_sessions, limits.max_connections), (256, 256));
+        let cases: [(Serving, &str); 8] = [
             (Serving { window: 0, ..ok() }, "--window"),
             (
                 Serving {
@@ -109,6 +140,13 @@ mod tests {
                     ..ok()
                 },
                 "--max-connections",
+            ),
+            (
+                Serving {
+                    max_devices: 0,
+                    ..ok()
+                },
+                "--max-devices",
             ),
             (
                 Serving {
@@ -140,6 +178,6 @@ mod tests {
             idle_timeout: Duration::from_millis(1001),
             ..ok()
         };
-        assert_eq!(just.check(), Ok(()));
+        assert!(just.check().is_ok());
     }
 }

@@ -42,7 +42,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::SystemTime;
 
-use tether_core::frame::{Decoder, Kind};
 use tracing::{info, warn};
 
 use crate::sink::CsvSink;
@@ -160,8 +159,9 @@ fn parse_row(row: &csv::ByteRecord) -> Option<(u32, u32)> {
     ))
 }
 
-/// What a device's HELLO says about its state: the listener session it names (0 if none:
-/// the device starts afresh) and the first record it will send (again).
+/// What a device's HELLO says about its state (from [`crate::session::Hello::info`]): the
+/// listener session it names (0 if none: the device starts afresh) and the first record it
+/// will send (again).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HelloInfo {
     /// The listener session the device knew, 0 if none.
@@ -170,32 +170,6 @@ pub struct HelloInfo {
     pub tx_base: u32,
     /// The largest record the device says it may send.
     pub max_send: u16,
-}
-
-/// The HELLO among the first bytes of a connection (`PROTOCOL.md` 9.5.1), if there is one of
-/// this protocol version.
-pub fn hello_in(bytes: &[u8]) -> Option<HelloInfo> {
-    let mut decoder = Decoder::new(vec![0u8; 256]);
-    let mut input = bytes;
-    while let Some(r) = decoder.decode(&mut input) {
-        let Ok(f) = r else { continue };
-        if f.header.kind != Kind::Hello {
-            continue;
-        }
-        // 28 bytes, or 64 for an authenticated HELLO (the same 28, then the key id and
-        // tags: PROTOCOL.md 9.14).
-        let p = f.payload;
-        if p.len() < 28 || p[0] != tether_core::link::PROTOCOL_VERSION {
-            return None;
-        }
-        let u32_at = |i: usize| u32::from_le_bytes([p[i], p[i + 1], p[i + 2], p[i + 3]]);
-        return Some(HelloInfo {
-            peer_session: u32_at(6),
-            tx_base: u32_at(10),
-            max_send: u16::from_le_bytes([p[24], p[25]]),
-        });
-    }
-    None
 }
 
 /// `a` is at or before `b` in serial-number order (`PROTOCOL.md` 9.2).
@@ -550,7 +524,13 @@ mod tests {
 
     #[test]
     fn a_resuming_device_skips_what_is_written_and_a_restarted_one_is_reported() {
-        let hello = |peer_session, tx_base| hello_in(&hello_frame(peer_session, tx_base, 0));
+        let hello = |peer_session, tx_base| {
+            Some(HelloInfo {
+                peer_session,
+                tx_base,
+                max_send: 64,
+            })
+        };
         // Resumes with records 5..=9 already written: they are skipped, 10 is written.
         let mut r = Resume::new(Some(9));
         assert_eq!(
@@ -603,7 +583,13 @@ mod tests {
     /// lost it; one that named a session kept it (and its numbering), and moved on.
     #[test]
     fn a_restart_marker_says_whether_the_device_kept_its_session() {
-        let hello = |peer_session, tx_base| hello_in(&hello_frame(peer_session, tx_base, 0));
+        let hello = |peer_session, tx_base| {
+            Some(HelloInfo {
+                peer_session,
+                tx_base,
+                max_send: 64,
+            })
+        };
         let mut r = Resume::new(Some(4));
         r.on_hello(hello(0x1234, 0));
         r.on_hello(hello(0x5678, 10));
@@ -624,32 +610,5 @@ mod tests {
         assert!(lost.contains("up to record 4"), "{lost}");
         let unknown = restart_text(&Resume::new(None).restarted());
         assert!(unknown.contains("lost its session"), "{unknown}");
-    }
-
-    /// A HELLO frame (`PROTOCOL.md` 9.5.1) after some noise, with `extra` bytes more of
-    /// payload (an authenticated HELLO has 36).
-    fn hello_frame(peer_session: u32, tx_base: u32, extra: usize) -> Vec<u8> {
-        let mut payload = vec![1u8, 0];
-        for v in [0xABCDu32, peer_session, tx_base, 0, 0] {
-            payload.extend_from_slice(&v.to_le_bytes());
-        }
-        payload.extend_from_slice(&[0, 4, 64, 0, 4, 0]);
-        payload.extend(std::iter::repeat_n(9u8, extra));
-        let mut wire = vec![0u8; tether_core::frame::max_encoded_len(payload.len())];
-        let header = tether_core::frame::Header {
-            kind: Kind::Hello,
-            ..Default::default()
-        };
-        let n = tether_core::frame::encode(&header, &payload, &mut wire).unwrap();
-        [b"noise\0".as_slice(), &wire[..n]].concat()
-    }
-
-    #[test]
-    fn finds_the_hello_plain_or_authenticated_after_garbage() {
-        for extra in [0, 36] {
-            let h = hello_in(&hello_frame(0x1234, 77, extra)).expect("a HELLO");
-            assert_eq!((h.peer_session, h.tx_base), (0x1234, 77));
-        }
-        assert!(hello_in(b"no hello here\0").is_none());
     }
 }

@@ -1,0 +1,435 @@
+//! The async driver of the session table: accepts connections within the limits, reads
+//! each up to its HELLO, binds it to a session and pumps it, for any [`Server`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tether_core::link::{Event, Link, Phase};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use super::table::{Refused, Session, Table};
+use super::{hello, lock, reject_text, Hello, Server};
+use crate::clock::{Clock, Timer};
+use crate::storage::HeapStorage;
+use crate::transport::{write_or_stall, Acceptor, Stream, Written};
+
+/// The limits every server of device sessions enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections served at once; more are closed at once.
+    pub max_connections: usize,
+    /// Sessions kept (`--max-devices`); see [`Table::admit`].
+    pub max_sessions: usize,
+    /// A new connection must say HELLO within this.
+    pub handshake_timeout: Duration,
+    /// A device's link is dead after this much silence, and a device that reads nothing is
+    /// dropped after its writes were blocked this long.
+    pub idle_timeout: Duration,
+}
+
+/// A task a server asks to run beside its connections, stopped with them.
+type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// How long connections get to finish after the stop.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// A server's sessions and connections: the table, the counters, and the stop signal.
+pub struct Engine<S: Server> {
+    server: S,
+    limits: Limits,
+    clock: Clock,
+    table: Mutex<Table<S::State>>,
+    connections: AtomicU64,
+    dropped: AtomicU64,
+    active: AtomicU64,
+    stop: watch::Sender<bool>,
+    spawn: mpsc::UnboundedSender<Task>,
+    spawned: Mutex<Option<mpsc::UnboundedReceiver<Task>>>,
+}
+
+impl<S: Server> std::fmt::Debug for Engine<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Engine({}, {:?})", S::NAME, lock(&self.table))
+    }
+}
+
+impl<S: Server> Engine<S> {
+    /// An engine for `server` with no session yet.
+    pub fn new(server: S, limits: Limits) -> Arc<Self> {
+        let (spawn, spawned) = mpsc::unbounded_channel();
+        Arc::new(Engine {
+            server,
+            limits,
+            clock: Clock::new(),
+            table: Mutex::new(Table::new(limits.max_sessions)),
+            connections: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            active: AtomicU64::new(0),
+            stop: watch::channel(false).0,
+            spawn,
+            spawned: Mutex::new(Some(spawned)),
+        })
+    }
+
+    /// The server.
+    pub fn server(&self) -> &S {
+        &self.server
+    }
+
+    /// The limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The links' clock.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// The session of `device`, if kept.
+    pub fn session(&self, device: u32) -> Option<Arc<Session<S::State>>> {
+        lock(&self.table).get(device).cloned()
+    }
+
+    /// Every session kept.
+    pub fn sessions(&self) -> Vec<Arc<Session<S::State>>> {
+        lock(&self.table).sessions().cloned().collect()
+    }
+
+    /// The devices whose sessions are kept, in order.
+    pub fn devices(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = lock(&self.table).sessions().map(|s| s.device()).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Sessions kept now.
+    pub fn kept(&self) -> usize {
+        lock(&self.table).len()
+    }
+
+    /// Device identities that had a session, forgotten ones included.
+    pub fn seen(&self) -> usize {
+        lock(&self.table).seen()
+    }
+
+    /// Connections accepted.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Connections dropped (garbage, time-outs, refusals, limits).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Connections served now.
+    pub fn active(&self) -> u64 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Whether the server is stopping, and a way to wait until it is.
+    pub fn stop_signal(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
+    /// Runs `task` beside the connections until the server stops (its end is awaited, as
+    /// theirs, for up to 5 s).
+    pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        // The receiver lives as long as `run`; after it, nothing is to run.
+        let _ = self.spawn.send(Box::pin(task));
+    }
+
+    fn drop_one(&self) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Accepts on `sockets` until `shutdown` completes, each connection served by `serve`
+    /// (normally [`Engine::serve_connection`]) within `--max-connections`; then signals the
+    /// stop, lets the server withhold what it must ([`Server::stopping`]), and waits up to
+    /// 5 s for the connections and the server's tasks to finish.
+    pub async fn run<F, Fut>(
+        self: &Arc<Self>,
+        sockets: Vec<Acceptor>,
+        shutdown: impl Future<Output = ()>,
+        serve: F,
+    ) where
+        F: Fn(Arc<Self>, Stream, String) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let mut tasks = JoinSet::new();
+        let stop = self.stop.subscribe();
+        let mut accepted = crate::transport::accept_all(sockets, &mut tasks, &stop);
+        let mut spawned = lock(&self.spawned)
+            .take()
+            .unwrap_or_else(|| mpsc::unbounded_channel().1);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                Some((stream, peer)) = accepted.recv() => {
+                    self.connections.fetch_add(1, Ordering::Relaxed);
+                    if self.active() >= self.limits.max_connections as u64 {
+                        warn!(%peer, "connection refused: limit of {} connections reached", self.limits.max_connections);
+                        self.drop_one();
+                        continue;
+                    }
+                    self.active.fetch_add(1, Ordering::Relaxed);
+                    let engine = self.clone();
+                    let served = serve(self.clone(), stream, peer);
+                    tasks.spawn(async move {
+                        served.await;
+                        engine.active.fetch_sub(1, Ordering::Relaxed);
+                    });
+                }
+                Some(task) = spawned.recv() => { tasks.spawn(task); }
+                Some(_) = tasks.join_next() => {}
+                _ = &mut shutdown => break,
+            }
+        }
+        info!("{}", S::STOPPING);
+        let _ = self.stop.send(true);
+        self.server.stopping(self);
+        let drain = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(DRAIN, drain).await.is_err() {
+            warn!("{}", S::UNFINISHED);
+        }
+    }
+
+    /// Serves one connection until it ends, is superseded by a newer connection of its
+    /// device, or the server stops: reads it up to its HELLO, binds it to its session
+    /// (admission, `--max-devices`), and pumps bytes between it and the session's link.
+    pub async fn serve_connection(self: Arc<Self>, mut stream: Stream, peer: String) {
+        let peer = peer.as_str();
+        let mut stop = self.stop.subscribe();
+        let mut stopping = *stop.borrow_and_update();
+        let timeout = self.limits.handshake_timeout;
+        let Some((hello, seen)) = hello::read_hello(&mut stream, peer, timeout, S::RAW_HINT).await
+        else {
+            self.drop_one();
+            return;
+        };
+        let Some(hello) = hello else {
+            match self.server.refusal_link() {
+                Ok(link) => refuse_hello(link, self.clock.now(), &seen, &mut stream, peer).await,
+                Err(e) => {
+                    warn!(%peer, "refused: a malformed HELLO (and no link to answer it: {e})")
+                }
+            }
+            self.drop_one();
+            return;
+        };
+        let Some((session, generation)) = self.bind(&hello, &seen, &mut stream, peer).await else {
+            self.drop_one();
+            return;
+        };
+        let device = hello.session;
+        info!(%peer, "device {device:08x} connected");
+        let mut buf = vec![0u8; S::READ_BUFFER];
+        let mut out = Vec::with_capacity(S::READ_BUFFER);
+        let mut frame = Vec::new();
+        let mut timer = Timer::new();
+        loop {
+            let (deadline, finished) = {
+                let mut entry = session.lock();
+                if !entry.is_current(generation) {
+                    debug!(%peer, "superseded by a newer connection of device {device:08x}");
+                    return;
+                }
+                let drained = self.server.step(device, &mut entry, stopping);
+                while let Some(e) = S::link(&mut entry).poll_event() {
+                    self.event(device, &mut entry, e);
+                }
+                let link = S::link(&mut entry);
+                frame.resize(link.transmit_len(), 0);
+                let now = self.clock.now();
+                while let Some(n) = link.poll_transmit(now, &mut frame) {
+                    out.extend_from_slice(&frame[..n]);
+                }
+                let ended = matches!(link.phase(), Phase::Closed | Phase::Rejected | Phase::Dead);
+                (link.poll_timeout(), ended || drained)
+            };
+            if !out.is_empty() {
+                match write_or_stall(&mut stream, &out, self.limits.idle_timeout).await {
+                    Written::All => {}
+                    Written::Failed(e) => {
+                        debug!(%peer, "write failed: {e}");
+                        break;
+                    }
+                    Written::Stalled => {
+                        warn!(%peer, "device {device:08x} dropped: it read nothing for {:?} (its connection backed up)", self.limits.idle_timeout);
+                        self.drop_one();
+                        break;
+                    }
+                }
+                out.clear();
+            }
+            if finished {
+                break;
+            }
+            timer.set(deadline.map(|d| self.clock.instant(d)));
+            tokio::select! {
+                r = stream.read(&mut buf) => match r {
+                    Ok(0) => { info!(%peer, "device {device:08x} disconnected"); break }
+                    Ok(n) => {
+                        let mut entry = session.lock();
+                        if entry.is_current(generation) {
+                            S::link(&mut entry).handle_input(self.clock.now(), &buf[..n]);
+                        }
+                    }
+                    Err(e) => { info!(%peer, "device {device:08x} connection lost: {e}"); break }
+                },
+                _ = timer.fired() => {
+                    S::link(&mut session.lock()).handle_timeout(self.clock.now());
+                }
+                _ = session.woken() => {}
+                _ = stop.changed(), if !stopping => { stopping = true; }
+            }
+        }
+        let mut entry = session.lock();
+        entry.detach(generation, std::time::Instant::now());
+        self.ended(device, S::link(&mut entry), peer);
+    }
+
+    /// Binds a connection whose HELLO is `hello` to its session: checked by the server,
+    /// admitted by the table (a new session made, another forgotten at the limit), taken
+    /// over (its generation), and the link given every byte read so far. `None` (logged,
+    /// the refusal sent) if the connection is refused.
+    async fn bind(
+        self: &Arc<Self>,
+        hello: &Hello,
+        seen: &[u8],
+        stream: &mut Stream,
+        peer: &str,
+    ) -> Option<(Arc<Session<S::State>>, u64)> {
+        let device = hello.session;
+        // Authentication (9.14) is decided before any state is kept for the device.
+        let ticket = match self.server.check(hello) {
+            Ok(ticket) => ticket,
+            Err(refusal) => {
+                warn!(%peer, "device {device:08x} refused: {refusal}; nothing of it is written");
+                let _ = stream.write_all(&refusal.frame()).await;
+                return None;
+            }
+        };
+        let admitted = {
+            let mut table = lock(&self.table);
+            let limit = table.limit();
+            let now = std::time::Instant::now();
+            let admitted = table.admit(device, now, S::idle, || self.server.open(hello));
+            if let Ok(a) = &admitted {
+                if let Some(old) = &a.forgotten {
+                    self.server.forgotten(old);
+                    info!("device {:08x} forgotten to make room for {device:08x} ({limit} sessions, --max-devices); it resumes if it returns", old.device());
+                }
+                if a.new {
+                    info!("new device {device:08x}");
+                }
+            }
+            admitted
+        };
+        let admitted = match admitted {
+            Ok(a) => a,
+            Err(Refused::Busy) => {
+                warn!(%peer, "device {device:08x} refused: {} device sessions are in use, none idle (--max-devices)", self.limits.max_sessions);
+                return None;
+            }
+            Err(Refused::Open(e)) => {
+                warn!(%peer, "device {device:08x} refused: its link cannot be made: {e}");
+                return None;
+            }
+        };
+        if admitted.new {
+            self.server.opened(self, &admitted.session);
+        }
+        let generation = {
+            let mut entry = admitted.session.lock();
+            match self.server.attach(device, &mut entry, ticket, hello) {
+                Ok(()) => {
+                    let generation = entry.attach();
+                    let now = self.clock.now();
+                    let link = S::link(&mut entry);
+                    link.connect(now);
+                    link.handle_input(now, seen);
+                    Ok(generation)
+                }
+                Err(refusal) => Err(refusal),
+            }
+        };
+        match generation {
+            Ok(g) => Some((admitted.session, g)),
+            Err(refusal) => {
+                warn!(%peer, "device {device:08x} refused: {refusal}");
+                let _ = stream.write_all(&refusal.frame()).await;
+                None
+            }
+        }
+    }
+
+    /// Logs an event of a device's link; a restart is the server's to report.
+    fn event(&self, device: u32, state: &mut S::State, e: Event) {
+        match e {
+            Event::Connected { resumed } => {
+                info!("device {device:08x}: session established (resumed: {resumed})")
+            }
+            Event::PeerRestarted { in_doubt } => self.server.restarted(device, state, in_doubt),
+            Event::Delivered { up_to } => info!(
+                "device {device:08x} acknowledged commands up to #{}",
+                up_to.wrapping_sub(1)
+            ),
+            Event::Rejected { by_us } => warn!(
+                "device {device:08x}: handshake refused (by the {}): {}",
+                if by_us { S::NAME } else { "device" },
+                reject_text(S::link(state))
+            ),
+            Event::PeerDead => warn!("device {device:08x}: no sign of life"),
+            Event::Closed => info!("device {device:08x}: session closed"),
+        }
+    }
+
+    /// Logs why a connection of `device` ended, if it is news.
+    fn ended(&self, device: u32, link: &Link<HeapStorage>, peer: &str) {
+        match link.phase() {
+            Phase::Dead => {
+                let d = link.stats().decoder;
+                self.drop_one();
+                warn!(%peer, "device {device:08x} silent for {:?}: connection dropped (frames from it this session: {} valid, {} too long, {} corrupt)",
+                    self.limits.idle_timeout, d.frames, d.too_long, d.crc_errors + d.cobs_errors)
+            }
+            Phase::Rejected => warn!(%peer, "device {device:08x} refused: {}", reject_text(link)),
+            _ => {}
+        }
+        let st = link.stats();
+        if st.auth_failures != 0 || st.replays != 0 {
+            warn!(%peer, "device {device:08x}: {} frames failed authentication (altered or forged) and {} were replays, all dropped (this session so far)",
+                st.auth_failures, st.replays);
+        }
+    }
+}
+
+/// Answers a HELLO this version cannot accept: a throw-away `link` reads it and makes the
+/// REJECT whose reason the device's user can read; the reason is logged too.
+async fn refuse_hello(
+    mut link: Link<HeapStorage>,
+    now: tether_core::link::Instant,
+    seen: &[u8],
+    stream: &mut Stream,
+    peer: &str,
+) {
+    link.connect(now);
+    link.handle_input(now, seen);
+    let reason = link
+        .reject()
+        .map(|r| r.to_string())
+        .unwrap_or_else(|| "malformed HELLO".into());
+    warn!(%peer, "refused: {reason}");
+    let mut out = vec![0u8; link.transmit_len()];
+    while let Some(n) = link.poll_transmit(now, &mut out) {
+        let _ = stream.write_all(&out[..n]).await;
+    }
+}
