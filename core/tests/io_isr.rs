@@ -216,3 +216,20 @@ fn isr_cell_hands_the_producer_over_once() {
     assert_eq!(consumer.pop_into(&mut buf), 2);
     assert_eq!(&buf[..2], &[2, 4]);
 }
+
+#[test]
+fn isr_hold_ends_once_the_main_loop_made_room() {
+    let mut queue = RxQueue::<8>::new();
+    let (mut producer, mut consumer) = queue.split();
+    assert!(!consumer.resume(), "not held");
+    while producer.ready() {
+        producer.push(7);
+    }
+    producer.hold(); // the interrupt masks its line
+    assert_eq!((consumer.holds(), consumer.overruns()), (1, 0));
+    assert!(!consumer.resume(), "still full: the hold goes on");
+    let mut buf = [0u8; 4];
+    assert_eq!(consumer.pop_into(&mut buf), 4);
+    assert!(consumer.resume(), "half empty: unmask the interrupt");
+    assert!(!consumer.resume(), "once");
+}

@@ -1,6 +1,9 @@
-//! Real firmware end to end: the Cortex-M3 image of `firmware-sim/qemu` (tether-core and the
-//! simulated device's logic, over a PL011 UART) boots on QEMU's lm3s6965evb and streams its
-//! readings to `tether listen` on 127.0.0.1, takes commands, and survives a cut connection.
+//! Real firmware end to end: the images of `firmware-sim/qemu` (tether-core and the simulated
+//! device's logic, the UART received in an interrupt through `tether_core::io::isr`) boot on
+//! QEMU, the Cortex-M3 on the lm3s6965evb and the Cortex-M0 (thumbv6m) on the micro:bit, and
+//! stream their readings to `tether listen` on 127.0.0.1, take commands, and (the M3) survive
+//! a cut connection. Each checks that the receive path lost nothing (no overrun of the
+//! interrupt's queue, no line error, no damaged frame) and prints the stack's high-water mark.
 //!
 //! The wiring: QEMU serves the UART on a loopback TCP port (`server=on`), so the host side
 //! can disconnect and reconnect while the firmware keeps running. A bridge in this test is
@@ -9,11 +12,11 @@
 //! dials again; the device, hearing nothing from its host for its `dead_after_ms`, connects
 //! again over the same wires (PROTOCOL.md 9.1) and the session resumes.
 //!
-//! `scripts/firmware-qemu.sh` builds the image and runs these tests with
-//! `TETHER_FIRMWARE_ELF` (the image), `TETHER_BIN` (the `tether` binary) and
-//! `TETHER_QEMU_REQUIRED=1`, which turns a missing image, binary or QEMU into a failure.
-//! Without `TETHER_FIRMWARE_ELF` (a plain `cargo test --workspace`) they say they are
-//! skipped and pass.
+//! `scripts/firmware-qemu.sh` builds the images and runs these tests with
+//! `TETHER_FIRMWARE_ELF` (the M3 image), `TETHER_FIRMWARE_ELF_M0` (the M0 image),
+//! `TETHER_BIN` (the `tether` binary) and `TETHER_QEMU_REQUIRED=1`, which turns a missing
+//! image, binary or QEMU into a failure. Without them (a plain `cargo test --workspace`) they
+//! say they are skipped and pass.
 //!
 //! Every wait is bounded; QEMU runs under `timeout` and is stopped by a `Drop` guard.
 
@@ -42,19 +45,25 @@ struct Setup {
     elf: PathBuf,
     tether: PathBuf,
     qemu: String,
+    /// QEMU's `-M`: `lm3s6965evb` (Cortex-M3) or `microbit` (Cortex-M0).
+    machine: &'static str,
 }
 
-/// The image, the listener binary and QEMU, or `None` (after saying why) when the image was
-/// not given and absence is allowed.
-fn setup(test: &str) -> Option<Setup> {
+/// The Cortex-M3 image on the lm3s6965evb: `TETHER_FIRMWARE_ELF`.
+const M3: (&str, &str) = ("TETHER_FIRMWARE_ELF", "lm3s6965evb");
+/// The Cortex-M0 image (thumbv6m) on the micro:bit: `TETHER_FIRMWARE_ELF_M0`.
+const M0: (&str, &str) = ("TETHER_FIRMWARE_ELF_M0", "microbit");
+
+/// The image (named by the environment variable `board.0`, booted on QEMU's `board.1`), the
+/// listener binary and QEMU, or `None` (after saying why) when the image was not given and
+/// absence is allowed.
+fn setup(test: &str, board: (&str, &'static str)) -> Option<Setup> {
+    let (var, machine) = board;
     let required = std::env::var("TETHER_QEMU_REQUIRED").is_ok_and(|v| v == "1");
-    let Some(elf) = std::env::var_os("TETHER_FIRMWARE_ELF").map(PathBuf::from) else {
-        assert!(
-            !required,
-            "TETHER_QEMU_REQUIRED=1 but TETHER_FIRMWARE_ELF is not set"
-        );
+    let Some(elf) = std::env::var_os(var).map(PathBuf::from) else {
+        assert!(!required, "TETHER_QEMU_REQUIRED=1 but {var} is not set");
         eprintln!(
-            "{test}: skipped (no TETHER_FIRMWARE_ELF; scripts/firmware-qemu.sh builds the image and runs this)"
+            "{test}: skipped (no {var}; scripts/firmware-qemu.sh builds the image and runs this)"
         );
         return None;
     };
@@ -76,7 +85,12 @@ fn setup(test: &str) -> Option<Setup> {
         .status()
         .is_ok_and(|s| s.success());
     assert!(found, "{qemu} not found (scripts/setup.sh installs it)");
-    Some(Setup { elf, tether, qemu })
+    Some(Setup {
+        elf,
+        tether,
+        qemu,
+        machine,
+    })
 }
 
 fn free_port() -> u16 {
@@ -249,7 +263,7 @@ impl Qemu {
         let started = Instant::now();
         let mut child = Command::new("timeout")
             .args(["--kill-after=5", &limit, &s.qemu])
-            .args(["-M", "lm3s6965evb", "-nographic", "-monitor", "none"])
+            .args(["-M", s.machine, "-nographic", "-monitor", "none"])
             .args(["-semihosting-config", "enable=on,target=native"])
             .args([
                 "-serial",
@@ -311,7 +325,34 @@ struct BridgeStats {
     /// Microseconds from the bridge's first connection to QEMU to the first byte from the
     /// device (its boot and first HELLO; QEMU holds the guest until that connection).
     first_byte_us: AtomicU64,
+    /// Bytes a second of filler (0x00: empty frames, which the device's decoder skips) to
+    /// send the device besides the host's bytes, between frames; 0 for none.
+    flood_rate: AtomicU64,
+    /// Filler bytes sent.
+    flooded: AtomicU64,
+    /// Every byte written to QEMU's UART (the host's and the filler).
+    written_to_device: AtomicU64,
 }
+
+/// The filler's rate on the Cortex-M0: 100 KiB/s, above a 921,600-baud UART's 92,160
+/// bytes/s (10 bits a byte).
+const FLOOD_RATE_M0: u64 = 100 * 1024;
+/// On the Cortex-M3: 100 KiB/s too.
+const FLOOD_RATE_M3: u64 = 100 * 1024;
+/// The filler's rate for `machine`, or `TETHER_QEMU_FLOOD_RATE` bytes a second (0: none).
+fn flood_rate(machine: &str) -> u64 {
+    std::env::var("TETHER_QEMU_FLOOD_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if machine == "microbit" {
+            FLOOD_RATE_M0
+        } else {
+            FLOOD_RATE_M3
+        })
+}
+
+/// The most filler bytes written at once: 0.3 ms at that rate.
+const FLOOD_BURST: u64 = 32;
 
 /// The device's modem: pipes bytes between QEMU's UART port and the listener, dialling the
 /// listener again whenever it hangs up, and cutting both connections on request.
@@ -323,10 +364,12 @@ struct Bridge {
 }
 
 impl Bridge {
-    fn start(qemu: SocketAddr, host: SocketAddr) -> Bridge {
+    /// `flood_rate`: see [`BridgeStats::flood_rate`].
+    fn start(qemu: SocketAddr, host: SocketAddr, flood_rate: u64) -> Bridge {
         let stop = Arc::new(AtomicBool::new(false));
         let cut = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(BridgeStats::default());
+        stats.flood_rate.store(flood_rate, Ordering::Relaxed);
         let (s, c, st) = (Arc::clone(&stop), Arc::clone(&cut), Arc::clone(&stats));
         let thread = thread::spawn(move || bridge(qemu, host, &s, &c, &st));
         Bridge {
@@ -397,6 +440,11 @@ fn bridge(
         connect(qemu_addr, Duration::from_secs(20)).ok_or("QEMU's UART port never opened")?;
     let connected = Instant::now();
     let (mut to_host, mut to_device) = (Vec::new(), Vec::new());
+    // The filler goes in only between frames: when everything queued for the device ended
+    // with a delimiter (a 0x00 inside a frame would cut it short).
+    let flood_rate = stats.flood_rate.load(Ordering::Relaxed);
+    let mut between_frames = true;
+    let mut flood_clock = 0u64;
     let mut buf = [0u8; 4096];
     let mut last_dial = Instant::now();
     while !stop.load(Ordering::SeqCst) {
@@ -411,6 +459,7 @@ fn bridge(
             let _ = device.shutdown(Shutdown::Both);
             to_host.clear();
             to_device.clear();
+            between_frames = true;
             thread::sleep(Duration::from_millis(300));
             device = connect(qemu_addr, Duration::from_secs(5))
                 .ok_or("QEMU did not take the bridge back after the cut")?;
@@ -439,6 +488,7 @@ fn bridge(
                 Ok(Some(n)) => {
                     stats.to_device.fetch_add(n as u64, Ordering::Relaxed);
                     to_device.extend_from_slice(&buf[..n]);
+                    between_frames = buf[n - 1] == 0;
                     busy = true;
                     false
                 }
@@ -458,8 +508,24 @@ fn bridge(
             host = connect(host_addr, Duration::from_secs(1));
             last_dial = Instant::now();
         }
+        if flood_rate > 0 && between_frames {
+            // Paced as a serial line is: a few bytes at a time, never a burst to catch up
+            // (a UART cannot deliver faster than its baud rate; time lost is not made up).
+            let due = connected.elapsed().as_micros() as u64 * flood_rate / 1_000_000;
+            if due > flood_clock {
+                let n = (due - flood_clock).min(FLOOD_BURST);
+                to_device.resize(to_device.len() + n as usize, 0);
+                stats.flooded.fetch_add(n, Ordering::Relaxed);
+                flood_clock = due;
+            }
+        }
         match try_write(&mut device, &mut to_device) {
-            Ok(n) => busy |= n > 0,
+            Ok(n) => {
+                stats
+                    .written_to_device
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                busy |= n > 0;
+            }
             Err(_) => return Ok(()), // QEMU exited
         }
         if !busy {
@@ -623,16 +689,62 @@ fn figures(name: &str, bridge: &Bridge, ran: Duration, rows: &Rows) -> f64 {
     rate
 }
 
+/// A counter from the firmware's closing line (`..., overruns 0, ...`).
+fn counter(out: &str, name: &str) -> Option<u64> {
+    out.split(&format!("{name} "))
+        .nth(1)?
+        .split([',', ' '])
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The interrupt-driven receive lost nothing: no byte dropped for a full queue, no line
+/// error; and, when nothing cut the line, no frame from the host arrived damaged. Prints the
+/// stack's high-water mark (painted stack) and checks it left room.
+fn check_receive_path(name: &str, out: &str, clean_line: bool) {
+    assert_eq!(counter(out, "overruns"), Some(0), "{name}: {out}");
+    assert_eq!(counter(out, "line errors"), Some(0), "{name}: {out}");
+    if clean_line {
+        assert_eq!(counter(out, "frames dropped"), Some(0), "{name}: {out}");
+    }
+    let bytes_in = counter(out, "bytes in").expect("bytes in");
+    assert!(bytes_in > 0, "{name}: the host's bytes came in");
+    let peak = counter(out, "stack peak").expect("stack peak");
+    let size = counter(out, &format!("stack peak {peak} of")).expect("stack size");
+    eprintln!("{name}: {bytes_in} bytes received through the interrupt's queue; stack peak {peak} of {size} bytes");
+    assert!(
+        peak > 0 && peak * 2 < size,
+        "{name}: the stack's high-water mark {peak} B leaves less than half of {size} B"
+    );
+}
+
 #[test]
 fn firmware_under_qemu_streams_every_reading_once_and_obeys_commands() {
-    let Some(s) = setup("firmware_under_qemu_streams") else {
+    let Some(s) = setup("firmware_under_qemu_streams", M3) else {
         return;
     };
+    streams_every_reading_once_and_obeys_commands("stream", &s);
+}
+
+#[test]
+fn cortex_m0_firmware_under_qemu_streams_every_reading_once_and_obeys_commands() {
+    let Some(s) = setup("cortex_m0_firmware_under_qemu_streams", M0) else {
+        return;
+    };
+    streams_every_reading_once_and_obeys_commands("stream (Cortex-M0)", &s);
+}
+
+fn streams_every_reading_once_and_obeys_commands(name: &str, s: &Setup) {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = temp_dir("stream");
-    let mut listener = Listener::start(&s, &dir);
-    let mut qemu = Qemu::start(&s);
-    let mut bridge = Bridge::start(qemu.addr, listener.addr);
+    let dir = temp_dir(if s.machine == "microbit" {
+        "stream-m0"
+    } else {
+        "stream"
+    });
+    let mut listener = Listener::start(s, &dir);
+    let mut qemu = Qemu::start(s);
+    let mut bridge = Bridge::start(qemu.addr, listener.addr, flood_rate(s.machine));
 
     // Once the device streams, command it: the output on, then a status report.
     let device =
@@ -688,7 +800,31 @@ fn firmware_under_qemu_streams_every_reading_once_and_obeys_commands() {
 
     // The device's clock (SysTick) keeps pace with the host's: the link's timers mean what
     // they say. (Loose bounds: the host stamps rows when it writes them, in batches.)
-    let rate = figures("stream", &bridge, ran, rows);
+    let out = qemu.out.text();
+    check_receive_path(name, &out, true);
+    // Besides the host's bytes, filler (0x00 between frames, paced as a serial line) went
+    // through the receive interrupt and its queue: the device took in every byte the bridge
+    // wrote, up to what QEMU had not read from its socket when the firmware exited.
+    let written = bridge.stats.written_to_device.load(Ordering::Relaxed);
+    let flooded = bridge.stats.flooded.load(Ordering::Relaxed);
+    let bytes_in = counter(&out, "bytes in").expect("bytes in");
+    eprintln!(
+        "{name}: {bytes_in} of {written} bytes written to the UART received, {flooded} of them \
+         filler at {} KiB/s: {:.1} KiB/s into the device over the run; overruns 0; the \
+         interrupt held off {} times (queue full)",
+        flood_rate(s.machine) / 1024,
+        bytes_in as f64 / 1024.0 / ran.as_secs_f64(),
+        counter(&out, "holds").unwrap_or(0)
+    );
+    assert!(
+        flooded as f64 >= 0.8 * flood_rate(s.machine) as f64 * ran.as_secs_f64().min(3.0),
+        "{name}: the filler kept its rate ({flooded} bytes in {ran:?})"
+    );
+    assert!(
+        bytes_in <= written && bytes_in as f64 >= 0.9 * written as f64,
+        "{name}: the device received {bytes_in} of the {written} bytes written to its UART"
+    );
+    let rate = figures(name, &bridge, ran, rows);
     assert!(
         (0.9..1.1).contains(&rate),
         "the device's clock runs at x{rate:.3} of the host's"
@@ -698,14 +834,14 @@ fn firmware_under_qemu_streams_every_reading_once_and_obeys_commands() {
 
 #[test]
 fn firmware_under_qemu_resumes_after_a_cut_with_nothing_lost_or_repeated() {
-    let Some(s) = setup("firmware_under_qemu_resumes") else {
+    let Some(s) = setup("firmware_under_qemu_resumes", M3) else {
         return;
     };
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = temp_dir("cut");
     let mut listener = Listener::start(&s, &dir);
     let mut qemu = Qemu::start(&s);
-    let mut bridge = Bridge::start(qemu.addr, listener.addr);
+    let mut bridge = Bridge::start(qemu.addr, listener.addr, 0);
 
     // A third of the way in, both connections go down while the firmware runs on.
     let device = device_with_rows(
@@ -748,6 +884,7 @@ fn firmware_under_qemu_resumes_after_a_cut_with_nothing_lost_or_repeated() {
     assert!(replies.is_empty(), "{replies:?}");
     assert!(outputs.iter().all(|&o| !o));
 
+    check_receive_path("cut", &out, false);
     figures("cut", &bridge, ran, rows);
     eprintln!("cut: firmware says: {out}");
     let _ = std::fs::remove_dir_all(&dir);

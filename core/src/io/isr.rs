@@ -8,7 +8,9 @@
 //!   while the FIFO has a byte:                       driver.poll(&mut link, &mut port, now)
 //!     rx.push(byte)  ──►  RxQueue<N> (heapless  ──►    reads RxConsumer (embedded-io Read,
 //!     (full: counted        spsc, N - 1 bytes)          or embedded-hal-nb Read), writes
-//!      as an overrun)                                   the UART's transmit side
+//!      as an overrun,                                   the UART's transmit side
+//!      or rx.hold() and                              if port.rx.resume() {
+//!      mask the line)                                    unmask the UART interrupt }
 //! ```
 //!
 //! Why a queue: a receive FIFO holds a few bytes (16 on a PL011, 6 on an nRF51), a few
@@ -79,7 +81,7 @@
 
 use core::cell::RefCell;
 use core::convert::Infallible;
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use critical_section::Mutex;
 use embedded_io::{ErrorType, Read, ReadReady, Write, WriteReady};
@@ -97,11 +99,15 @@ pub struct RxQueue<const N: usize> {
     counts: Counts,
 }
 
-/// Written by the producer only, read by either side: a load and a store, no CAS.
+/// Written by the producer only, read by either side: a load and a store, no CAS. (`held`
+/// is the one flag both write: the producer sets it and then its interrupt is masked, the
+/// consumer clears it before unmasking, so they never write it at the same time.)
 #[derive(Debug)]
 struct Counts {
     overruns: AtomicU32,
     line_errors: AtomicU32,
+    holds: AtomicU32,
+    held: AtomicBool,
 }
 
 impl Counts {
@@ -122,6 +128,8 @@ impl<const N: usize> RxQueue<N> {
             counts: Counts {
                 overruns: AtomicU32::new(0),
                 line_errors: AtomicU32::new(0),
+                holds: AtomicU32::new(0),
+                held: AtomicBool::new(false),
             },
         }
     }
@@ -174,6 +182,18 @@ impl RxProducer<'_> {
     /// Whether the queue has room for a byte.
     pub fn ready(&self) -> bool {
         self.queue.ready()
+    }
+
+    /// Flow control: the queue is full, so the interrupt leaves the rest of the bytes in the
+    /// UART (whose FIFO then fills and, with hardware flow control, tells the sender to
+    /// wait) and masks its own line; call this as it does. [`RxConsumer::resume`] says when
+    /// the main loop has made room and may unmask the line again. Without it, a full queue
+    /// drops bytes ([`push`](Self::push) counts them as overruns); with it, a UART without
+    /// flow control drops them in its FIFO instead, which it reports as an overrun error
+    /// (a line error).
+    pub fn hold(&mut self) {
+        Counts::bump(&self.counts.holds);
+        self.counts.held.store(true, Ordering::Release);
     }
 
     /// Counts a byte the UART received with a line error (framing, parity, break, its own
@@ -258,6 +278,24 @@ impl RxConsumer<'_> {
     /// Line errors the interrupt counted so far (wraps).
     pub fn line_errors(&self) -> u32 {
         self.counts.line_errors.load(Ordering::Relaxed)
+    }
+
+    /// Times the interrupt held off because the queue was full ([`RxProducer::hold`]; wraps).
+    pub fn holds(&self) -> u32 {
+        self.counts.holds.load(Ordering::Relaxed)
+    }
+
+    /// Whether the interrupt is held ([`RxProducer::hold`]) and the queue is at most half
+    /// full now: then the hold ends, and the caller unmasks the UART's receive interrupt.
+    /// Call it from the main loop after draining the queue.
+    pub fn resume(&mut self) -> bool {
+        let room = self.queue.len() <= self.queue.capacity() / 2;
+        if room && self.counts.held.load(Ordering::Acquire) {
+            // The interrupt is masked while held: nothing else writes the flag now.
+            self.counts.held.store(false, Ordering::Release);
+            return true;
+        }
+        false
     }
 }
 

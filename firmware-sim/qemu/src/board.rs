@@ -62,7 +62,8 @@ fn set(addr: usize, value: u32) {
 }
 
 /// Starts the clock and the wake-up tick.
-pub fn init(syst: &mut SYST, nvic: &mut NVIC) {
+pub fn init(cp: &mut cortex_m::Peripherals) {
+    let (syst, nvic) = (&mut cp.SYST, &mut cp.NVIC);
     syst.set_clock_source(SystClkSource::Core);
     syst.set_reload(RELOAD);
     syst.clear_current();
@@ -147,31 +148,44 @@ unsafe impl InterruptNumber for Irq {
     }
 }
 
+/// Lets the UART's receive interrupt run (`crate::uart_rx_interrupt`). Call it once the
+/// queue's producer is in place: the line stays asserted while the receive FIFO holds data,
+/// so a handler that could not drain it would run for ever.
+pub fn enable_uart_rx_interrupt() {
+    // SAFETY: the handler only drains the receive FIFO into the queue, through a critical
+    // section of its own; no critical section relies on the line staying masked.
+    unsafe { NVIC::unmask(Irq(crate::uart::IRQ)) };
+}
+
+/// Masks the UART's receive interrupt: the receive queue is full (flow control; see
+/// `uart::receive`). `enable_uart_rx_interrupt` once the main loop has made room.
+pub fn disable_uart_rx_interrupt() {
+    NVIC::mask(Irq(crate::uart::IRQ));
+}
+
 /// Sleeps (`wfi`) until an interrupt, unless `ready()` says there is work already.
 /// `ready` runs with interrupts disabled, so nothing that arrives after it looked is missed:
 /// a byte received or a tick pends its interrupt, and a pending interrupt ends the `wfi` even
-/// while masked. Timer 0 wakes it every millisecond at the latest.
+/// while masked (its handler runs once they are enabled again). Timer 0 wakes it every
+/// millisecond at the latest.
 pub fn sleep_unless(ready: impl FnOnce() -> bool) {
     cortex_m::interrupt::disable();
     if !ready() {
-        // SAFETY: the UART0 handler below only masks its line again; no critical section
-        // relies on it staying masked.
-        unsafe { NVIC::unmask(Irq(crate::uart::IRQ)) };
         cortex_m::asm::wfi();
     }
     // SAFETY: not inside a critical section (main's loop, interrupts were enabled).
     unsafe { cortex_m::interrupt::enable() };
 }
 
-/// Interrupts other than SysTick. Timer 0's only wakes the core: acknowledge it. UART0's
-/// stays asserted while its receive FIFO holds data, so its handler masks the line; the main
-/// loop reads the FIFO and unmasks it before the next sleep. Any other interrupt is a bug.
+/// Interrupts other than SysTick. Timer 0's only wakes the core: acknowledge it. UART0's is
+/// the application's receive handler. Any other interrupt is a bug. (With a PAC, these would
+/// be `#[interrupt] fn TIMER0A()` and `#[interrupt] fn UART0()`.)
 #[exception]
 unsafe fn DefaultHandler(irqn: i16) {
     if irqn == GPTM0A_IRQ as i16 {
         set(GPTM_ICR, 1);
     } else if irqn == crate::uart::IRQ as i16 {
-        NVIC::mask(Irq(crate::uart::IRQ));
+        crate::uart_rx_interrupt();
     } else {
         panic!("unexpected interrupt {}", irqn);
     }

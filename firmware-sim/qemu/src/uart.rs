@@ -1,7 +1,8 @@
 //! A driver for UART0 of the LM3S6965 (an ARM PL011), implementing the `embedded-io` traits
 //! `tether-core`'s drivers use: [`Read`] and [`Write`] (blocking: they wait for the first
 //! byte), [`ReadReady`] and [`WriteReady`] (the non-blocking path: `nb::Driver` reads and
-//! writes only when these say so, and then never waits).
+//! writes only when these say so, and then never waits); and [`receive`], the receive
+//! interrupt's work, which moves what the FIFO holds into the receive queue.
 //!
 //! The FIFOs are on (16 bytes each way). A byte received with a line error (framing, parity,
 //! break, overrun) is counted and passed on all the same: the frame it belongs to fails its
@@ -15,6 +16,7 @@ use core::convert::Infallible;
 use core::ptr::{read_volatile, write_volatile};
 
 use embedded_io::{ErrorType, Read, ReadReady, Write, WriteReady};
+use tether_core::io::isr::RxProducer;
 
 const BASE: usize = 0x4000_C000;
 const DR: usize = BASE;
@@ -56,7 +58,7 @@ pub struct Uart {
 
 impl Uart {
     /// Configures UART0: 8 data bits, FIFOs on, the receive interrupts enabled in the UART
-    /// (the NVIC line stays masked until the firmware sleeps; see `board::sleep_unless`).
+    /// (the NVIC line stays masked until `board::enable_uart_rx_interrupt`).
     /// Call it once.
     pub fn uart0() -> Self {
         set(CTL, 0);
@@ -75,6 +77,25 @@ impl Uart {
     pub fn line_errors(&self) -> u32 {
         self.line_errors
     }
+}
+
+/// The receive interrupt's work: every byte the FIFO holds goes into the queue; a byte with
+/// a line error is counted and queued all the same. `false` if the queue filled up with
+/// bytes still waiting: they stay in the FIFO, the queue is held (`RxProducer::hold`), and
+/// the caller masks the interrupt until the main loop has made room.
+pub fn receive(rx: &mut RxProducer<'_>) -> bool {
+    while reg(FR) & FR_RXFE == 0 {
+        if !rx.ready() {
+            rx.hold();
+            return false;
+        }
+        let word = reg(DR);
+        if word & DR_ERRORS != 0 {
+            rx.line_error();
+        }
+        rx.push(word as u8);
+    }
+    true
 }
 
 impl ErrorType for Uart {

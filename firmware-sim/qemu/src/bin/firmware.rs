@@ -1,6 +1,7 @@
 //! Tether in real firmware: the simulated device's logic (`tether_firmware_sim::device::Device`,
-//! a `tether_core::link::Link` inside) on a Cortex-M3, over UART0, driven by
-//! `tether_core::io::nb` and clocked by SysTick.
+//! a `tether_core::link::Link` inside) on a Cortex-M3 (lm3s6965evb) or a Cortex-M0 (micro:bit,
+//! nRF51), over UART0, driven by `tether_core::io::nb`. The UART's receive interrupt fills a
+//! lock-free queue (`tether_core::io::isr`, over `heapless::spsc`) that the main loop drains.
 //!
 //! It boots, says HELLO over the UART, streams [`READINGS`] typed readings (one every
 //! [`PERIOD_MS`]), obeys the host's commands (`rate <ms>`, `output on|off`, `status`),
@@ -15,16 +16,24 @@
 #![no_std]
 #![no_main]
 
+// The board: the lm3s6965evb (Cortex-M3) for thumbv7m, the micro:bit (nRF51, Cortex-M0) for
+// thumbv6m (build.rs sets `board_microbit`). Both offer the same functions.
 #[macro_use]
-#[path = "../board.rs"]
+#[cfg_attr(not(board_microbit), path = "../board.rs")]
+#[cfg_attr(board_microbit, path = "../nrf51_board.rs")]
 mod board;
-#[path = "../uart.rs"]
+#[path = "../stack.rs"]
+mod stack;
+#[cfg_attr(not(board_microbit), path = "../uart.rs")]
+#[cfg_attr(board_microbit, path = "../nrf51_uart.rs")]
+#[allow(dead_code)] // its polling reader: the interrupt and the queue receive instead
 mod uart;
 
 #[cfg(feature = "defmt")]
 use defmt_semihosting as _;
 
 use cortex_m_rt::entry;
+use tether_core::io::isr::{Duplex, IsrCell, RxProducer, RxQueue};
 use tether_core::io::{nb, tx_buffer_len};
 use tether_core::link::{LinkStorage, Phase};
 use tether_firmware_sim::device::{Device, DeviceConfig};
@@ -49,15 +58,50 @@ pub const DEAD_AFTER_MS: u32 = 2_500;
 pub const RUN_LIMIT_MS: u64 = 120_000;
 /// Driver rounds at most per wake-up, so the loop always reaches its checks and its sleep.
 const ROUNDS: usize = 8;
+/// The receive queue's array: 1,023 bytes, 11 ms at 921,600 baud. QEMU's UARTs take the
+/// guest's transmitted bytes one system call at a time (about 10 us each, as a real line at
+/// that speed), so the loop can be away writing a window of frames for several milliseconds;
+/// and a host that falls behind delivers its backlog at once. A full queue holds the
+/// interrupt off (flow control) rather than drop bytes.
+const RX_QUEUE: usize = 1024;
+
+/// The receive interrupt's end of the queue, handed over by `main` (no `unsafe`).
+static UART_RX: IsrCell<RxProducer<'static>> = IsrCell::new();
+
+/// The UART's receive interrupt (the board's vector calls it: with a PAC, this is
+/// `#[interrupt] fn UART0()`): the bytes the UART holds go into the queue at once, so none is
+/// lost while the main loop is busy.
+fn uart_rx_interrupt() {
+    UART_RX.with(|rx| {
+        if !uart::receive(rx) {
+            // The queue is full: the rest waits in the UART until the main loop made room.
+            board::disable_uart_rx_interrupt();
+        }
+    });
+}
 
 #[entry]
 fn main() -> ! {
+    stack::paint();
     let Some(mut cp) = cortex_m::Peripherals::take() else {
         board::exit(false)
     };
-    board::init(&mut cp.SYST, &mut cp.NVIC);
-    let mut uart = uart::Uart::uart0();
+    board::init(&mut cp);
+    let uart = uart::Uart::uart0();
     let mut clock = board::Clock::default();
+
+    // Interrupt-driven receive: the interrupt fills the queue, the main loop's driver reads
+    // it (`Duplex`: the queue for reading, the UART for writing).
+    let Some(queue) = cortex_m::singleton!(: RxQueue<RX_QUEUE> = RxQueue::new()) else {
+        board::exit(false)
+    };
+    let (producer, consumer) = queue.split();
+    UART_RX.put(producer);
+    board::enable_uart_rx_interrupt();
+    let mut port = Duplex {
+        rx: consumer,
+        tx: uart,
+    };
 
     let session = board::boot_jitter() | 1; // never 0
     let mut config = DeviceConfig::new(session, SENSOR_SEED);
@@ -100,7 +144,7 @@ fn main() -> ! {
             );
         }
         for _ in 0..ROUNDS {
-            match device.drive_nb(now, &mut uart, &mut driver) {
+            match device.drive_nb(now, &mut port, &mut driver) {
                 Ok(progress) if progress.is_idle() => break,
                 Ok(_) => {}
                 // Only `WriteZero` is possible with this UART; the device is now without
@@ -109,12 +153,17 @@ fn main() -> ! {
             }
         }
 
+        if port.rx.resume() {
+            board::enable_uart_rx_interrupt();
+        }
+
         match device.link().phase() {
             Phase::Closed => {
                 let s = device.stats();
                 let l = device.link().stats();
+                let (stack_peak, stack_size) = stack::peak();
                 info!(
-                    "done at {} ms: readings {}, replies {}, commands applied {}, rejected {}, connections {}, resumes {}, peer dead {}, retransmissions {}, line errors {}",
+                    "done at {} ms: readings {}, replies {}, commands applied {}, rejected {}, connections {}, resumes {}, peer dead {}, retransmissions {}, line errors {}, overruns {}, holds {}, frames dropped {}, bytes in {}, stack peak {} of {} bytes",
                     now.millis(),
                     s.readings,
                     s.replies,
@@ -124,7 +173,13 @@ fn main() -> ! {
                     s.resumes,
                     s.peer_dead,
                     l.retransmissions,
-                    uart.line_errors()
+                    port.rx.line_errors(),
+                    port.rx.overruns(),
+                    port.rx.holds(),
+                    l.decoder.dropped(),
+                    l.decoder.bytes,
+                    stack_peak,
+                    stack_size
                 );
                 board::exit(true);
             }
@@ -148,7 +203,7 @@ fn main() -> ! {
         }
 
         board::sleep_unless(|| {
-            uart.rx_ready() || device.poll_timeout().is_some_and(|at| at <= clock.now())
+            port.rx.ready() || device.poll_timeout().is_some_and(|at| at <= clock.now())
         });
     }
 }
