@@ -34,15 +34,27 @@ async fn serve(
     let mut opts = ListenOptions::new(vec![Endpoint::Memory(name.into())], csv.to_owned());
     tweak(&mut opts);
     let listener = Listener::bind(opts).await.expect("the listener binds");
+    until_stopped(|stopped| async move {
+        let run = listener.run(stopped).await;
+        run.expect("the listener runs and stops cleanly")
+    })
+}
+
+/// The shutdown a server's `run` is given.
+type Stopped = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Runs `serve` in a task, its shutdown the moment the returned sender fires.
+fn until_stopped<T, F>(
+    serve: impl FnOnce(Stopped) -> F,
+) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<T>)
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = T> + Send + 'static,
+{
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        listener
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("the listener runs and stops cleanly")
-    });
+    let task = tokio::spawn(serve(Box::pin(async {
+        let _ = stopped.await;
+    })));
     (stop, task)
 }
 
@@ -151,14 +163,9 @@ async fn bridge(
     tweak(&mut opts);
     let bridge = Bridge::bind(opts).await.expect("the bridge binds");
     let status = bridge.status();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        bridge
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("the bridge runs and stops cleanly")
+    let (stop, task) = until_stopped(|stopped| async move {
+        let run = bridge.run(stopped).await;
+        run.expect("the bridge runs and stops cleanly")
     });
     (stop, task, status)
 }
