@@ -5,6 +5,11 @@
 //! - `rfcomm://AA:BB:CC:DD:EE:FF/1`: connect to that device, channel 1 (from any adapter);
 //! - `rfcomm://hci1/AA:BB:CC:DD:EE:FF/1`: the same from adapter `hci1`.
 //!
+//! Serial lines: `serial:///dev/ttyACM0` (115200 8N1 unless told otherwise:
+//! `serial:///dev/ttyUSB0?baud=921600&parity=even&stop=2&data=7&flow=rtscts`). A serial port is
+//! both ends' endpoint: a listener opens it and serves the one link on it, a sender opens it
+//! and talks.
+//!
 //! Channels are 1 to 30. Parsing never needs Bluetooth; using an `rfcomm://` endpoint needs a
 //! build with the `bluetooth` feature (the default).
 
@@ -26,9 +31,171 @@ pub enum Endpoint {
         /// The RFCOMM channel, 1 to 30.
         channel: u8,
     },
+    /// A serial line (UART, USB CDC): `serial:///dev/ttyACM0?baud=115200`.
+    Serial(Serial),
     /// In-process pipes under a name (`memory://NAME`), for tests: made by code, never parsed
     /// from a URL.
     Memory(String),
+}
+
+/// A serial port and its line settings. Defaults: 115200 baud, 8 data bits, no parity, 1 stop
+/// bit, no flow control (8N1), the settings of most boards' USB and UART consoles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Serial {
+    /// The device: `/dev/ttyACM0`, `/dev/ttyUSB0`, `/dev/serial0`, `/dev/serial/by-id/…`.
+    pub path: String,
+    /// Bits per second.
+    pub baud: u32,
+    /// Data bits, 5 to 8.
+    pub data_bits: u8,
+    /// Parity.
+    pub parity: Parity,
+    /// Stop bits, 1 or 2.
+    pub stop_bits: u8,
+    /// Flow control.
+    pub flow: Flow,
+}
+
+/// A serial line's parity bit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parity {
+    /// No parity bit (`parity=none`).
+    None,
+    /// Even (`parity=even`).
+    Even,
+    /// Odd (`parity=odd`).
+    Odd,
+}
+
+/// A serial line's flow control.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// None (`flow=none`).
+    None,
+    /// Hardware, RTS/CTS (`flow=rtscts`).
+    RtsCts,
+}
+
+impl Serial {
+    /// `path` at the defaults (115200 8N1, no flow control).
+    pub fn new(path: impl Into<String>) -> Serial {
+        Serial {
+            path: path.into(),
+            baud: 115_200,
+            data_bits: 8,
+            parity: Parity::None,
+            stop_bits: 1,
+            flow: Flow::None,
+        }
+    }
+}
+
+/// `serial://PATH?OPTION=VALUE&…` after the scheme: an absolute device path, then `baud`,
+/// `data` (5-8), `parity` (none, even, odd), `stop` (1, 2), `flow` (none, rtscts).
+fn parse_serial(rest: &str) -> Result<Endpoint, EndpointError> {
+    let bad = |why: String| EndpointError::BadSerial(why);
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if !path.starts_with('/') || path.len() < 2 || path.contains(['?', '&', '#']) {
+        return Err(bad(format!(
+            "`{path}` is not a device path: write serial:///dev/ttyACM0 (three slashes: the \
+             path is absolute)"
+        )));
+    }
+    let mut s = Serial::new(path);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| bad(format!("`{pair}` is not OPTION=VALUE")))?;
+        match key {
+            "baud" => {
+                s.baud = value
+                    .parse()
+                    .ok()
+                    .filter(|b| (50..=4_000_000).contains(b))
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "baud `{value}` is not a rate in bits per second from 50 to 4000000 \
+                             (e.g. baud=115200)"
+                        ))
+                    })?
+            }
+            "data" => {
+                s.data_bits = value
+                    .parse()
+                    .ok()
+                    .filter(|b| (5..=8).contains(b))
+                    .ok_or_else(|| bad(format!("data bits `{value}`: 5, 6, 7 or 8")))?
+            }
+            "parity" => {
+                s.parity = match value {
+                    "none" => Parity::None,
+                    "even" => Parity::Even,
+                    "odd" => Parity::Odd,
+                    _ => return Err(bad(format!("parity `{value}`: none, even or odd"))),
+                }
+            }
+            "stop" => {
+                s.stop_bits = match value {
+                    "1" => 1,
+                    "2" => 2,
+                    _ => return Err(bad(format!("stop bits `{value}`: 1 or 2"))),
+                }
+            }
+            "flow" => {
+                s.flow = match value {
+                    "none" => Flow::None,
+                    "rtscts" => Flow::RtsCts,
+                    _ => return Err(bad(format!("flow control `{value}`: none or rtscts"))),
+                }
+            }
+            _ => {
+                return Err(bad(format!(
+                    "unknown option `{key}`: baud, data, parity, stop or flow"
+                )))
+            }
+        }
+    }
+    Ok(Endpoint::Serial(s))
+}
+
+impl fmt::Display for Serial {
+    /// The path, then the options that differ from the defaults.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = Serial::new("");
+        write!(f, "serial://{}", self.path)?;
+        let mut sep = '?';
+        let mut opt = |f: &mut fmt::Formatter<'_>, text: String| {
+            let r = write!(f, "{sep}{text}");
+            sep = '&';
+            r
+        };
+        if self.baud != d.baud {
+            opt(f, format!("baud={}", self.baud))?;
+        }
+        if self.data_bits != d.data_bits {
+            opt(f, format!("data={}", self.data_bits))?;
+        }
+        if self.parity != d.parity {
+            opt(
+                f,
+                format!(
+                    "parity={}",
+                    if self.parity == Parity::Even {
+                        "even"
+                    } else {
+                        "odd"
+                    }
+                ),
+            )?;
+        }
+        if self.stop_bits != d.stop_bits {
+            opt(f, format!("stop={}", self.stop_bits))?;
+        }
+        if self.flow != d.flow {
+            opt(f, "flow=rtscts".to_owned())?;
+        }
+        Ok(())
+    }
 }
 
 /// A Bluetooth device address, `AA:BB:CC:DD:EE:FF` (most significant byte first, as printed
@@ -77,8 +244,11 @@ pub enum EndpointError {
     )]
     NoScheme(String),
     /// A scheme this build does not know.
-    #[error("unknown scheme `{0}://`: use tcp://ADDRESS:PORT or rfcomm://…")]
+    #[error("unknown scheme `{0}://`: use tcp://ADDRESS:PORT, rfcomm://… or serial:///dev/…")]
     UnknownScheme(String),
+    /// A `serial://` endpoint that is not understood.
+    #[error("{0}")]
+    BadSerial(String),
     /// The address part is not `IP:PORT`.
     #[error("`{0}` is not IP:PORT (IPv6 in brackets: [::1]:5003)")]
     BadAddress(String),
@@ -233,6 +403,7 @@ impl FromStr for Endpoint {
         match scheme.to_ascii_lowercase().as_str() {
             "tcp" => parse_tcp(rest.trim_end_matches('/')).map(Endpoint::Tcp),
             "rfcomm" => parse_rfcomm(rest),
+            "serial" => parse_serial(rest),
             other => Err(EndpointError::UnknownScheme(other.to_owned())),
         }
     }
@@ -243,6 +414,7 @@ impl fmt::Display for Endpoint {
         match self {
             Endpoint::Tcp(a) => write!(f, "tcp://{a}"),
             Endpoint::Memory(name) => write!(f, "memory://{name}"),
+            Endpoint::Serial(s) => s.fmt(f),
             Endpoint::Rfcomm {
                 adapter,
                 addr,

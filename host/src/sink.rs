@@ -641,9 +641,13 @@ fn is_header_start(bytes: &[u8]) -> bool {
 /// The process holding `file`'s `flock`, from `/proc/locks` (its id as the system shows it
 /// in this process's namespace; none if it shows none).
 fn lock_holder(file: &File) -> Holder {
-    let Ok(meta) = file.metadata() else {
-        return Holder::default();
-    };
+    file.metadata()
+        .map_or_else(|_| Holder::default(), |meta| lock_holder_of(&meta))
+}
+
+/// The process holding an `flock` on the file `meta` describes (a CSV file, a serial port),
+/// from `/proc/locks`; none if the system shows none.
+pub(crate) fn lock_holder_of(meta: &std::fs::Metadata) -> Holder {
     let (major, minor) = (
         nix::sys::stat::major(meta.dev()),
         nix::sys::stat::minor(meta.dev()),

@@ -3,11 +3,13 @@
 //! is the only difference.
 //!
 //! One module per transport: `tcp`, RFCOMM (feature `bluetooth`, in [`crate::bluetooth`]),
-//! and `memory` (in-process pipes, for tests). A new transport is a module with a listener
+//! [`serial`] (feature `serial`) and `memory` (in-process pipes, for tests). A new transport is a module with a listener
 //! (`bind`, `accept`) and a `connect`, registered in [`Acceptor::bind`], [`Acceptor::accept`],
 //! [`connect`] and [`connect_timeout`], and a scheme in [`crate::endpoint`].
 
 mod memory;
+#[cfg(feature = "serial")]
+pub mod serial;
 mod tcp;
 
 pub use tcp::ACCEPTED_SEND_BUFFER;
@@ -54,6 +56,13 @@ pub enum TransportError {
     /// do.
     #[error(transparent)]
     Bluetooth(#[from] BluetoothError),
+    /// A serial port could not be opened; the message says why and what to do.
+    #[cfg(feature = "serial")]
+    #[error(transparent)]
+    Serial(#[from] serial::SerialError),
+    /// This build has no support for the endpoint's transport.
+    #[error("this tether was built without {0} support (cargo feature `{0}`)")]
+    NotBuilt(&'static str),
 }
 
 impl TransportError {
@@ -62,6 +71,11 @@ impl TransportError {
     pub fn is_permanent(&self) -> bool {
         match self {
             TransportError::Bluetooth(e) => e.is_permanent(),
+            // A port that is not there may be plugged in; one refused for a setting, a
+            // permission or another program holding it stays refused.
+            #[cfg(feature = "serial")]
+            TransportError::Serial(e) => !e.is_gone(),
+            TransportError::NotBuilt(_) => true,
             _ => false,
         }
     }
@@ -73,6 +87,8 @@ enum Kind {
     #[cfg(feature = "bluetooth")]
     Rfcomm(crate::bluetooth::RfcommAcceptor),
     Memory(memory::Listener),
+    #[cfg(feature = "serial")]
+    Serial(serial::Listener),
 }
 
 /// A bound endpoint that accepts connections.
@@ -137,6 +153,13 @@ impl Acceptor {
                 kind: Kind::Memory(memory::Listener::bind(name).map_err(bind)?),
                 local: endpoint.clone(),
             }),
+            #[cfg(feature = "serial")]
+            Endpoint::Serial(port) => Ok(Acceptor {
+                kind: Kind::Serial(serial::Listener::bind(port)?),
+                local: endpoint.clone(),
+            }),
+            #[cfg(not(feature = "serial"))]
+            Endpoint::Serial(_) => Err(TransportError::NotBuilt("serial")),
         }
     }
 
@@ -179,6 +202,8 @@ impl Acceptor {
                 Ok((Box::new(s), peer))
             }
             Kind::Memory(l) => l.accept().await,
+            #[cfg(feature = "serial")]
+            Kind::Serial(l) => l.accept().await,
         }
     }
 }
@@ -188,7 +213,7 @@ impl Acceptor {
 pub fn connect_timeout(endpoint: &Endpoint) -> Duration {
     match endpoint {
         Endpoint::Rfcomm { .. } => Duration::from_secs(15),
-        Endpoint::Tcp(_) | Endpoint::Memory(_) => Duration::from_secs(5),
+        Endpoint::Tcp(_) | Endpoint::Memory(_) | Endpoint::Serial(_) => Duration::from_secs(5),
     }
 }
 
@@ -234,6 +259,10 @@ pub async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Stream, T
                 }
             }
             Endpoint::Memory(name) => memory::connect(name).map_err(failed),
+            #[cfg(feature = "serial")]
+            Endpoint::Serial(port) => Ok(Box::new(serial::open(port)?) as Stream),
+            #[cfg(not(feature = "serial"))]
+            Endpoint::Serial(_) => Err(TransportError::NotBuilt("serial")),
         }
     };
     tokio::time::timeout(timeout, attempt)
