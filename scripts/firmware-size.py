@@ -4,6 +4,9 @@ core's share, by crate. Called by scripts/firmware-qemu.sh; a report, never a ga
 
 usage: firmware-size.py LLVM_BIN_DIR FIRMWARE_ELF BASELINE_ELF [TABLE_CRC_FIRMWARE_ELF]
 
+Both images receive through tether-core's `io::isr` queue, so its code and its 1 KiB queue
+are in both and cancel out in the difference.
+
 Flash = text + data (Berkeley, llvm-size: vector table, code, constants, initial values);
 static RAM = data + bss. Stack is not static RAM (main's frame is printed for information).
 
@@ -151,12 +154,14 @@ def main():
     table = sys.argv[4] if len(sys.argv) > 4 else None
     fw_flash, fw_ram = sizes(bindir, fw)
     b_flash, b_ram = sizes(bindir, base)
-    print("QEMU firmware on thumbv7m-none-eabi (Cortex-M3, no FPU): release, opt-level s, LTO, panic abort")
+    arch = ("thumbv6m-none-eabi (Cortex-M0, nRF51, no CAS)" if "thumbv6m" in fw
+            else "thumbv7m-none-eabi (Cortex-M3, no FPU)")
+    print(f"QEMU firmware on {arch}: release, opt-level s, LTO, panic abort")
     print("Link<LinkStorage<4, 4, 128>> (window 4, 128-byte frames), default features (64-byte CRC table)")
     print()
     print(f"{'image':<44} {'flash':>8} {'static RAM':>11}")
     print(f"{'firmware (tether-core + device logic)':<44} {fw_flash:>8} {fw_ram:>11}")
-    print(f"{'baseline (same board, UART, sensor; no Tether)':<44} {b_flash:>8} {b_ram:>11}")
+    print(f"{'baseline (same board, UART, RX queue, sensor)':<44} {b_flash:>8} {b_ram:>11}")
     print(f"{'difference: what Tether costs this firmware':<44} {fw_flash - b_flash:>8} {fw_ram - b_ram:>11}")
     if table:
         t_flash, t_ram = sizes(bindir, table)

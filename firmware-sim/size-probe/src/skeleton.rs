@@ -35,7 +35,11 @@ pub fn init(syst: &mut SYST) {
 
 #[exception]
 fn SysTick() {
-    MILLIS.fetch_add(1, Ordering::Relaxed);
+    // The one writer: a load and a store, which a Cortex-M0 (thumbv6m, no CAS) has too.
+    MILLIS.store(
+        MILLIS.load(Ordering::Relaxed).wrapping_add(1),
+        Ordering::Relaxed,
+    );
 }
 
 /// Milliseconds since `init`.
