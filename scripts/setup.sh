@@ -66,8 +66,10 @@ command -v btvirt >/dev/null || apt_need+=(bluez-test-tools)
 command -v cpio >/dev/null || apt_need+=(cpio)
 command -v depmod >/dev/null || apt_need+=(kmod)
 command -v dbus-daemon >/dev/null || apt_need+=(dbus-daemon)
+# socat makes the pseudo-terminal pairs the serial tests run over (host/tests/serial.rs).
+command -v socat >/dev/null || apt_need+=(socat)
 if ((${#apt_need[@]})); then
-  log "installing ${apt_need[*]} (Bluetooth build and BlueZ VM tests)"
+  log "installing ${apt_need[*]} (Bluetooth build, BlueZ VM and serial tests)"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_need[@]}" >/dev/null
 fi
 
