@@ -351,6 +351,11 @@ fn flood_rate(machine: &str) -> u64 {
         })
 }
 
+/// How long the filler lasts from the bridge's connection: a bounded amount (250 KiB at
+/// 100 KiB/s), so that a device slower than the filler (an emulated CPU on a loaded machine)
+/// catches up afterwards instead of falling further behind for the whole run.
+const FLOOD_FOR: Duration = Duration::from_millis(2_500);
+
 /// The most filler bytes written at once: 0.3 ms at that rate.
 const FLOOD_BURST: u64 = 32;
 
@@ -511,7 +516,8 @@ fn bridge(
         if flood_rate > 0 && between_frames {
             // Paced as a serial line is: a few bytes at a time, never a burst to catch up
             // (a UART cannot deliver faster than its baud rate; time lost is not made up).
-            let due = connected.elapsed().as_micros() as u64 * flood_rate / 1_000_000;
+            let elapsed = connected.elapsed().min(FLOOD_FOR);
+            let due = elapsed.as_micros() as u64 * flood_rate / 1_000_000;
             if due > flood_clock {
                 let n = (due - flood_clock).min(FLOOD_BURST);
                 to_device.resize(to_device.len() + n as usize, 0);
@@ -804,24 +810,26 @@ fn streams_every_reading_once_and_obeys_commands(name: &str, s: &Setup) {
     check_receive_path(name, &out, true);
     // Besides the host's bytes, filler (0x00 between frames, paced as a serial line) went
     // through the receive interrupt and its queue: the device took in every byte the bridge
-    // wrote, up to what QEMU had not read from its socket when the firmware exited.
+    // wrote, but for the last acknowledgements (at most 512 bytes) QEMU had not read from its
+    // socket when the firmware exited.
     let written = bridge.stats.written_to_device.load(Ordering::Relaxed);
     let flooded = bridge.stats.flooded.load(Ordering::Relaxed);
     let bytes_in = counter(&out, "bytes in").expect("bytes in");
     eprintln!(
         "{name}: {bytes_in} of {written} bytes written to the UART received, {flooded} of them \
-         filler at {} KiB/s: {:.1} KiB/s into the device over the run; overruns 0; the \
-         interrupt held off {} times (queue full)",
+         filler at {} KiB/s for {:?}; {:.1} KiB/s into the device over the run; overruns 0; \
+         the interrupt held off {} times (queue full)",
         flood_rate(s.machine) / 1024,
+        FLOOD_FOR,
         bytes_in as f64 / 1024.0 / ran.as_secs_f64(),
         counter(&out, "holds").unwrap_or(0)
     );
     assert!(
-        flooded as f64 >= 0.8 * flood_rate(s.machine) as f64 * ran.as_secs_f64().min(3.0),
+        flooded as f64 >= 0.5 * flood_rate(s.machine) as f64 * FLOOD_FOR.as_secs_f64(),
         "{name}: the filler kept its rate ({flooded} bytes in {ran:?})"
     );
     assert!(
-        bytes_in <= written && bytes_in as f64 >= 0.9 * written as f64,
+        bytes_in <= written && bytes_in + 512 >= written,
         "{name}: the device received {bytes_in} of the {written} bytes written to its UART"
     );
     let rate = figures(name, &bridge, ran, rows);
