@@ -105,9 +105,10 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct ListenArgs {
-    /// Where to listen, e.g. tcp://127.0.0.1:5003, tcp://[::1]:5003, or Bluetooth RFCOMM:
-    /// rfcomm://hci0/1 (adapter hci0, channel 1), rfcomm:///1 (the default adapter).
-    /// Several allowed.
+    /// Where to listen, e.g. tcp://127.0.0.1:5003, tcp://[::1]:5003, Bluetooth RFCOMM:
+    /// rfcomm://hci0/1 (adapter hci0, channel 1), rfcomm:///1 (the default adapter), or a
+    /// serial port: serial:///dev/ttyACM0?baud=115200 (8N1 unless data=, parity=, stop=,
+    /// flow=rtscts say otherwise). Several allowed.
     #[arg(required = true)]
     endpoints: Vec<Endpoint>,
     /// The CSV file to append records to (created if missing).
