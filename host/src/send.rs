@@ -666,11 +666,7 @@ impl Run<'_> {
     }
 
     async fn run(&mut self, obs: &mut impl Observer) -> Result<SendSummary, SendError> {
-        // RFCOMM pages the device first, which takes longer than a TCP handshake.
-        let connect_timeout = match self.opts.endpoint {
-            Endpoint::Rfcomm { .. } => Duration::from_secs(15),
-            _ => Duration::from_secs(5),
-        };
+        let connect_timeout = crate::transport::connect_timeout(&self.opts.endpoint);
         let mut delay = Duration::from_millis(100);
         let mut last_problem = String::from("no connection yet");
         loop {
