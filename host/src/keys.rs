@@ -275,7 +275,7 @@ pub fn bind(link: &mut Link<HeapStorage>, key: Option<Key>) -> Result<(), Refusa
         None => link.set_auth(Some(key), nonce_seed()).map_err(|e| {
             Refusal::new(
                 RejectCode::Malformed,
-                format!("frames too small to authenticate: {e:?}"),
+                format!("frames too small to authenticate: {e}"),
             )
         }),
     }
