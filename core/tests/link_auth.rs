@@ -524,6 +524,7 @@ fn the_simulator_delivers_exactly_once_with_auth_under_every_fault() {
                 faults: *faults,
                 release_rate: if seed % 5 == 0 { 0.3 } else { 1.0 },
                 first_seq: if seed % 7 == 0 { u32::MAX - 30 } else { 0 },
+                versions: (1, 1),
             };
             let o = run_and_check_auth(&s).unwrap_or_else(|e| panic!("condition {c}: {e}"));
             drops += o.auth_drops;

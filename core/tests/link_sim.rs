@@ -15,6 +15,7 @@ fn base(seed: u64) -> Scenario {
         faults: Faults::CLEAN,
         release_rate: 1.0,
         first_seq: 0,
+        versions: (1, 1),
     }
 }
 
@@ -55,11 +56,9 @@ fn slow_consumer_slows_the_producer_and_nothing_is_dropped() {
     }
 }
 
-/// The matrix: every condition for many seeds. Thousands of runs, each a few
-/// milliseconds of CPU.
-#[test]
-fn fault_matrix_many_seeds() {
-    let conditions: &[(&str, Faults)] = &[
+/// The conditions of the fault matrix.
+fn conditions() -> Vec<(&'static str, Faults)> {
+    vec![
         (
             "clean-split",
             Faults {
@@ -144,24 +143,35 @@ fn fault_matrix_many_seeds() {
                 cuts: 6,
             },
         ),
-    ];
-    let seeds: u64 = std::env::var("TETHER_SIM_SEEDS")
+    ]
+}
+
+/// The number of seeds each condition runs (`TETHER_SIM_SEEDS`, 300 by default).
+fn seeds() -> u64 {
+    std::env::var("TETHER_SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(300);
+        .unwrap_or(300)
+}
+
+/// Runs every condition for `seeds` seeds with the device and host offering `versions`,
+/// checks every run, and that the session used `expect` on both sides; the runs made.
+fn run_matrix(versions: (u8, u8), expect: u8, seeds: u64) -> usize {
     let mut runs = 0;
-    for (name, faults) in conditions {
+    for (name, faults) in conditions() {
         let (mut retransmissions, mut cuts, mut virtual_ms) = (0u64, 0u64, 0u64);
         for seed in 0..seeds {
             let window = [1, 3, 8][(seed % 3) as usize];
             let s = Scenario {
-                faults: *faults,
+                faults,
                 window,
                 release_rate: if seed % 5 == 0 { 0.3 } else { 1.0 },
                 first_seq: if seed % 7 == 0 { u32::MAX - 30 } else { 0 },
+                versions,
                 ..base(seed)
             };
             let o = run_and_check(&s).unwrap_or_else(|e| panic!("condition {name}: {e}"));
+            assert_eq!(o.versions, (expect, expect), "condition {name}: {s:?}");
             retransmissions += u64::from(o.retransmissions);
             cuts += u64::from(o.cuts);
             virtual_ms += o.virtual_ms;
@@ -180,5 +190,31 @@ fn fault_matrix_many_seeds() {
             "{name}: cuts {cuts}"
         );
     }
+    runs
+}
+
+/// The matrix: every condition for many seeds. Thousands of runs, each a few
+/// milliseconds of CPU.
+#[test]
+fn fault_matrix_many_seeds() {
+    let runs = run_matrix((1, 1), 1, seeds());
     assert!(runs >= 3000, "{runs} runs");
+}
+
+/// The same matrix in version 2 sessions (both sides offer it).
+#[cfg(feature = "v2")]
+#[test]
+fn fault_matrix_many_seeds_in_version_2() {
+    let runs = run_matrix((2, 2), 2, seeds());
+    assert!(runs >= 3000, "{runs} runs");
+}
+
+/// A side that offers version 2 and one that does not speak version 1, under every fault,
+/// whichever side is which: a v2 device with a v1 host, and a v1 device with a v2 host.
+#[cfg(feature = "v2")]
+#[test]
+fn fault_matrix_between_version_2_and_version_1_sides() {
+    let seeds = (seeds() / 5).max(20);
+    run_matrix((2, 1), 1, seeds);
+    run_matrix((1, 2), 1, seeds);
 }

@@ -400,3 +400,301 @@ fn record_vectors_decode_and_encode_byte_for_byte() {
         }
     }
 }
+
+// ---- protocol version 2 (section 11) ----------------------------------------------------
+
+#[cfg(feature = "v2")]
+mod v2 {
+    use super::*;
+    use tether_core::frame::v2::{self, Ack, Data, Frame, Shape, Short};
+    use tether_core::frame::AnyFrame;
+
+    /// The fields of a `tether-v2-vector`, owned.
+    #[derive(Debug, Clone, PartialEq)]
+    struct Fields {
+        kind: String,
+        ack: Option<(Short, u16, Option<u16>, Vec<u8>)>,
+        data: Option<(Short, bool, Shape, Vec<Vec<u8>>)>,
+    }
+
+    fn one<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
+        pairs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn fields_of(pairs: &[(String, String)]) -> Fields {
+        let width = |key: &str| one(pairs, key).is_some_and(|w| w == "2");
+        let ack = one(pairs, "released").map(|r| {
+            let wide = width("ack-width");
+            (
+                Short::of(num(r) as u32, wide),
+                one(pairs, "received").map_or(0, |v| num(v) as u16),
+                one(pairs, "credit").map(|v| num(v) as u16),
+                one(pairs, "sack").map_or(Vec::new(), hex),
+            )
+        });
+        let kind = one(pairs, "kind").expect("kind").to_string();
+        let data = (kind == "data").then(|| {
+            let shape = match one(pairs, "shape") {
+                Some("single") => Shape::Single,
+                Some("uniform") => Shape::Uniform,
+                Some("listed") => Shape::Listed,
+                other => panic!("shape {other:?}"),
+            };
+            let records = pairs
+                .iter()
+                .filter(|(k, _)| k == "record")
+                .map(|(_, v)| hex(v))
+                .collect();
+            (
+                Short::of(
+                    num(one(pairs, "seq").expect("seq")) as u32,
+                    width("seq-width"),
+                ),
+                one(pairs, "immediate") == Some("yes"),
+                shape,
+                records,
+            )
+        });
+        Fields { kind, ack, data }
+    }
+
+    /// The records section of a shape (11.3.3), written from the spec's layout table.
+    fn section(shape: Shape, records: &[Vec<u8>]) -> Vec<u8> {
+        let varint = |mut n: usize, out: &mut Vec<u8>| loop {
+            let b = (n & 0x7F) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(b);
+                break;
+            }
+            out.push(b | 0x80);
+        };
+        let mut s = Vec::new();
+        match shape {
+            Shape::Single => s.extend_from_slice(&records[0]),
+            Shape::Uniform => {
+                varint(records[0].len(), &mut s);
+                records.iter().for_each(|r| s.extend_from_slice(r));
+            }
+            Shape::Listed => records.iter().for_each(|r| {
+                varint(r.len(), &mut s);
+                s.extend_from_slice(r);
+            }),
+        }
+        s
+    }
+
+    fn fields_of_frame(f: &Frame<'_>) -> Fields {
+        let ack_of = |a: &Ack<'_>| (a.released, a.received, a.credit, a.sack.to_vec());
+        match f {
+            Frame::Ping => Fields {
+                kind: "ping".into(),
+                ack: None,
+                data: None,
+            },
+            Frame::Close => Fields {
+                kind: "close".into(),
+                ack: None,
+                data: None,
+            },
+            Frame::Ack(a) => Fields {
+                kind: "ack".into(),
+                ack: Some(ack_of(a)),
+                data: None,
+            },
+            Frame::Data { ack, data } => Fields {
+                kind: "data".into(),
+                ack: ack.as_ref().map(ack_of),
+                data: Some((
+                    data.seq,
+                    data.immediate,
+                    data.shape,
+                    data.records().map(<[u8]>::to_vec).collect(),
+                )),
+            },
+        }
+    }
+
+    /// What a decoder makes of `wire` fed in `chunk`-byte pieces: frames as fields, or drop
+    /// reasons, and the statistics.
+    fn decode(wire: &[u8], chunk: usize) -> (Vec<Result<Fields, String>>, frame::DecoderStats) {
+        let mut dec = Decoder::new(vec![0u8; frame::raw_len(frame::MAX_PAYLOAD)]);
+        let mut got = Vec::new();
+        for piece in wire.chunks(chunk) {
+            let mut input = piece;
+            while let Some(r) = dec.decode_any(&mut input) {
+                got.push(match r {
+                    Ok(AnyFrame::V2(f)) => Ok(fields_of_frame(&f)),
+                    Ok(AnyFrame::V1(f)) => Err(format!("a version 1 frame {:?}", f.header)),
+                    Err(FrameError::Crc { .. }) => Err("crc".into()),
+                    Err(FrameError::Malformed) => Err("malformed".into()),
+                    Err(FrameError::Header(HeaderError::TooShort { .. })) => {
+                        Err("too-short".into())
+                    }
+                    Err(FrameError::Cobs) => Err("cobs".into()),
+                    Err(FrameError::TooLong) => Err("too-long".into()),
+                    Err(e) => Err(format!("{e}")),
+                });
+            }
+        }
+        (got, dec.stats())
+    }
+
+    fn v2_vectors() -> Vec<Vec<(String, String)>> {
+        blocks(SPEC, "tether-v2-vector")
+    }
+
+    #[test]
+    fn spec_has_the_v2_vectors_it_promises() {
+        let v = v2_vectors();
+        let kinds: std::collections::BTreeSet<&str> =
+            v.iter().filter_map(|p| one(p, "kind")).collect();
+        assert_eq!(
+            kinds.into_iter().collect::<Vec<_>>(),
+            ["ack", "close", "data", "ping"]
+        );
+        let shapes: std::collections::BTreeSet<&str> =
+            v.iter().filter_map(|p| one(p, "shape")).collect();
+        assert_eq!(shapes.len(), 3, "every shape: {shapes:?}");
+        let reasons: std::collections::BTreeSet<&str> =
+            v.iter().filter_map(|p| one(p, "error")).collect();
+        assert_eq!(
+            reasons.into_iter().collect::<Vec<_>>(),
+            ["crc", "malformed", "too-short"]
+        );
+        let crc16 = v
+            .iter()
+            .filter(|p| one(p, "crc").is_some_and(|c| c.len() == 6))
+            .count();
+        assert!(
+            crc16 >= 3 && crc16 < v.len(),
+            "both checks: {crc16} of {}",
+            v.len()
+        );
+        assert!(v.len() >= 25, "{} v2 vectors", v.len());
+    }
+
+    #[test]
+    fn v2_valid_vectors_encode_and_decode_byte_for_byte() {
+        for pairs in v2_vectors().iter().filter(|p| one(p, "error").is_none()) {
+            let name = one(pairs, "name").expect("name");
+            let want = fields_of(pairs);
+            let sec;
+            let ack = want
+                .ack
+                .as_ref()
+                .map(|(released, received, credit, sack)| Ack {
+                    released: *released,
+                    received: *received,
+                    credit: *credit,
+                    sack,
+                });
+            let frame = match want.kind.as_str() {
+                "ping" => Frame::Ping,
+                "close" => Frame::Close,
+                "ack" => Frame::Ack(ack.expect("an ACK has fields")),
+                _ => {
+                    let (seq, immediate, shape, records) = want.data.clone().expect("data");
+                    sec = section(shape, &records);
+                    Frame::Data {
+                        ack,
+                        data: Data {
+                            seq,
+                            immediate,
+                            shape,
+                            section: &sec,
+                        },
+                    }
+                }
+            };
+            let mut out = vec![0u8; v2::max_encoded_len(v2::covered_len(&frame))];
+            let n = v2::encode(&frame, &mut out).expect("encodes");
+            let wire = hex(one(pairs, "wire").expect("wire"));
+            assert_eq!(&out[..n], &wire[..], "{name}: encoding");
+            let raw = hex(one(pairs, "raw").expect("raw"));
+            let crc = one(pairs, "crc").expect("crc");
+            let crc_len = (crc.len() - 2) / 2;
+            assert_eq!(
+                crc_len,
+                v2::check_len(raw.len() - crc_len),
+                "{name}: check width"
+            );
+            let field = raw[raw.len() - crc_len..]
+                .iter()
+                .rev()
+                .fold(0u64, |acc, b| acc << 8 | u64::from(*b));
+            assert_eq!(field, num(crc), "{name}: crc field");
+            assert_eq!(v2::decode_raw(&raw), Ok(frame), "{name}: raw frame");
+            for chunk in [wire.len(), 1] {
+                let (got, stats) = decode(&wire, chunk);
+                assert_eq!(got, vec![Ok(want.clone())], "{name}: decoding in {chunk}s");
+                assert_eq!((stats.frames, stats.bytes), (1, wire.len() as u64));
+            }
+        }
+    }
+
+    #[test]
+    fn v2_invalid_vectors_are_dropped_for_the_stated_reason() {
+        for pairs in v2_vectors().iter().filter(|p| one(p, "error").is_some()) {
+            let name = one(pairs, "name").expect("name");
+            let wire = hex(one(pairs, "wire").expect("wire"));
+            for chunk in [wire.len(), 1] {
+                let (got, stats) = decode(&wire, chunk);
+                assert_eq!(
+                    got,
+                    vec![Err(one(pairs, "error").unwrap().to_string())],
+                    "{name}"
+                );
+                assert_eq!(
+                    (stats.frames, stats.dropped()),
+                    (0, 1),
+                    "{name}: counted once"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn v2_numbers_expand_as_specified() {
+        let v = blocks(SPEC, "tether-v2-number");
+        assert!(v.len() >= 8, "{} number vectors", v.len());
+        for pairs in &v {
+            let name = one(pairs, "name").expect("name");
+            let reference = num(one(pairs, "reference").expect("reference")) as u32;
+            let value = num(one(pairs, "value").expect("value")) as u32;
+            let short = Short::of(value, one(pairs, "width") == Some("2"));
+            let got = match one(pairs, "rule") {
+                Some("seq") => v2::expand_seq(reference, short),
+                Some("released") => v2::expand_released(reference, short),
+                other => panic!("{name}: rule {other:?}"),
+            };
+            assert_eq!(
+                u64::from(got),
+                num(one(pairs, "result").expect("result")),
+                "{name}"
+            );
+        }
+    }
+
+    /// A version 1 receiver (`Decoder::decode`) never takes a version 2 frame: it drops
+    /// every valid v2 vector (11.5).
+    #[test]
+    fn a_version_1_decoder_drops_version_2_frames() {
+        for pairs in v2_vectors().iter().filter(|p| one(p, "error").is_none()) {
+            let wire = hex(one(pairs, "wire").expect("wire"));
+            let mut dec = Decoder::new(vec![0u8; frame::raw_len(frame::MAX_PAYLOAD)]);
+            let mut input = &wire[..];
+            while let Some(r) = dec.decode(&mut input) {
+                assert!(
+                    r.is_err(),
+                    "{}: taken as version 1",
+                    one(pairs, "name").unwrap()
+                );
+            }
+            assert_eq!(dec.stats().frames, 0);
+        }
+    }
+}

@@ -98,6 +98,40 @@ pub(crate) fn encode_short(pieces: &[&[u8]], out: &mut [u8]) -> usize {
     len
 }
 
+/// COBS-encodes, in place, the `len` bytes at `buf[start..]` into `buf[..]` (without
+/// delimiter), returning the encoded length: the same output as [`encode_short`]. The
+/// version 2 frame builder writes a raw frame at an offset in the transmit buffer and stuffs
+/// it there, so that a frame of many records needs no list of pieces and no second buffer.
+///
+/// The caller guarantees `start >= 1 + len / 254` (the most bytes COBS adds before it reaches
+/// any input byte, so no write overtakes the reading) and `buf.len() >= start + len`.
+#[cfg(feature = "v2")]
+pub(crate) fn encode_in_place(buf: &mut [u8], start: usize, len: usize) -> usize {
+    let mut code_at = 0;
+    let mut w = 1;
+    let mut code: u8 = 1;
+    for r in start..start + len {
+        let b = buf[r];
+        if b == 0 {
+            buf[code_at] = code;
+            code_at = w;
+            code = 1;
+        } else {
+            buf[w] = b;
+            code += 1;
+            if code == MAX_CODE {
+                buf[code_at] = code;
+                w += 1;
+                code_at = w;
+                code = 1;
+            }
+        }
+        w += 1;
+    }
+    buf[code_at] = code;
+    w
+}
+
 /// Unstuffs one whole encoded frame (its bytes up to, without, the delimiter; none is 0)
 /// into `buf`: the decoded length, or `None` if it is malformed (a block longer than what
 /// is left) or longer than `buf`, which [`Unstuffer::feed`]'s byte-wise path then reports.
@@ -398,6 +432,33 @@ mod tests {
                     let m = encode_short(&[&data[..cut], &data[cut..len]], &mut b);
                     assert_eq!(&b[..m], &a[..n], "length {len}, cut {cut}");
                 }
+            }
+        }
+    }
+
+    /// The in-place encoder writes what the byte-wise one writes, for every length around the
+    /// block boundaries and the least offset the caller may give.
+    #[cfg(feature = "v2")]
+    #[test]
+    fn in_place_encoding_equals_byte_wise() {
+        let patterns: [fn(usize) -> u8; 3] = [
+            |i| (i % 255 + 1) as u8,
+            |i| (i * 7 % 13) as u8,
+            |i| if i % 300 == 299 { 0 } else { 0x5A },
+        ];
+        for pattern in patterns {
+            let data: [u8; 800] = core::array::from_fn(pattern);
+            for len in (0..800)
+                .step_by(11)
+                .chain([253, 254, 255, 508, 509, 762, 763])
+            {
+                let mut a = [0u8; 820];
+                let n = encode_short(&[&data[..len]], &mut a);
+                let start = 1 + len / 254;
+                let mut b = [0xEEu8; 820];
+                b[start..start + len].copy_from_slice(&data[..len]);
+                let m = encode_in_place(&mut b, start, len);
+                assert_eq!(&b[..m], &a[..n], "length {len}");
             }
         }
     }

@@ -34,6 +34,22 @@ pub enum FrameError {
     },
     /// The CRC matched (or the frame was too short to carry one) but the header is not valid.
     Header(HeaderError),
+    /// A version 2 frame whose check is right but whose content is not, or of a length no
+    /// version 2 frame has (`PROTOCOL.md` 11.3.4, 11.5).
+    #[cfg(feature = "v2")]
+    Malformed,
+}
+
+/// A frame of either format, as [`Decoder::decode_any`] delivers it: version 1 (section 2
+/// of `PROTOCOL.md`) or a version 2 session frame (section 11), told apart by the first byte.
+#[cfg(feature = "v2")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum AnyFrame<'a> {
+    /// A version 1 frame.
+    V1(Frame<'a>),
+    /// A version 2 session frame.
+    V2(super::v2::Frame<'a>),
 }
 
 impl core::fmt::Display for FrameError {
@@ -46,6 +62,8 @@ impl core::fmt::Display for FrameError {
                 "CRC mismatch: frame says {received:#010x}, content gives {computed:#010x}"
             ),
             FrameError::Header(e) => write!(f, "bad header: {e}"),
+            #[cfg(feature = "v2")]
+            FrameError::Malformed => f.write_str("malformed version 2 frame"),
         }
     }
 }
@@ -86,6 +104,8 @@ impl DecoderStats {
             FrameError::Cobs => &mut self.cobs_errors,
             FrameError::Crc { .. } => &mut self.crc_errors,
             FrameError::Header(_) => &mut self.header_errors,
+            #[cfg(feature = "v2")]
+            FrameError::Malformed => &mut self.header_errors,
         };
         *counter = counter.wrapping_add(1);
     }
@@ -144,6 +164,18 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Decoder<B> {
     /// for the next call). Call it in a `while let` loop until `None`.
     pub fn decode<'d>(&'d mut self, input: &mut &[u8]) -> Option<Result<Frame<'d>, FrameError>> {
         self.state.decode(self.storage.as_mut(), input)
+    }
+
+    /// [`Decoder::decode`] for a stream that may carry version 2 session frames too
+    /// (`PROTOCOL.md` 11.5): a frame whose first byte has bit 7 set is checked and parsed as
+    /// version 2, every other one as version 1. [`Decoder::decode`] takes every frame as
+    /// version 1, as a version 1 receiver does.
+    #[cfg(feature = "v2")]
+    pub fn decode_any<'d>(
+        &'d mut self,
+        input: &mut &[u8],
+    ) -> Option<Result<AnyFrame<'d>, FrameError>> {
+        self.state.decode_any(self.storage.as_mut(), input)
     }
 
     /// What the decoder has seen so far.
@@ -215,6 +247,41 @@ impl DecodeState {
                     header,
                     payload: &raw[HEADER_LEN..len - CRC_LEN],
                 })
+            }
+        };
+        match &result {
+            Ok(_) => self.stats.frames = self.stats.frames.wrapping_add(1),
+            Err(e) => self.stats.count(e),
+        }
+        Some(result)
+    }
+
+    /// [`Decoder::decode_any`] over a lent buffer.
+    #[cfg(feature = "v2")]
+    pub(crate) fn decode_any<'d>(
+        &mut self,
+        buf: &'d mut [u8],
+        input: &mut &[u8],
+    ) -> Option<Result<AnyFrame<'d>, FrameError>> {
+        let (event, used) = self.unstuffer.feed(buf, input);
+        self.stats.bytes = self.stats.bytes.wrapping_add(used as u64);
+        *input = &input[used..];
+        let result = match event {
+            Event::NeedMore => return None,
+            Event::TooLong => Err(FrameError::TooLong),
+            Event::Truncated => Err(FrameError::Cobs),
+            Event::Frame(len) => {
+                let raw: &'d [u8] = &buf[..len];
+                if raw.first().is_some_and(|b| b & super::v2::MARK != 0) {
+                    super::v2::decode_raw(raw).map(AnyFrame::V2)
+                } else {
+                    check(raw).map(|header| {
+                        AnyFrame::V1(Frame {
+                            header,
+                            payload: &raw[HEADER_LEN..len - CRC_LEN],
+                        })
+                    })
+                }
             }
         };
         match &result {

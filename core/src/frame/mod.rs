@@ -34,8 +34,14 @@ mod crc;
 mod decoder;
 mod encoder;
 mod header;
+#[cfg(feature = "v2")]
+pub mod v2;
 
+#[cfg(feature = "v2")]
+pub use self::crc::crc16_dnp;
 pub use self::crc::{crc32c, Crc32c};
+#[cfg(feature = "v2")]
+pub use self::decoder::AnyFrame;
 pub(crate) use self::decoder::DecodeState;
 pub use self::decoder::{Decoder, DecoderStats, Frame, FrameError};
 #[cfg(feature = "auth")]

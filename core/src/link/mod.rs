@@ -39,6 +39,8 @@ pub mod auth;
 mod handshake;
 mod seq;
 mod storage;
+#[cfg(feature = "v2")]
+mod v2;
 
 #[cfg(feature = "auth")]
 pub use self::auth::Key;
@@ -46,6 +48,15 @@ pub use self::auth::Key;
 pub use self::handshake::{Reject, RejectCode, PROTOCOL_VERSION, REJECT_TEXT_MAX};
 pub use self::seq::{seq_diff, seq_lt, seq_lte};
 pub use self::storage::{LinkStorage, Parts, Storage};
+
+/// The highest protocol version this build of the core speaks: 2 with the `v2` feature
+/// (`PROTOCOL.md` section 11), 1 without. [`Config::max_version`] chooses what a link offers.
+#[cfg(feature = "v2")]
+pub const MAX_PROTOCOL_VERSION: u8 = v2::MAX_VERSION;
+/// The highest protocol version this build of the core speaks: 2 with the `v2` feature
+/// (`PROTOCOL.md` section 11), 1 without.
+#[cfg(not(feature = "v2"))]
+pub const MAX_PROTOCOL_VERSION: u8 = 1;
 
 use self::handshake::{Hello, Text, HELLO_LEN};
 use crate::frame::{
@@ -164,6 +175,17 @@ pub struct Config {
     /// kept its numbering may set it: a relay taking a device's records over after losing
     /// its own link state (`tether bridge` after a crash), never a device that restarted.
     pub continues_from: u32,
+    /// The highest protocol version this side offers (a client, in its HELLO) or accepts (a
+    /// server): 1, the default, or 2 (`PROTOCOL.md` 11.2). A side offering 2 talks version 1
+    /// to a peer that does not, in either role. An authenticated link speaks version 1
+    /// whatever this says.
+    #[cfg(feature = "v2")]
+    pub max_version: u8,
+    /// Version 2's packing bound (`PROTOCOL.md` 11.8): while records are in flight, a DATA
+    /// frame that is not full waits at most this long for more records; a lone record never
+    /// waits. 0 sends at once.
+    #[cfg(feature = "v2")]
+    pub pack_delay_ms: u16,
 }
 
 impl Config {
@@ -182,6 +204,10 @@ impl Config {
             keepalive_ms: 1_000,
             dead_after_ms: 5_000,
             continues_from: 0,
+            #[cfg(feature = "v2")]
+            max_version: 1,
+            #[cfg(feature = "v2")]
+            pack_delay_ms: 2,
         }
     }
 }
@@ -466,6 +492,12 @@ impl<S: Storage> Link<S> {
         s
     }
 
+    /// The protocol version of the session: that of the last handshake completed, 1 before
+    /// any (`PROTOCOL.md` 11.2).
+    pub fn protocol_version(&self) -> u8 {
+        self.st.protocol_version()
+    }
+
     /// The peer's session identity, once a handshake has told it.
     pub fn peer_session(&self) -> Option<u32> {
         (self.st.peer.session != 0).then_some(self.st.peer.session)
@@ -541,6 +573,20 @@ impl<S: Storage> Link<S> {
             frame,
             ..
         } = self.storage.parts();
+        #[cfg(feature = "v2")]
+        while let Some(result) = self.st.dec.decode_any(frame, &mut bytes) {
+            match result {
+                Ok(frame::AnyFrame::V1(f)) => self
+                    .st
+                    .on_frame(now, &f.header, f.payload, rx, rx_len, tx_len),
+                Ok(frame::AnyFrame::V2(f)) => self.st.on_frame_v2(now, &f, rx, rx_len),
+                Err(FrameError::TooLong) if self.st.phase == Phase::Established => {
+                    // As below: counted by the decoder; the sender times out on it.
+                }
+                Err(_) => {}
+            }
+        }
+        #[cfg(not(feature = "v2"))]
         while let Some(result) = self.st.dec.decode(frame, &mut bytes) {
             match result {
                 Ok(f) => self
@@ -689,6 +735,8 @@ struct State {
     stats: LinkStats,
     #[cfg(feature = "auth")]
     auth: auth::Auth,
+    #[cfg(feature = "v2")]
+    v2: v2::V2,
 }
 
 impl State {
@@ -747,7 +795,24 @@ impl State {
             stats: LinkStats::default(),
             #[cfg(feature = "auth")]
             auth: auth::Auth::new(),
+            #[cfg(feature = "v2")]
+            v2: v2::V2::new(),
         }
+    }
+
+    fn protocol_version(&self) -> u8 {
+        #[cfg(feature = "v2")]
+        return self.v2.version;
+        #[cfg(not(feature = "v2"))]
+        return 1;
+    }
+
+    /// Whether the session is a version 2 one (always false without the feature).
+    fn v2_session(&self) -> bool {
+        #[cfg(feature = "v2")]
+        return self.is_v2();
+        #[cfg(not(feature = "v2"))]
+        return false;
     }
 
     /// The longest record this side accepts: the frame less header, CRC and, in an
@@ -1004,8 +1069,11 @@ impl State {
         }
         self.events.connected = Some(resumed);
         info!(
-            "tether: session {=u32:x} with peer {=u32:x} established (resumed: {=bool})",
-            self.cfg.session, peer.session, resumed
+            "tether: session {=u32:x} with peer {=u32:x} established (resumed: {=bool}, protocol version {=u8})",
+            self.cfg.session,
+            peer.session,
+            resumed,
+            self.protocol_version()
         );
         self.phase = if self.closing {
             Phase::Closing
@@ -1050,7 +1118,7 @@ impl State {
         let Some(payload) = self.open(h, payload) else {
             return;
         };
-        if self.phase == Phase::Closed && h.kind == Kind::Close {
+        if self.phase == Phase::Closed && h.kind == Kind::Close && !self.v2_session() {
             // We closed by replying, and the peer asks again: our reply was lost, answer
             // again. A side that closed on receiving the reply never answers, so two
             // closed sides cannot keep answering each other.
@@ -1065,8 +1133,12 @@ impl State {
         }
         self.last_rx = now;
         match h.kind {
-            Kind::Hello => self.on_hello(now, payload, tx_len),
-            Kind::Welcome => self.on_welcome(now, payload, tx_len),
+            Kind::Hello => self.on_hello(now, h, payload, tx_len),
+            Kind::Welcome => self.on_welcome(now, h, payload, tx_len),
+            // A version 2 session takes only version 2 session frames (PROTOCOL.md 11.2).
+            Kind::Data | Kind::Ack | Kind::Ping | Kind::Close if self.v2_session() => {
+                self.unexpected()
+            }
             #[cfg(feature = "auth")]
             Kind::Reject if self.auth_holds() => {
                 // The peer proved the key on this connection, so it refuses nothing now:
@@ -1103,18 +1175,21 @@ impl State {
                 self.on_ack(now, h.seq, h.ack, h.credit, h.flags.contains(Flags::NACK));
             }
             Kind::Ping if self.connected() => self.ack_pending = true,
-            Kind::Close if self.connected() => {
-                if self.close_deadline.is_some() {
-                    // The reply to our CLOSE.
-                    self.finish_close();
-                } else {
-                    // The peer is done: flush ours, then reply. Nothing new is accepted.
-                    self.closing = true;
-                    self.phase = Phase::Closing;
-                    self.close_reply_pending = true;
-                }
-            }
+            Kind::Close if self.connected() => self.on_close(),
             _ => self.unexpected(),
+        }
+    }
+
+    /// A CLOSE in Established or Closing (PROTOCOL.md 9.11).
+    fn on_close(&mut self) {
+        if self.close_deadline.is_some() {
+            // The reply to our CLOSE.
+            self.finish_close();
+        } else {
+            // The peer is done: flush ours, then reply. Nothing new is accepted.
+            self.closing = true;
+            self.phase = Phase::Closing;
+            self.close_reply_pending = true;
         }
     }
 
@@ -1242,7 +1317,7 @@ impl State {
         self.stats.unexpected = self.stats.unexpected.wrapping_add(1);
     }
 
-    fn on_hello(&mut self, now: Instant, payload: &[u8], tx_len: &[u16]) {
+    fn on_hello(&mut self, now: Instant, h: &Header, payload: &[u8], tx_len: &[u16]) {
         let acceptable = self.cfg.role == Role::Server
             && matches!(
                 self.phase,
@@ -1259,6 +1334,10 @@ impl State {
                     return;
                 }
             }
+            #[cfg(feature = "v2")]
+            self.take_hello_version(h);
+            #[cfg(not(feature = "v2"))]
+            let _ = h;
             self.adopt(now, &peer);
             // The last HELLO decides: a REJECT still due answers one this HELLO supersedes
             // (PROTOCOL.md 9.4), and would refuse a client that is acceptable now.
@@ -1267,13 +1346,29 @@ impl State {
         }
     }
 
-    fn on_welcome(&mut self, now: Instant, payload: &[u8], tx_len: &[u16]) {
+    fn on_welcome(&mut self, now: Instant, h: &Header, payload: &[u8], tx_len: &[u16]) {
         if self.cfg.role != Role::Client || self.phase != Phase::Handshaking {
             // A late duplicate WELCOME after the handshake is harmless.
             self.unexpected();
             return;
         }
         if let Some(peer) = self.acceptable_peer(payload, "malformed WELCOME", tx_len) {
+            #[cfg(feature = "v2")]
+            if let Err(chosen) = self.take_welcome_version(h) {
+                let r = Reject::new(
+                    RejectCode::Version,
+                    &[
+                        Text::Str("the server chose protocol version "),
+                        Text::Num(u32::from(chosen)),
+                        Text::Str("; this side offers up to "),
+                        Text::Num(u32::from(self.offered_version())),
+                    ],
+                );
+                self.refused(r, true);
+                return;
+            }
+            #[cfg(not(feature = "v2"))]
+            let _ = h;
             #[cfg(feature = "auth")]
             if self.auth.key.is_some() {
                 // Checked in `acceptable_peer`: the server proved the key for our nonce.
@@ -1582,13 +1677,6 @@ impl State {
         tx: &[u8],
         tx_len: &[u16],
     ) -> Option<usize> {
-        let control = Header {
-            kind: Kind::Ping,
-            flags: Flags::NONE,
-            seq: 0,
-            ack: 0,
-            credit: 0,
-        };
         if self.reject_pending {
             self.reject_pending = false;
             let mut buf = [0u8; 2 + REJECT_TEXT_MAX];
@@ -1598,7 +1686,7 @@ impl State {
                 out,
                 &Header {
                     kind: Kind::Reject,
-                    ..control
+                    ..Header::default()
                 },
                 payload,
             );
@@ -1607,15 +1695,9 @@ impl State {
             self.hello_pending = false;
             return self.emit_hello(Kind::Hello, out);
         }
-        // Every CLOSE (initiator's, reply, answer) carries seq = tx_next.
-        let close = Header {
-            kind: Kind::Close,
-            seq: self.tx_next,
-            ..control
-        };
         if self.close_echo_pending {
             self.close_echo_pending = false;
-            return self.emit_session(out, &close, &[]);
+            return self.emit_control(Kind::Close, out);
         }
         if !self.connected() {
             return None;
@@ -1624,9 +1706,57 @@ impl State {
             self.welcome_pending = false;
             return self.emit_hello(Kind::Welcome, out);
         }
-        let data_ready = seq_lt(self.snd_next, self.tx_next)
+        #[cfg(feature = "v2")]
+        if self.is_v2() {
+            if let Some(n) = self.next_data_v2(now, out, tx, tx_len) {
+                return Some(n);
+            }
+        } else if let Some(n) = self.next_data_v1(now, out, tx, tx_len) {
+            return Some(n);
+        }
+        #[cfg(not(feature = "v2"))]
+        if let Some(n) = self.next_data_v1(now, out, tx, tx_len) {
+            return Some(n);
+        }
+        if self.close_reply_pending && self.tx_base == self.tx_next {
+            self.close_reply_pending = false;
+            let n = self.emit_control(Kind::Close, out)?;
+            self.finish_close();
+            self.closed_by_reply = true;
+            return Some(n);
+        }
+        if self.phase == Phase::Closing && !self.close_reply_pending && self.tx_base == self.tx_next
+        {
+            let due = self.close_pending || self.close_deadline.is_none();
+            if due {
+                self.close_pending = false;
+                self.close_deadline = Some(now.plus(self.rto));
+                return self.emit_control(Kind::Close, out);
+            }
+        }
+        if self.ping_pending {
+            self.ping_pending = false;
+            return self.emit_control(Kind::Ping, out);
+        }
+        None
+    }
+
+    /// Whether a DATA frame may carry record `snd_next` now (PROTOCOL.md 9.9).
+    fn data_ready(&self) -> bool {
+        seq_lt(self.snd_next, self.tx_next)
             && seq_lt(self.snd_next, self.peer_limit)
-            && seq_lt(self.snd_next, self.tx_base.wrapping_add(self.window));
+            && seq_lt(self.snd_next, self.tx_base.wrapping_add(self.window))
+    }
+
+    /// The next acknowledgement or DATA frame of a version 1 session, if one is due.
+    fn next_data_v1(
+        &mut self,
+        now: Instant,
+        out: &mut [u8],
+        tx: &[u8],
+        tx_len: &[u16],
+    ) -> Option<usize> {
+        let data_ready = self.data_ready();
         // An ACK goes alone when it must carry the received boundary (records held
         // unreleased) or a NACK; otherwise it rides on the next DATA frame.
         let piggyback = data_ready && !self.nack_pending && self.rx_next == self.rx_released;
@@ -1647,67 +1777,73 @@ impl State {
             };
             return self.emit_session(out, &h, &[]);
         }
-        if data_ready {
-            let seq = self.snd_next;
-            let k = seq.wrapping_sub(self.tx_base) as usize;
-            let slot = (self.tx_head + k) % self.ntx;
-            let start = slot * self.slot;
-            let payload = &tx[start..start + usize::from(tx_len[slot])];
-            let mut h = Header {
-                kind: Kind::Data,
-                flags: Flags::NONE,
-                seq,
-                ack: 0,
-                credit: 0,
-            };
-            if self.ack_pending {
-                self.ack_pending = false;
-                h.flags = Flags::ACK;
-                h.ack = self.rx_released;
-                h.credit = self.credit();
-            }
-            let n = self.emit_session(out, &h, payload)?;
-            self.snd_next = seq.wrapping_add(1);
-            if seq_lt(seq, self.snd_max) {
-                self.stats.retransmissions = self.stats.retransmissions.wrapping_add(1);
-            } else {
-                self.snd_max = self.snd_next;
-            }
-            self.stats.data_out = self.stats.data_out.wrapping_add(1);
-            if self.rto_deadline.is_none() {
-                self.rto_deadline = Some(now.plus(self.rto));
-            }
-            return Some(n);
+        if !data_ready {
+            return None;
         }
-        if self.close_reply_pending && self.tx_base == self.tx_next {
-            self.close_reply_pending = false;
-            let n = self.emit_session(out, &close, &[])?;
-            self.finish_close();
-            self.closed_by_reply = true;
-            return Some(n);
+        let seq = self.snd_next;
+        let k = seq.wrapping_sub(self.tx_base) as usize;
+        let slot = (self.tx_head + k) % self.ntx;
+        let start = slot * self.slot;
+        let payload = &tx[start..start + usize::from(tx_len[slot])];
+        let mut h = Header {
+            kind: Kind::Data,
+            flags: Flags::NONE,
+            seq,
+            ack: 0,
+            credit: 0,
+        };
+        if self.ack_pending {
+            self.ack_pending = false;
+            h.flags = Flags::ACK;
+            h.ack = self.rx_released;
+            h.credit = self.credit();
         }
-        if self.phase == Phase::Closing && !self.close_reply_pending && self.tx_base == self.tx_next
-        {
-            let due = self.close_pending || self.close_deadline.is_none();
-            if due {
-                self.close_pending = false;
-                self.close_deadline = Some(now.plus(self.rto));
-                return self.emit_session(out, &close, &[]);
-            }
+        let n = self.emit_session(out, &h, payload)?;
+        self.sent_data(now, seq, 1);
+        Some(n)
+    }
+
+    /// Bookkeeping after a DATA frame carried `count` records from `seq`.
+    fn sent_data(&mut self, now: Instant, seq: u32, count: u32) {
+        self.snd_next = seq.wrapping_add(count);
+        if seq_lt(seq, self.snd_max) {
+            self.stats.retransmissions = self.stats.retransmissions.wrapping_add(count);
+        } else {
+            self.snd_max = self.snd_next;
         }
-        if self.ping_pending {
-            self.ping_pending = false;
-            return self.emit_session(out, &control, &[]);
+        self.stats.data_out = self.stats.data_out.wrapping_add(1);
+        if self.rto_deadline.is_none() {
+            self.rto_deadline = Some(now.plus(self.rto));
         }
-        None
+    }
+
+    /// A CLOSE (`seq` = `tx_next`, PROTOCOL.md 9.6) or a PING, in the session's version.
+    fn emit_control(&mut self, kind: Kind, out: &mut [u8]) -> Option<usize> {
+        #[cfg(feature = "v2")]
+        if self.is_v2() {
+            return self.emit_control_v2(kind, out);
+        }
+        let seq = if kind == Kind::Close { self.tx_next } else { 0 };
+        let h = Header {
+            kind,
+            seq,
+            ..Header::default()
+        };
+        self.emit_session(out, &h, &[])
     }
 
     /// A HELLO or WELCOME (`kind`) carrying this side's view of the session, with the
     /// authentication extension in an authenticated link.
     fn emit_hello(&self, kind: Kind, out: &mut [u8]) -> Option<usize> {
         let payload: [u8; HELLO_LEN] = self.our_hello().emit();
+        #[cfg(feature = "v2")]
+        let (seq, credit) = self.hello_header(kind);
+        #[cfg(not(feature = "v2"))]
+        let (seq, credit) = (0, 0);
         let h = Header {
             kind,
+            seq,
+            credit,
             ..Header::default()
         };
         #[cfg(feature = "auth")]

@@ -80,6 +80,9 @@ pub struct Scenario {
     /// slow consumer below 1).
     pub release_rate: f64,
     pub first_seq: u32,
+    /// The highest protocol version the device and the host offer (`Config::max_version`,
+    /// with the `v2` feature; 1 and 1 without it).
+    pub versions: (u8, u8),
 }
 
 /// One direction of the channel: chunks in flight, in order.
@@ -148,6 +151,10 @@ pub struct Outcome {
     pub restarts: u32,
     /// Frames an authenticated link dropped: bad MAC, replayed counter (both sides).
     pub auth_drops: u32,
+    /// The protocol version each side ended with (device, host).
+    pub versions: (u8, u8),
+    /// Bytes each side sent (device, host), and the records the host received.
+    pub bytes_out: (u64, u64),
 }
 
 pub fn record(i: u32) -> Vec<u8> {
@@ -164,6 +171,13 @@ pub fn config(role: Role, session: u32, s: &Scenario) -> Config {
     let mut c = Config::new(role, session);
     c.window = s.window;
     c.first_seq = s.first_seq;
+    #[cfg(feature = "v2")]
+    {
+        c.max_version = match role {
+            Role::Client => s.versions.0,
+            Role::Server => s.versions.1,
+        };
+    }
     c
 }
 
@@ -319,6 +333,8 @@ fn drive<S: Storage>(
             out.host_unacked = host.unacked();
             out.virtual_ms = now;
             out.retransmissions = device.stats().retransmissions + host.stats().retransmissions;
+            out.versions = (device.protocol_version(), host.protocol_version());
+            out.bytes_out = (device.stats().bytes_out, host.stats().bytes_out);
             #[cfg(feature = "auth")]
             for st in [device.stats(), host.stats()] {
                 out.auth_drops += st.auth_failures + st.replays;

@@ -1,0 +1,352 @@
+//! Protocol version 2 in the link layer (`PROTOCOL.md` section 11): the negotiation in both
+//! roles and with version 1 peers, the handshake bytes of the spec's vectors, and the session
+//! frames a version 2 session puts on the wire.
+#![cfg(feature = "v2")]
+
+use tether_core::frame::{self, v2, AnyFrame, Decoder, Kind};
+use tether_core::link::{Config, Event, Instant, Link, LinkStorage, Phase, RejectCode, Role};
+
+type Store = LinkStorage<8, 8, 96>;
+
+const SPEC: &str = include_str!("../../PROTOCOL.md");
+
+fn config(role: Role, session: u32, max_version: u8) -> Config {
+    let mut c = Config::new(role, session);
+    c.max_version = max_version;
+    c
+}
+
+fn link(role: Role, session: u32, max_version: u8) -> Link<Store> {
+    Link::new(config(role, session, max_version), Store::new()).expect("config")
+}
+
+/// Every frame `from` sends now, each as one `Vec`.
+fn frames_of(from: &mut Link<Store>, now: Instant) -> Vec<Vec<u8>> {
+    let mut buf = vec![0u8; from.transmit_len()];
+    let mut out = Vec::new();
+    while let Some(n) = from.poll_transmit(now, &mut buf) {
+        out.push(buf[..n].to_vec());
+    }
+    out
+}
+
+/// Shuttles frames both ways until both sides are quiet; the frames the client and the
+/// server sent, in order. The server's application releases what it receives.
+fn exchange(
+    client: &mut Link<Store>,
+    server: &mut Link<Store>,
+    now: Instant,
+) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let (mut up, mut down) = (Vec::new(), Vec::new());
+    for _ in 0..20 {
+        let a = frames_of(client, now);
+        for f in &a {
+            server.handle_input(now, f);
+        }
+        let n = server.received().count();
+        server.release(n);
+        let b = frames_of(server, now);
+        for f in &b {
+            client.handle_input(now, f);
+        }
+        let n = client.received().count();
+        client.release(n);
+        if a.is_empty() && b.is_empty() {
+            break;
+        }
+        up.extend(a);
+        down.extend(b);
+    }
+    (up, down)
+}
+
+/// Whether an encoded frame is a version 2 frame: its first raw byte has bit 7 set.
+fn is_v2_frame(wire: &[u8]) -> bool {
+    let mut dec = Decoder::new(vec![0u8; 200]);
+    let mut input = wire;
+    matches!(dec.decode_any(&mut input), Some(Ok(AnyFrame::V2(_))))
+}
+
+fn kind_v1(wire: &[u8]) -> Option<Kind> {
+    let mut dec = Decoder::new(vec![0u8; 200]);
+    let mut input = wire;
+    match dec.decode_any(&mut input) {
+        Some(Ok(AnyFrame::V1(f))) => Some(f.header.kind),
+        _ => None,
+    }
+}
+
+/// The `wire` of the section 7-format vector `name`.
+fn spec_wire(name: &str) -> Vec<u8> {
+    let mut lines = SPEC
+        .lines()
+        .skip_while(|l| l.trim() != format!("name:    {name}"));
+    let mut wire = String::new();
+    let mut in_wire = false;
+    for line in lines.by_ref() {
+        if line.trim() == "```" {
+            break;
+        }
+        if let Some(rest) = line.strip_prefix("wire:") {
+            in_wire = true;
+            wire.push_str(rest);
+        } else if in_wire && line.starts_with(' ') {
+            wire.push(' ');
+            wire.push_str(line.trim());
+        } else {
+            in_wire = false;
+        }
+    }
+    assert!(!wire.is_empty(), "vector {name} in the spec");
+    wire.split_whitespace()
+        .map(|b| u8::from_str_radix(b, 16).expect("hex"))
+        .collect()
+}
+
+fn send_records(link: &mut Link<Store>, n: u32) {
+    for i in 0..n {
+        link.send(format!("record {i}").as_bytes()).expect("queued");
+    }
+}
+
+#[test]
+fn two_sides_that_offer_version_2_use_it_and_its_frames() {
+    let now = Instant::from_millis(0);
+    let mut c = link(Role::Client, 0xD1, 2);
+    let mut s = link(Role::Server, 0x51, 2);
+    c.connect(now);
+    s.connect(now);
+    send_records(&mut c, 5);
+    s.send(b"a command").unwrap();
+    let (up, down) = exchange(&mut c, &mut s, now);
+    assert_eq!((c.protocol_version(), s.protocol_version()), (2, 2));
+    assert_eq!((c.unacked(), s.unacked()), (0, 0));
+    assert_eq!(kind_v1(&up[0]), Some(Kind::Hello));
+    assert_eq!(kind_v1(&down[0]), Some(Kind::Welcome));
+    // After the handshake every session frame is a version 2 frame, both ways.
+    assert!(
+        up[1..].iter().all(|f| is_v2_frame(f)),
+        "client frames after its HELLO"
+    );
+    assert!(
+        down[1..].iter().all(|f| is_v2_frame(f)),
+        "server frames after its WELCOME"
+    );
+    assert!(s.stats().records_in == 5 && c.stats().records_in == 1);
+}
+
+#[test]
+fn a_version_2_client_talks_version_1_to_a_version_1_server() {
+    let now = Instant::from_millis(0);
+    let mut c = link(Role::Client, 0xD1, 2);
+    let mut s = link(Role::Server, 0x51, 1);
+    c.connect(now);
+    s.connect(now);
+    send_records(&mut c, 5);
+    s.send(b"a command").unwrap();
+    let (up, down) = exchange(&mut c, &mut s, now);
+    assert_eq!((c.protocol_version(), s.protocol_version()), (1, 1));
+    assert_eq!((c.unacked(), s.unacked()), (0, 0));
+    assert!(
+        up.iter().chain(&down).all(|f| !is_v2_frame(f)),
+        "only version 1 frames"
+    );
+    assert_eq!((s.stats().records_in, c.stats().records_in), (5, 1));
+}
+
+#[test]
+fn a_version_1_client_is_answered_in_version_1_by_a_version_2_server() {
+    let now = Instant::from_millis(0);
+    let mut c = link(Role::Client, 0xD1, 1);
+    let mut s = link(Role::Server, 0x51, 2);
+    c.connect(now);
+    s.connect(now);
+    send_records(&mut c, 5);
+    s.send(b"a command").unwrap();
+    let (up, down) = exchange(&mut c, &mut s, now);
+    assert_eq!((c.protocol_version(), s.protocol_version()), (1, 1));
+    assert!(
+        up.iter().chain(&down).all(|f| !is_v2_frame(f)),
+        "only version 1 frames"
+    );
+    assert_eq!((s.stats().records_in, c.stats().records_in), (5, 1));
+    // Its WELCOME is a version 1 WELCOME: every header field 0 (9.5.1).
+    let mut dec = Decoder::new(vec![0u8; 200]);
+    let mut input = &down[0][..];
+    let f = dec.decode(&mut input).expect("a frame").expect("valid");
+    assert_eq!(
+        (f.header.kind, f.header.seq, f.header.ack, f.header.credit),
+        (Kind::Welcome, 0, 0, 0)
+    );
+}
+
+/// A side that offers only version 1 sends exactly what a version 1 build sends: its HELLO's
+/// header fields are all 0, as section 9.5.1 says.
+#[test]
+fn a_side_offering_version_1_sends_version_1_hellos() {
+    let now = Instant::from_millis(0);
+    let mut c = link(Role::Client, 0xD1, 1);
+    c.connect(now);
+    let hello = frames_of(&mut c, now).remove(0);
+    let mut dec = Decoder::new(vec![0u8; 200]);
+    let mut input = &hello[..];
+    let f = dec.decode(&mut input).expect("a frame").expect("valid");
+    assert_eq!(
+        (f.header.kind, f.header.seq, f.header.ack, f.header.credit),
+        (Kind::Hello, 0, 0, 0)
+    );
+}
+
+/// The reference sends the handshake of 11.12 byte for byte: a device (session 0xd1, M =
+/// 96, 8 receive slots) offering version 2, and a host (0x51) choosing it.
+#[test]
+fn the_handshake_is_the_specs_vectors_byte_for_byte() {
+    let now = Instant::from_millis(0);
+    let mut c = link(Role::Client, 0xD1, 2);
+    let mut s = link(Role::Server, 0x51, 2);
+    c.connect(now);
+    s.connect(now);
+    let hello = frames_of(&mut c, now).remove(0);
+    assert_eq!(hello, spec_wire("hello-offering-v2"));
+    s.handle_input(now, &hello);
+    let welcome = frames_of(&mut s, now).remove(0);
+    assert_eq!(welcome, spec_wire("welcome-choosing-v2"));
+}
+
+/// A WELCOME that chooses a version the client did not offer is refused with code 1.
+#[test]
+fn a_welcome_choosing_a_version_not_offered_is_refused() {
+    let now = Instant::from_millis(0);
+    let mut c = link(Role::Client, 0xD1, 2);
+    c.connect(now);
+    let _ = frames_of(&mut c, now);
+    // The spec's WELCOME with its header `credit` (the version chosen) made 3.
+    let welcome = spec_wire("welcome-choosing-v2");
+    let mut dec = Decoder::new(vec![0u8; 200]);
+    let mut input = &welcome[..];
+    let f = dec.decode(&mut input).expect("a frame").expect("valid");
+    let mut h = f.header;
+    h.credit = 3;
+    let payload = f.payload.to_vec();
+    let mut forged = vec![0u8; frame::max_encoded_len(payload.len())];
+    let n = frame::encode(&h, &payload, &mut forged).unwrap();
+    c.handle_input(now, &forged[..n]);
+    assert_eq!(c.phase(), Phase::Rejected);
+    let r = c.reject().expect("a reason");
+    assert_eq!(r.code(), RejectCode::Version);
+    assert_eq!(
+        r.text(),
+        "the server chose protocol version 3; this side offers up to 2"
+    );
+    assert!(matches!(
+        c.poll_event(),
+        Some(Event::Rejected { by_us: true })
+    ));
+    // A client that offered only version 1 takes the same WELCOME as version 1.
+    let mut c1 = link(Role::Client, 0xD1, 1);
+    c1.connect(now);
+    let _ = frames_of(&mut c1, now);
+    c1.handle_input(now, &forged[..n]);
+    assert_eq!((c1.phase(), c1.protocol_version()), (Phase::Established, 1));
+}
+
+/// The version is decided at every handshake: a server in a version 2 session that adopts a
+/// HELLO offering only version 1 (a device whose firmware went back) speaks version 1 from
+/// its WELCOME on, and the other way round.
+#[test]
+fn each_handshake_decides_the_version_anew() {
+    let now = Instant::from_millis(0);
+    let mut s = link(Role::Server, 0x51, 2);
+    s.connect(now);
+    let mut c2 = link(Role::Client, 0xD1, 2);
+    c2.connect(now);
+    send_records(&mut c2, 3);
+    exchange(&mut c2, &mut s, now);
+    assert_eq!((s.protocol_version(), s.stats().records_in), (2, 3));
+    let mut c1 = link(Role::Client, 0xD2, 1);
+    c1.connect(now);
+    send_records(&mut c1, 3);
+    let (_, down) = exchange(&mut c1, &mut s, now);
+    assert_eq!((s.protocol_version(), c1.protocol_version()), (1, 1));
+    assert!(down.iter().all(|f| !is_v2_frame(f)));
+    assert_eq!(c1.unacked(), 0);
+    let mut c3 = link(Role::Client, 0xD3, 2);
+    c3.connect(now);
+    send_records(&mut c3, 3);
+    let (_, down) = exchange(&mut c3, &mut s, now);
+    assert_eq!((s.protocol_version(), c3.unacked()), (2, 0));
+    assert!(down[1..].iter().all(|f| is_v2_frame(f)));
+}
+
+/// In a version 2 session, version 1 session frames are ignored and counted, and in a
+/// version 1 session version 2 frames are: each side reads only its session's version.
+#[test]
+fn session_frames_of_the_other_version_are_ignored() {
+    let now = Instant::from_millis(0);
+    let mut c = link(Role::Client, 0xD1, 2);
+    let mut s = link(Role::Server, 0x51, 2);
+    c.connect(now);
+    s.connect(now);
+    exchange(&mut c, &mut s, now);
+    // A version 1 DATA frame carrying a record numbered 0.
+    let h = frame::Header {
+        kind: Kind::Data,
+        ..frame::Header::default()
+    };
+    let mut w = vec![0u8; frame::max_encoded_len(3)];
+    let n = frame::encode(&h, b"one", &mut w).unwrap();
+    let before = s.stats().unexpected;
+    s.handle_input(now, &w[..n]);
+    assert_eq!(
+        (s.stats().unexpected, s.stats().records_in),
+        (before + 1, 0)
+    );
+    // And a version 2 PING into a version 1 session.
+    let mut c1 = link(Role::Client, 0xD1, 1);
+    let mut s1 = link(Role::Server, 0x51, 2);
+    c1.connect(now);
+    s1.connect(now);
+    exchange(&mut c1, &mut s1, now);
+    let mut ping = vec![0u8; 8];
+    let n = v2::encode(&v2::Frame::Ping, &mut ping).unwrap();
+    let before = s1.stats().unexpected;
+    s1.handle_input(now, &ping[..n]);
+    assert_eq!(s1.stats().unexpected, before + 1);
+    assert!(
+        frames_of(&mut s1, now).is_empty(),
+        "no answer to a PING it cannot read"
+    );
+}
+
+#[cfg(feature = "auth")]
+#[test]
+fn an_authenticated_link_speaks_version_1() {
+    use tether_core::link::Key;
+    let now = Instant::from_millis(0);
+    type AuthStore = LinkStorage<8, 8, { 96 + tether_core::link::auth::TRAILER_LEN }>;
+    let key = Key::new(7, [3; 32]);
+    let mut c = Link::new(config(Role::Client, 0xD1, 2), AuthStore::new()).unwrap();
+    let mut s = Link::new(config(Role::Server, 0x51, 2), AuthStore::new()).unwrap();
+    c.set_auth(Some(key.clone()), [1; 16]).unwrap();
+    s.set_auth(Some(key), [2; 16]).unwrap();
+    c.connect(now);
+    s.connect(now);
+    c.send(b"21.5").unwrap();
+    let mut buf = vec![0u8; c.transmit_len()];
+    for _ in 0..10 {
+        while let Some(n) = c.poll_transmit(now, &mut buf) {
+            assert!(!is_v2_frame(&buf[..n]));
+            s.handle_input(now, &buf[..n]);
+        }
+        let k = s.received().count();
+        s.release(k);
+        while let Some(n) = s.poll_transmit(now, &mut buf) {
+            assert!(!is_v2_frame(&buf[..n]));
+            c.handle_input(now, &buf[..n]);
+        }
+    }
+    assert_eq!(
+        (c.protocol_version(), s.protocol_version(), c.unacked()),
+        (1, 1, 0)
+    );
+}
