@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 use crate::endpoint::Endpoint;
 use crate::keys::Refusal;
 use crate::session::{lock, Engine, Hello, Server, Session};
-use crate::sink::{CsvSink, SinkError};
+use crate::sink::{Batch, Destination, Sink, SinkError};
 use crate::storage::HeapStorage;
 use crate::transport::{Acceptor, TransportError};
 
@@ -190,7 +190,7 @@ pub struct Logger {
     /// Each device's last record in the CSV as found at start (see [`crate::recover`]), or
     /// as its forgotten session left it, taken by its session when it first connects.
     recovered: Mutex<HashMap<u32, u32>>,
-    sink: Mutex<CsvSink>,
+    sink: Mutex<Box<dyn Sink>>,
     records: AtomicU64,
 }
 
@@ -215,9 +215,9 @@ impl Listener {
             sockets.push(s);
         }
         // Opened (locked, and refused if not a Tether CSV) before recovery may cut anything.
-        let mut sink = CsvSink::open(&opts.csv, opts.fsync)?;
-        let recovered = crate::recover::recover(&mut sink)?;
-        crate::recover::log_recovered(&opts.csv, &recovered);
+        let mut sink = crate::sink::open(&Destination::Csv(opts.csv.clone()), opts.fsync)?;
+        let recovered = sink.recover()?;
+        crate::recover::log_recovered(&sink.describe(), &recovered);
         let engine = Engine::new(
             Logger {
                 opts,
@@ -288,7 +288,7 @@ impl Listener {
             .await;
         let logger = engine.server();
         // Marker rows a failed batch left pending get a last chance.
-        lock(&logger.sink).batch().commit()?;
+        Batch::new(&mut **lock(&logger.sink)).commit()?;
         let retransmissions = engine
             .sessions()
             .iter()
@@ -343,7 +343,7 @@ impl Logger {
         let (mut n, mut skipped, mut last) = (0, 0, 0);
         {
             let mut sink = lock(&self.sink);
-            let mut batch = sink.batch();
+            let mut batch = Batch::new(&mut **sink);
             let time = SystemTime::now();
             for r in s.link.received() {
                 // Sent again after a listener restart, and already in the CSV: released unwritten.
@@ -422,7 +422,7 @@ impl Server for Logger {
     ) -> Result<(), Refusal> {
         crate::keys::bind(&mut s.link, key)?;
         if let Some(notice) = s.resume.on_hello(Some(hello.info())) {
-            crate::recover::report(&self.sink, device, &notice);
+            crate::recover::report(&mut **lock(&self.sink), device, &notice);
         }
         Ok(())
     }
@@ -453,7 +453,7 @@ impl Server for Logger {
 
     fn restarted(&self, device: u32, s: &mut Device, in_doubt: u32) {
         let restart = s.resume.restarted();
-        crate::recover::report_restart(&self.sink, device, restart, in_doubt);
+        crate::recover::report_restart(&mut **lock(&self.sink), device, restart, in_doubt);
     }
 
     fn stopping(&self, _: &Engine<Self>) {}

@@ -12,7 +12,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info};
 
 use crate::endpoint::Endpoint;
-use crate::sink::{CsvSink, SinkError};
+use crate::sink::{Batch, Sink, SinkError};
 use crate::transport::{Stream, TransportError};
 
 /// The greeting the tutorial's server sends.
@@ -27,7 +27,7 @@ pub const CHUNK: usize = 32;
 pub async fn serve(
     mut stream: Stream,
     peer: &str,
-    sink: &std::sync::Mutex<CsvSink>,
+    sink: &std::sync::Mutex<Box<dyn Sink>>,
     idle: Duration,
 ) -> Result<u64, SinkError> {
     if stream.write_all(GREETING).await.is_err() {
@@ -46,7 +46,7 @@ pub async fn serve(
         };
         {
             let mut s = sink.lock().unwrap_or_else(|e| e.into_inner());
-            let mut batch = s.batch();
+            let mut batch = Batch::new(&mut **s);
             batch.write_text(SystemTime::now(), peer, seq, &buf[..n])?;
             batch.commit()?;
         }

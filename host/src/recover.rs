@@ -38,13 +38,12 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::path::PathBuf;
 use std::time::SystemTime;
 
 use tracing::{info, warn};
 
-use crate::sink::CsvSink;
+use crate::sink::{Batch, CsvSink, Sink};
 
 /// Why the CSV could not be recovered.
 #[derive(Debug, thiserror::Error)]
@@ -341,21 +340,20 @@ impl Resume {
     }
 }
 
-/// Logs what [`recover`] found.
-pub fn log_recovered(path: &Path, r: &Recovered) {
+/// Logs what [`recover`] found in `sink` ([`Sink::describe`]).
+pub fn log_recovered(sink: &str, r: &Recovered) {
     if let Some(torn) = &r.torn {
         warn!(
             "{}: the last row was torn (the listener stopped while writing it); cut {} bytes: \
              {torn:?}. Its record was not acknowledged, so its device sends it again",
-            path.display(),
-            r.truncated
+            sink, r.truncated
         );
     }
     if r.rows > 0 {
         info!(
             "{}: {} row{} from before, {} device{}; a device resuming its session continues \
              after its last row",
-            path.display(),
+            sink,
             r.rows,
             if r.rows == 1 { "" } else { "s" },
             r.last_seq.len(),
@@ -364,13 +362,9 @@ pub fn log_recovered(path: &Path, r: &Recovered) {
     }
 }
 
-fn lock_sink(sink: &Mutex<CsvSink>) -> MutexGuard<'_, CsvSink> {
-    sink.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Reports a [`Notice`] about `device` in the log and, for a discontinuity in its records
 /// (missing records, a restart), as a marker row in the CSV.
-pub fn report(sink: &Mutex<CsvSink>, device: u32, notice: &Notice) {
+pub fn report(sink: &mut dyn Sink, device: u32, notice: &Notice) {
     match notice {
         Notice::Resumed { .. } => info!("device {device:08x} {notice}"),
         Notice::Missing { .. } | Notice::Restarted { .. } => {
@@ -417,7 +411,7 @@ pub fn restart_text(restart: &Restart) -> String {
 
 /// Reports a restart of `device` that its link detected (`in_doubt`: commands sent to it
 /// and not acknowledged), in the log and by a marker row in the CSV.
-pub fn report_restart(sink: &Mutex<CsvSink>, device: u32, restart: Restart, in_doubt: u32) {
+pub fn report_restart(sink: &mut dyn Sink, device: u32, restart: Restart, in_doubt: u32) {
     let text = restart_text(&restart);
     let said = text.trim_start_matches("<device ").trim_end_matches('>');
     if restart.hello.is_some_and(|h| h.peer_session != 0) {
@@ -430,9 +424,8 @@ pub fn report_restart(sink: &Mutex<CsvSink>, device: u32, restart: Restart, in_d
 
 /// Writes a marker row in a batch of its own. If that fails, the sink keeps the row and
 /// writes it first in its next batch that commits.
-fn note(sink: &Mutex<CsvSink>, device: u32, text: &str) {
-    let mut sink = lock_sink(sink);
-    let mut batch = sink.batch();
+fn note(sink: &mut dyn Sink, device: u32, text: &str) {
+    let mut batch = Batch::new(sink);
     let r = batch
         .write_note(SystemTime::now(), device, text)
         .and_then(|()| batch.commit());
@@ -444,6 +437,7 @@ fn note(sink: &Mutex<CsvSink>, device: u32, text: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn dir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("tether-recover-{name}-{}", std::process::id()));

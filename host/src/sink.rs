@@ -1,4 +1,19 @@
-//! The CSV sink: one row per record, real columns, and "acked means written".
+//! Where records go: the [`Sink`] seam, and the CSV sink, its first implementation.
+//!
+//! # The seam
+//!
+//! A server writes what a device's link received as one batch ([`Batch`]: records, marker
+//! rows), and releases those records to the link (which acknowledges them) only once
+//! [`Sink::commit`] says the batch is durable; a batch that fails, or is dropped
+//! uncommitted, leaves the sink as it was before it, so nothing is written twice when the
+//! device sends it again. At start, [`Sink::recover`] says what each device last had
+//! written, so that a device resuming after a restart is written once. A new sink (a
+//! database: a transaction per batch; a broker: its acknowledgements) is a module
+//! implementing [`Sink`] plus its arm in [`Destination`] and [`open`].
+//!
+//! # The CSV sink
+//!
+//! One row per record, real columns, and "acked means written".
 //!
 //! # The file
 //!
@@ -67,6 +82,146 @@ use tracing::{debug, info, warn};
 /// The columns every row starts with; the header's first line begins with them.
 pub const FIXED_COLUMNS: &str = "host_time,device,seq";
 
+/// What a sink does: batches of records and marker rows, durable at commit, all or nothing.
+pub trait Sink: Send + std::fmt::Debug {
+    /// Writes record `seq` of `device`, received at `time`, in the open batch (opened by
+    /// the first write).
+    fn write(
+        &mut self,
+        time: SystemTime,
+        device: u32,
+        seq: u32,
+        payload: &[u8],
+    ) -> Result<(), SinkError>;
+
+    /// Writes a marker for `device` (a discontinuity in its records; `text` begins with
+    /// `<`, see [`crate::recover`]). If its batch fails, the marker is kept and written
+    /// first in the next batch that commits.
+    fn write_note(&mut self, time: SystemTime, device: u32, text: &str) -> Result<(), SinkError>;
+
+    /// Writes chunk `seq` of the tutorial's raw protocol from `peer` (see [`crate::raw`]).
+    fn write_raw(
+        &mut self,
+        time: SystemTime,
+        peer: &str,
+        seq: u32,
+        chunk: &[u8],
+    ) -> Result<(), SinkError>;
+
+    /// Makes the open batch durable (with `--fsync`: on disk); only then may its records be
+    /// released. On an error the batch was rolled back: none of it is kept. An empty
+    /// commit writes the marker rows still pending.
+    fn commit(&mut self) -> Result<(), SinkError>;
+
+    /// Drops the open batch, if any: none of it is kept (marker rows stay pending).
+    fn rollback(&mut self);
+
+    /// Each device's last record written, read once before the first batch, and what a
+    /// crash left half-written repaired.
+    fn recover(&mut self) -> Result<crate::recover::Recovered, crate::recover::RecoverError>;
+
+    /// For people: what it writes to ("CSV file readings.csv").
+    fn describe(&self) -> String;
+}
+
+/// Where a server's records go. A new sink adds its variant here and its arm in [`open`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// A CSV file (`--csv FILE`, `tether bridge … csv:FILE`).
+    Csv(PathBuf),
+}
+
+/// Opens the sink of `destination`; with `fsync`, a commit waits until its batch is on
+/// disk.
+pub fn open(destination: &Destination, fsync: bool) -> Result<Box<dyn Sink>, SinkError> {
+    match destination {
+        Destination::Csv(path) => Ok(Box::new(CsvSink::open(path, fsync)?)),
+    }
+}
+
+/// An open batch of a sink: written whole at [`Batch::commit`], rolled back if dropped
+/// uncommitted or after any failure.
+#[derive(Debug)]
+pub struct Batch<'a, S: Sink + ?Sized = dyn Sink> {
+    sink: &'a mut S,
+    failed: bool,
+    done: bool,
+}
+
+impl<'a, S: Sink + ?Sized> Batch<'a, S> {
+    /// Starts a batch on `sink` (a batch that was leaked rather than committed or dropped
+    /// is rolled back first).
+    pub fn new(sink: &'a mut S) -> Self {
+        sink.rollback();
+        Batch {
+            sink,
+            failed: false,
+            done: false,
+        }
+    }
+
+    /// Refuses use after a failure, and marks the batch failed on an error.
+    fn run<T>(&mut self, f: impl FnOnce(&mut S) -> Result<T, SinkError>) -> Result<T, SinkError> {
+        if self.failed {
+            return Err(SinkError::RolledBack {
+                sink: self.sink.describe(),
+            });
+        }
+        let r = f(self.sink);
+        self.failed = r.is_err();
+        r
+    }
+
+    /// Writes one record.
+    pub fn write(
+        &mut self,
+        time: SystemTime,
+        device: u32,
+        seq: u32,
+        payload: &[u8],
+    ) -> Result<(), SinkError> {
+        self.run(|s| s.write(time, device, seq, payload))
+    }
+
+    /// Writes one raw chunk (the tutorial's protocol): time, peer, chunk number, and the
+    /// chunk.
+    pub fn write_text(
+        &mut self,
+        time: SystemTime,
+        peer: &str,
+        seq: u32,
+        chunk: &[u8],
+    ) -> Result<(), SinkError> {
+        self.run(|s| s.write_raw(time, peer, seq, chunk))
+    }
+
+    /// Writes a marker row for `device` (see [`Sink::write_note`]).
+    pub fn write_note(
+        &mut self,
+        time: SystemTime,
+        device: u32,
+        text: &str,
+    ) -> Result<(), SinkError> {
+        self.run(|s| s.write_note(time, device, text))
+    }
+
+    /// Makes the batch durable to the promised degree. Only then may its records be
+    /// acknowledged. On an error the batch is rolled back: none of it is kept.
+    pub fn commit(mut self) -> Result<(), SinkError> {
+        let r = self.run(|s| s.commit());
+        self.done = r.is_ok();
+        r
+    }
+}
+
+impl<S: Sink + ?Sized> Drop for Batch<'_, S> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.sink.rollback();
+        }
+    }
+}
+
 /// Why the sink failed. Records whose batch failed were not acknowledged.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -104,12 +259,10 @@ pub enum SinkError {
         holder: Holder,
     },
     /// A write to a batch that had already failed (and was rolled back).
-    #[error(
-        "CSV file {path}: this batch failed and was rolled back; nothing more is written to it"
-    )]
+    #[error("{sink}: this batch failed and was rolled back; nothing more is written to it")]
     RolledBack {
-        /// The file.
-        path: PathBuf,
+        /// The sink ([`Sink::describe`]).
+        sink: String,
     },
 }
 
@@ -256,15 +409,8 @@ impl CsvSink {
 
     /// Starts a batch. Its rows become durable together at [`Batch::commit`]; if anything
     /// fails, or the batch is dropped uncommitted, the file is as it was before it.
-    pub fn batch(&mut self) -> Batch<'_> {
-        if self.open {
-            // A batch that was leaked (forgotten) rather than committed or dropped.
-            self.rollback();
-        }
-        Batch {
-            sink: self,
-            failed: false,
-        }
+    pub fn batch(&mut self) -> Batch<'_, CsvSink> {
+        Batch::new(self)
     }
 
     /// Cuts the file back to `len` bytes and syncs it: recovery's repair of a torn last row
@@ -360,7 +506,7 @@ impl CsvSink {
 
     /// Drops the open batch: the file back to its length at the last commit, the header due
     /// again if the batch had it, marker rows kept pending.
-    fn rollback(&mut self) {
+    fn cut_off(&mut self) {
         self.buf.clear();
         self.batch_bytes = 0;
         self.batch_rows = 0;
@@ -380,7 +526,7 @@ impl CsvSink {
     /// A batch failed with `e`: rolls it back, and logs the first failure of an episode
     /// (later ones at debug level, or when the reason changes).
     fn fail(&mut self, e: io::Error) -> SinkError {
-        self.rollback();
+        self.cut_off();
         let text = e.to_string();
         match &mut self.failing {
             None => {
@@ -425,37 +571,20 @@ impl CsvSink {
     }
 }
 
-/// An open batch of rows (see [`CsvSink::batch`]). Dropped without [`Batch::commit`], it is
-/// rolled back.
-#[derive(Debug)]
-pub struct Batch<'a> {
-    sink: &'a mut CsvSink,
-    failed: bool,
-}
-
-impl Batch<'_> {
-    /// Opens the batch on its first use; refuses use after a failure.
+impl CsvSink {
+    /// Opens the batch on its first use.
     fn ready(&mut self) -> Result<(), SinkError> {
-        if self.failed {
-            return Err(SinkError::RolledBack {
-                path: self.sink.path.clone(),
-            });
-        }
-        if !self.sink.open {
-            if let Err(e) = self.sink.begin() {
+        if !self.open {
+            if let Err(e) = self.begin() {
                 return Err(self.fail(e));
             }
         }
         Ok(())
     }
+}
 
-    fn fail(&mut self, e: io::Error) -> SinkError {
-        self.failed = true;
-        self.sink.fail(e)
-    }
-
-    /// Writes one record.
-    pub fn write(
+impl Sink for CsvSink {
+    fn write(
         &mut self,
         time: SystemTime,
         device: u32,
@@ -463,7 +592,7 @@ impl Batch<'_> {
         payload: &[u8],
     ) -> Result<(), SinkError> {
         self.ready()?;
-        let s = &mut *self.sink;
+        let s = self;
         if s.header_pending {
             s.fields.clear();
             render_fields(payload, &mut s.fields);
@@ -499,12 +628,12 @@ impl Batch<'_> {
         write_fields(payload, buf);
         buf.push(b'\n');
         s.batch_rows += 1;
-        s.spill().map_err(|e| self.fail(e))
+        s.spill().map_err(|e| s.fail(e))
     }
 
-    /// Writes one raw chunk (the tutorial's protocol) as a row: time, peer, chunk number,
-    /// and the chunk as one field (text as it is, anything else `<binary HEX>`).
-    pub fn write_text(
+    /// A row: time, peer, chunk number, and the chunk as one field (text as it is, anything
+    /// else `<binary HEX>`).
+    fn write_raw(
         &mut self,
         time: SystemTime,
         peer: &str,
@@ -512,59 +641,50 @@ impl Batch<'_> {
         chunk: &[u8],
     ) -> Result<(), SinkError> {
         self.ready()?;
-        let s = &mut *self.sink;
-        s.one_field_row(
+        self.one_field_row(
             time,
             peer.as_bytes(),
             itoa::Buffer::new().format(seq).as_bytes(),
         );
         match std::str::from_utf8(chunk) {
-            Ok(text) => text_field(&mut s.buf, text),
-            Err(_) => binary_field(&mut s.buf, chunk),
+            Ok(text) => text_field(&mut self.buf, text),
+            Err(_) => binary_field(&mut self.buf, chunk),
         }
-        s.buf.push(b'\n');
-        s.batch_rows += 1;
-        s.spill().map_err(|e| self.fail(e))
+        self.buf.push(b'\n');
+        self.batch_rows += 1;
+        self.spill().map_err(|e| self.fail(e))
     }
 
-    /// Writes a marker row for `device`: time, device, an empty seq, and `text` (which
-    /// starts with `<`). The listener marks discontinuities in a device's records this way
-    /// (see [`crate::recover`]). If the batch fails, the row is kept and written first in
-    /// the next batch.
-    pub fn write_note(
-        &mut self,
-        time: SystemTime,
-        device: u32,
-        text: &str,
-    ) -> Result<(), SinkError> {
+    /// A marker row: time, device, an empty seq, and `text`.
+    fn write_note(&mut self, time: SystemTime, device: u32, text: &str) -> Result<(), SinkError> {
         self.ready()?;
-        let s = &mut *self.sink;
-        s.header(1);
-        let start = s.buf.len();
-        s.one_field_row(time, format!("{device:08x}").as_bytes(), b"");
-        csv_field(&mut s.buf, b"", text.as_bytes());
-        s.buf.push(b'\n');
-        s.notes.extend_from_slice(&s.buf[start..]);
-        s.spill().map_err(|e| self.fail(e))
+        self.header(1);
+        let start = self.buf.len();
+        self.one_field_row(time, format!("{device:08x}").as_bytes(), b"");
+        csv_field(&mut self.buf, b"", text.as_bytes());
+        self.buf.push(b'\n');
+        self.notes.extend_from_slice(&self.buf[start..]);
+        self.spill().map_err(|e| self.fail(e))
     }
 
-    /// Makes the batch durable to the promised degree: handed to the operating system, and
-    /// with `fsync` on disk. Only then may its records be acknowledged. On an error the
-    /// batch is rolled back: none of it is in the file.
-    pub fn commit(mut self) -> Result<(), SinkError> {
+    /// Handed to the operating system, and with `fsync` on disk.
+    fn commit(&mut self) -> Result<(), SinkError> {
         self.ready()?;
-        match self.sink.finish() {
-            Ok(()) => Ok(()),
-            Err(e) => Err(self.fail(e)),
+        self.finish().map_err(|e| self.fail(e))
+    }
+
+    fn rollback(&mut self) {
+        if self.open {
+            self.cut_off();
         }
     }
-}
 
-impl Drop for Batch<'_> {
-    fn drop(&mut self) {
-        if self.sink.open {
-            self.sink.rollback();
-        }
+    fn recover(&mut self) -> Result<crate::recover::Recovered, crate::recover::RecoverError> {
+        crate::recover::recover(self)
+    }
+
+    fn describe(&self) -> String {
+        format!("CSV file {}", self.path.display())
     }
 }
 
@@ -1001,6 +1121,76 @@ mod tests {
                 _ => proptest::prop_assert_eq!(unescaped, vec![line.to_owned()]),
             }
         }
+    }
+
+    /// A sink that keeps what was committed, and fails the writes it is told to: the
+    /// seam's rules, independent of CSV.
+    #[derive(Debug, Default)]
+    struct Kept {
+        open: Vec<u32>,
+        committed: Vec<u32>,
+        fail_at: Option<u32>,
+    }
+
+    impl Sink for Kept {
+        fn write(&mut self, _: SystemTime, _: u32, seq: u32, _: &[u8]) -> Result<(), SinkError> {
+            if self.fail_at == Some(seq) {
+                self.rollback();
+                return Err(SinkError::RolledBack {
+                    sink: "failing".into(),
+                });
+            }
+            self.open.push(seq);
+            Ok(())
+        }
+        fn write_note(&mut self, _: SystemTime, _: u32, _: &str) -> Result<(), SinkError> {
+            Ok(())
+        }
+        fn write_raw(&mut self, _: SystemTime, _: &str, _: u32, _: &[u8]) -> Result<(), SinkError> {
+            Ok(())
+        }
+        fn commit(&mut self) -> Result<(), SinkError> {
+            self.committed.append(&mut self.open);
+            Ok(())
+        }
+        fn rollback(&mut self) {
+            self.open.clear();
+        }
+        fn recover(&mut self) -> Result<crate::recover::Recovered, crate::recover::RecoverError> {
+            Ok(Default::default())
+        }
+        fn describe(&self) -> String {
+            "kept".into()
+        }
+    }
+
+    /// Through `dyn Sink`, as the listener writes: a batch is committed whole, dropped
+    /// uncommitted it is rolled back, and after a failure it refuses more writes (naming the
+    /// sink) and is rolled back, so nothing of it is kept.
+    #[test]
+    fn a_batch_is_committed_whole_or_rolled_back_through_any_sink() {
+        let mut kept = Kept::default();
+        let sink: &mut dyn Sink = &mut kept;
+        let mut b = Batch::new(&mut *sink);
+        b.write(t0(), 1, 0, b"a").unwrap();
+        b.write(t0(), 1, 1, b"b").unwrap();
+        b.commit().unwrap();
+        let mut b = Batch::new(&mut *sink);
+        b.write(t0(), 1, 2, b"c").unwrap();
+        drop(b);
+        // Nothing is left open for whatever commits next.
+        sink.commit().unwrap();
+        assert_eq!(kept.committed, [0, 1], "nothing of the dropped batch");
+        kept.fail_at = Some(4);
+        let sink: &mut dyn Sink = &mut kept;
+        let mut b = Batch::new(&mut *sink);
+        b.write(t0(), 1, 3, b"d").unwrap();
+        assert!(b.write(t0(), 1, 4, b"e").is_err());
+        let e = b.write(t0(), 1, 5, b"f").unwrap_err().to_string();
+        assert!(e.starts_with("kept: this batch failed"), "{e}");
+        assert!(b.commit().is_err());
+        sink.commit().unwrap();
+        assert_eq!(kept.committed, [0, 1], "nothing of the failed batch");
     }
 
     #[test]
