@@ -350,3 +350,256 @@ fn an_authenticated_link_speaks_version_1() {
         (1, 1, 0)
     );
 }
+
+// ---- packing (11.8) and delayed acknowledgements (11.7.3) -----------------------------
+
+type Device = LinkStorage<16, 16, 128>;
+
+/// A connected pair with 16 slots of 128-byte frames on both sides, in a version 2 session
+/// with nothing in flight.
+fn pair_128(pack_delay_ms: u16) -> (Link<Device>, Link<Device>) {
+    let now = Instant::from_millis(0);
+    let mut cc = config(Role::Client, 0xD1, 2);
+    cc.pack_delay_ms = pack_delay_ms;
+    let mut c = Link::new(cc, Device::new()).unwrap();
+    let mut s = Link::new(config(Role::Server, 0x51, 2), Device::new()).unwrap();
+    c.connect(now);
+    s.connect(now);
+    let mut buf = vec![0u8; 200];
+    for _ in 0..4 {
+        while let Some(n) = c.poll_transmit(now, &mut buf) {
+            s.handle_input(now, &buf[..n]);
+        }
+        while let Some(n) = s.poll_transmit(now, &mut buf) {
+            c.handle_input(now, &buf[..n]);
+        }
+    }
+    assert_eq!((c.protocol_version(), s.protocol_version()), (2, 2));
+    (c, s)
+}
+
+/// The records of a version 2 DATA frame on the wire, and its `I` flag.
+fn data_records(wire: &[u8]) -> Option<(Vec<Vec<u8>>, bool)> {
+    let mut dec = Decoder::new(vec![0u8; 200]);
+    let mut input = wire;
+    match dec.decode_any(&mut input) {
+        Some(Ok(AnyFrame::V2(v2::Frame::Data { data, .. }))) => {
+            Some((data.records().map(<[u8]>::to_vec).collect(), data.immediate))
+        }
+        _ => None,
+    }
+}
+
+fn record16(i: u32) -> [u8; 16] {
+    let mut r = *b"reading 00000000";
+    r[8..].copy_from_slice(format!("{i:08}").as_bytes());
+    r
+}
+
+#[test]
+fn sixteen_byte_records_go_seven_to_a_128_byte_frame() {
+    let (mut c, _s) = pair_128(2);
+    let now = Instant::from_millis(10);
+    for i in 0..16 {
+        c.send(&record16(i)).unwrap();
+    }
+    let mut buf = vec![0u8; c.transmit_len()];
+    let n = c
+        .poll_transmit(now, &mut buf)
+        .expect("a full frame goes at once");
+    assert_eq!(
+        n, 121,
+        "7 records of 16 bytes: 1 + 1 + 1 + 112 + 4 raw, COBS and delimiter"
+    );
+    let (records, immediate) = data_records(&buf[..n]).expect("a DATA frame");
+    assert_eq!(
+        records,
+        (0..7).map(|i| record16(i).to_vec()).collect::<Vec<_>>()
+    );
+    assert!(!immediate, "7 in flight of a window of 16: no hurry");
+    let n = c.poll_transmit(now, &mut buf).expect("full again");
+    let (records, immediate) = data_records(&buf[..n]).unwrap();
+    assert_eq!(
+        (records.len(), immediate),
+        (7, true),
+        "14 in flight: half the window"
+    );
+    // Two records left: a frame that is not full, while records are in flight, waits.
+    assert_eq!(c.poll_transmit(now, &mut buf), None);
+    assert_eq!(
+        c.poll_timeout(),
+        Some(now.plus(2)),
+        "at most the packing bound"
+    );
+    let late = now.plus(2);
+    c.handle_timeout(late);
+    let n = c.poll_transmit(late, &mut buf).expect("the bound passed");
+    let (records, immediate) = data_records(&buf[..n]).unwrap();
+    assert_eq!(
+        (records.len(), immediate),
+        (2, true),
+        "nothing more to send"
+    );
+}
+
+#[test]
+fn a_lone_record_never_waits_and_pack_delay_0_never_holds() {
+    for delay in [2, 0] {
+        let (mut c, _s) = pair_128(delay);
+        let now = Instant::from_millis(10);
+        c.send(b"alone").unwrap();
+        let mut buf = vec![0u8; c.transmit_len()];
+        let n = c
+            .poll_transmit(now, &mut buf)
+            .expect("nothing in flight: at once");
+        assert_eq!(
+            data_records(&buf[..n]),
+            Some((vec![b"alone".to_vec()], true))
+        );
+        c.send(b"second").unwrap();
+        let held = c.poll_transmit(now, &mut buf);
+        assert_eq!(held.is_some(), delay == 0, "pack_delay_ms {delay}");
+    }
+}
+
+#[test]
+fn records_of_different_lengths_go_listed_and_equal_ones_uniform() {
+    let (mut c, mut s) = pair_128(0);
+    let now = Instant::from_millis(10);
+    for r in [&b"a"[..], b"bb", b"", b"dddd"] {
+        c.send(r).unwrap();
+    }
+    let mut buf = vec![0u8; c.transmit_len()];
+    let n = c.poll_transmit(now, &mut buf).unwrap();
+    // C, seq, then (len ‖ bytes) each: 1 + 1 + 2 + 3 + 1 + 5 = 13 covered bytes.
+    let (records, _) = data_records(&buf[..n]).unwrap();
+    assert_eq!(
+        records,
+        vec![
+            b"a".to_vec(),
+            b"bb".to_vec(),
+            b"".to_vec(),
+            b"dddd".to_vec()
+        ]
+    );
+    s.handle_input(now, &buf[..n]);
+    let got: Vec<Vec<u8>> = s.received().map(|r| r.payload.to_vec()).collect();
+    assert_eq!(got, records, "delivered in order, each its own record");
+    assert_eq!(
+        s.received().map(|r| r.seq).collect::<Vec<_>>(),
+        [0, 1, 2, 3]
+    );
+}
+
+/// A receiver acknowledges every second frame of a stream, a frame with `I` at once, and
+/// anything else within ACK_DELAY (25 ms).
+#[test]
+fn acknowledgements_are_delayed_as_11_7_3_says() {
+    let (mut c, mut s) = pair_128(0);
+    let now = Instant::from_millis(10);
+    let mut buf = vec![0u8; 200];
+    for i in 0..14 {
+        c.send(&record16(i)).unwrap();
+    }
+    let n = c.poll_transmit(now, &mut buf).unwrap();
+    assert_eq!(
+        data_records(&buf[..n]).map(|(r, i)| (r.len(), i)),
+        Some((7, false))
+    );
+    s.handle_input(now, &buf[..n]);
+    s.release(7);
+    assert_eq!(
+        s.poll_transmit(now, &mut buf),
+        None,
+        "one frame without I: later"
+    );
+    assert_eq!(s.poll_timeout(), Some(now.plus(25)));
+    let n = c.poll_transmit(now, &mut buf).unwrap();
+    assert_eq!(
+        data_records(&buf[..n]).map(|(r, i)| (r.len(), i)),
+        Some((7, true))
+    );
+    s.handle_input(now, &buf[..n]);
+    s.release(7);
+    let n = s
+        .poll_transmit(now, &mut buf)
+        .expect("I, and a second frame: now");
+    c.handle_input(now, &buf[..n]);
+    assert_eq!(c.unacked(), 0, "one acknowledgement for both frames");
+    assert_eq!(s.poll_transmit(now, &mut buf), None, "and only one");
+    // One frame without I (two more records queued): its acknowledgement waits at most
+    // 25 ms.
+    for i in 0..9 {
+        c.send(&record16(i)).unwrap();
+    }
+    let t = now.plus(1);
+    let n = c.poll_transmit(t, &mut buf).unwrap();
+    s.handle_input(t, &buf[..n]);
+    s.release(7);
+    assert_eq!(s.poll_transmit(t.plus(24), &mut buf), None);
+    assert!(
+        s.poll_transmit(t.plus(25), &mut buf).is_some(),
+        "ACK_DELAY passed"
+    );
+}
+
+/// While the sender is eager (it sent `I`), a late release is acknowledged at once.
+#[test]
+fn a_release_after_an_immediate_frame_is_acknowledged_at_once() {
+    let (mut c, mut s) = pair_128(0);
+    let now = Instant::from_millis(10);
+    let mut buf = vec![0u8; 200];
+    c.send(b"one").unwrap();
+    let n = c.poll_transmit(now, &mut buf).unwrap();
+    s.handle_input(now, &buf[..n]);
+    let n = s
+        .poll_transmit(now, &mut buf)
+        .expect("I: at once, reporting it received");
+    c.handle_input(now, &buf[..n]);
+    assert_eq!(c.unacked(), 1, "received, not released");
+    let later = now.plus(3);
+    s.release(1);
+    let n = s
+        .poll_transmit(later, &mut buf)
+        .expect("eager: the release at once");
+    c.handle_input(later, &buf[..n]);
+    assert_eq!(c.unacked(), 0);
+}
+
+/// In a steady stream of 16-byte records over 128-byte frames, every frame carries 7 and the
+/// wire carries under 17.8 bytes a record forward, under 5 % of that back.
+#[test]
+fn a_stream_costs_under_17_8_bytes_a_record_and_5_percent_back() {
+    let (mut c, mut s) = pair_128(2);
+    let (up0, down0) = (c.stats().bytes_out, s.stats().bytes_out);
+    let mut buf = vec![0u8; 200];
+    let mut sent = 0u32;
+    let mut now = Instant::from_millis(10);
+    let total = 7 * 300;
+    while s.stats().records_in < total {
+        while sent < total && c.can_send() {
+            c.send(&record16(sent)).unwrap();
+            sent += 1;
+        }
+        c.handle_timeout(now);
+        s.handle_timeout(now);
+        while let Some(n) = c.poll_transmit(now, &mut buf) {
+            s.handle_input(now, &buf[..n]);
+        }
+        let k = s.received().count();
+        s.release(k);
+        while let Some(n) = s.poll_transmit(now, &mut buf) {
+            c.handle_input(now, &buf[..n]);
+        }
+        now = now.plus(1);
+        assert!(now.millis() < 100_000, "the stream completes");
+    }
+    let up = (c.stats().bytes_out - up0) as f64 / f64::from(total);
+    let down = (s.stats().bytes_out - down0) as f64 / f64::from(total);
+    println!(
+        "forward {up:.2} B/record, back {down:.2} B/record ({:.1} %)",
+        100.0 * down / up
+    );
+    assert!(up <= 17.8, "forward {up:.2} B/record");
+    assert!(down <= 0.05 * up, "back {down:.2} B/record");
+}

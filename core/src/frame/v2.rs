@@ -344,7 +344,6 @@ pub(crate) fn read_varint(b: &[u8]) -> Option<(usize, usize)> {
 }
 
 /// Writes `n` (at most 65,535) as a varint; its length.
-#[allow(dead_code)] // the packer's, next
 pub(crate) fn write_varint(mut n: usize, out: &mut [u8]) -> usize {
     let mut i = 0;
     loop {
@@ -360,7 +359,6 @@ pub(crate) fn write_varint(mut n: usize, out: &mut [u8]) -> usize {
 }
 
 /// The bytes a varint of `n` takes.
-#[allow(dead_code)] // the packer's, next
 pub(crate) const fn varint_len(n: usize) -> usize {
     if n < 0x80 {
         1
@@ -603,7 +601,6 @@ pub(crate) fn write_covered(frame: &Frame<'_>, out: &mut [u8]) -> usize {
 }
 
 /// The bytes of a DATA frame before its records: control, acknowledgement, `seq`.
-#[allow(dead_code)] // the packer's, next
 pub(crate) fn data_head_len(ack: Option<&Ack<'_>>, seq: Short) -> usize {
     1 + ack.map_or(0, |a| 1 + a.len()) + seq.len()
 }

@@ -930,6 +930,8 @@ impl State {
         self.nack_pending = false;
         self.ping_pending = false;
         self.welcome_pending = false;
+        #[cfg(feature = "v2")]
+        self.v2.reset_pending();
         self.reject_pending = false;
         // An owed CLOSE reply is kept: it is sent once the session resumes and is flushed.
         self.close_pending = false;
@@ -1084,6 +1086,8 @@ impl State {
         self.hs_deadline = None;
         self.last_rx = now;
         self.ack_pending = true;
+        #[cfg(feature = "v2")]
+        self.v2.reset_pending();
         self.rto_deadline = None;
         self.arm_rto(now, true);
     }
@@ -1586,6 +1590,10 @@ impl State {
         if self.connected() && !self.ping_pending {
             t = t.min(self.last_tx.plus(self.cfg.keepalive_ms));
         }
+        #[cfg(feature = "v2")]
+        if let Some(d) = self.deadline_v2() {
+            t = t.min(d);
+        }
         Some(t)
     }
 
@@ -1631,6 +1639,11 @@ impl State {
             self.held -= 1;
         }
         if n > 0 {
+            #[cfg(feature = "v2")]
+            if self.is_v2() {
+                self.released_v2();
+                return n;
+            }
             self.ack_pending = true;
         }
         n
@@ -1807,8 +1820,11 @@ impl State {
     fn sent_data(&mut self, now: Instant, seq: u32, count: u32) {
         self.snd_next = seq.wrapping_add(count);
         if seq_lt(seq, self.snd_max) {
-            self.stats.retransmissions = self.stats.retransmissions.wrapping_add(count);
-        } else {
+            // Records below snd_max were sent before; a frame of several may reach past it.
+            let again = self.snd_max.wrapping_sub(seq).min(count);
+            self.stats.retransmissions = self.stats.retransmissions.wrapping_add(again);
+        }
+        if seq_lt(self.snd_max, self.snd_next) {
             self.snd_max = self.snd_next;
         }
         self.stats.data_out = self.stats.data_out.wrapping_add(1);

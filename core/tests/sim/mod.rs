@@ -229,14 +229,14 @@ fn drive<S: Storage>(
     device.connect(Instant::from_millis(now));
     host.connect(Instant::from_millis(now));
 
-    // Cuts after seeded numbers of frames, spread over the expected traffic.
-    let expected_frames = u64::from(s.records + s.commands);
+    // Cuts after seeded numbers of records delivered, spread over the traffic: so every
+    // cut happens before the run completes, however many records a frame carries.
+    let expected = u64::from(s.records + s.commands);
     let mut cut_at: Vec<u64> = (0..s.faults.cuts)
-        .map(|_| 1 + rng.below(expected_frames))
+        .map(|_| 1 + rng.below(expected.saturating_sub(1).max(1)))
         .collect();
     cut_at.sort_unstable();
     let mut cut_at: VecDeque<u64> = cut_at.into();
-    let mut frames: u64 = 0;
     let mut reconnect_at: Option<u64> = None;
 
     let (mut sent, mut cmds_sent) = (0u32, 0u32);
@@ -247,7 +247,8 @@ fn drive<S: Storage>(
         // A cut: both ends see the connection drop; bytes in flight are gone. They
         // reconnect a little later, as a real client and listener would.
         let dead = device.phase() == Phase::Dead || host.phase() == Phase::Dead;
-        if cut_at.front().is_some_and(|&c| c <= frames) || (dead && reconnect_at.is_none()) {
+        let delivered = (out.host_got.len() + out.device_got.len()) as u64;
+        if cut_at.front().is_some_and(|&c| c <= delivered) || (dead && reconnect_at.is_none()) {
             cut_at.pop_front();
             up.cut();
             down.cut();
@@ -312,12 +313,12 @@ fn drive<S: Storage>(
         // Transmit.
         if linked {
             while let Some(n) = device.poll_transmit(t, &mut buf) {
+                trace(now, "device", &buf[..n]);
                 up.push(&mut rng, now, &buf[..n], &s.faults);
-                frames += 1;
             }
             while let Some(n) = host.poll_transmit(t, &mut buf) {
+                trace(now, "host", &buf[..n]);
                 down.push(&mut rng, now, &buf[..n], &s.faults);
-                frames += 1;
             }
         }
 
@@ -378,6 +379,23 @@ fn drive<S: Storage>(
         device.stats(),
         host.stats()
     ))
+}
+
+/// With `TETHER_SIM_TRACE` set, prints every frame sent, decoded: to replay a failure.
+fn trace(now: u64, who: &str, wire: &[u8]) {
+    if std::env::var_os("TETHER_SIM_TRACE").is_none() {
+        return;
+    }
+    let mut dec = tether_core::frame::Decoder::new(vec![0u8; 70_000]);
+    let mut input = wire;
+    #[cfg(feature = "v2")]
+    if let Some(f) = dec.decode_any(&mut input) {
+        eprintln!("{now:>8} {who:>6}: {f:?}");
+    }
+    #[cfg(not(feature = "v2"))]
+    if let Some(f) = dec.decode(&mut input) {
+        eprintln!("{now:>8} {who:>6}: {f:?}");
+    }
 }
 
 /// Checks an outcome for exactly-once, in-order, intact delivery both ways.
