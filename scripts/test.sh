@@ -46,11 +46,12 @@ for target in thumbv6m-none-eabi thumbv7em-none-eabihf; do
   cargo build --locked --quiet --release -p tether-firmware-sim --target "$target"
 done
 
-step "footprint of tether-core on a Cortex-M4F (a gate: default features within 8 KiB flash, 2 KiB RAM)"
+step "footprint of tether-core on a Cortex-M4F and a Cortex-M0 (a gate: default features within 8 KiB flash on the M4F, 9.5 KiB on the M0, 2 KiB RAM)"
 scripts/size-report.sh
 
-step "real firmware: the Cortex-M3 image under QEMU streaming to tether listen, defmt, footprint"
+step "real firmware: the Cortex-M3 and Cortex-M0 images under QEMU streaming to tether listen, defmt, footprint"
 scripts/firmware-qemu.sh
+step "firmware quick start: the STM32F103 template on its HAL builds" && scripts/quickstart.sh
 
 fuzz_seconds=${FUZZ_SECONDS:-15}
 if [[ $fuzz_seconds -gt 0 ]] && cargo +nightly fuzz --version >/dev/null 2>&1; then
