@@ -56,6 +56,10 @@
 //! - `defmt`: `defmt::Format` on every public type, and the core's log messages (handshakes,
 //!   restarts, refusals, time-outs) through defmt.
 //! - `async`: [`io`]'s async driver, over `embedded-io-async` (no executor is assumed).
+//! - `embedded-hal-nb`: `io::hal_nb`, the driver over `embedded_hal_nb::serial::{Read, Write}`
+//!   (most HALs' UARTs); `nb`: `io::nb::Driver::flush` as an `nb::Result`.
+//! - `isr`: `io::isr`, interrupt-driven receive through a `heapless::spsc` queue (no
+//!   compare-and-swap needed: it builds for a Cortex-M0).
 //! - `auth`: authenticated links (`link::auth`, `PROTOCOL.md` 9.14): a pre-shared key per
 //!   device, HMAC-SHA256 challenge–response in the handshake, and a counter and truncated MAC
 //!   on every frame, through the RustCrypto `hmac` and `sha2` crates (no_std). About 6.3 KiB
