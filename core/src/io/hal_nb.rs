@@ -1,5 +1,5 @@
 //! The driver over `embedded-hal-nb` serial ports (feature `embedded-hal-nb`): the
-//! [`embedded_hal_nb::serial::Read`] and [`Write`](embedded_hal_nb::serial::Write) traits most
+//! [`embedded_hal_nb::serial::Read`] and `Write` traits most
 //! HALs implement for their UARTs, one byte at a time, `nb::Result` and `WouldBlock`.
 //!
 //! It is the [`nb` driver](super::nb) for that interface: [`Driver::poll`] reads until the
