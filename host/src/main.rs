@@ -215,6 +215,17 @@ struct BridgeArgs {
     /// The longest wait, in milliseconds, between attempts to reach the listener.
     #[arg(long, default_value_t = 5_000)]
     max_backoff_ms: u64,
+    /// Milliseconds a new device connection has to say HELLO.
+    #[arg(long, default_value_t = 5_000)]
+    handshake_timeout_ms: u64,
+    /// With csv:FILE: acknowledge records only once they are on disk (fsync per batch), as
+    /// tether listen --fsync. Forwarding to a listener, give that listener --fsync.
+    #[arg(long)]
+    fsync: bool,
+    /// With csv:FILE: authenticate devices, as tether listen --keys (a file of
+    /// `DEVICE_ID HEX_KEY` lines, mode 600). Not yet when forwarding to a listener.
+    #[arg(long, value_name = "FILE")]
+    keys: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -501,28 +512,47 @@ async fn bridge(args: BridgeArgs) -> Result<ExitCode, CliError> {
     let to = match args.to {
         Target::Upstream(to) => to,
         Target::Csv(csv) => {
-            // Writing locally, the bridge is a listener.
+            // Writing locally, the bridge is a listener, with the listener's options.
             return listen(ListenArgs {
                 endpoints: vec![args.from],
                 csv,
-                fsync: false,
+                fsync: args.fsync,
                 max_connections: args.max_connections,
                 max_devices: args.max_devices,
-                handshake_timeout_ms: 5_000,
+                handshake_timeout_ms: args.handshake_timeout_ms,
                 idle_timeout_ms: args.idle_timeout_ms,
                 window: args.window,
                 max_record: args.max_record,
                 raw: false,
-                keys: None,
+                keys: args.keys,
             })
             .await;
         }
     };
+    // Options of a CSV written here, refused rather than dropped when forwarding.
+    let only_csv = |option: &str, instead: &str| {
+        CliError::Bridge(tether_host::bridge::BridgeError::Options(format!(
+            "{option} applies to csv:FILE only (the bridge writing the CSV itself); {instead}"
+        )))
+    };
+    if args.fsync {
+        return Err(only_csv(
+            "--fsync",
+            "forwarding to a listener, the listener writes: give it --fsync",
+        ));
+    }
+    if args.keys.is_some() {
+        return Err(only_csv(
+            "--keys",
+            "authenticated links through the bridge to a listener are not supported yet",
+        ));
+    }
     let mut opts = BridgeOptions::new(vec![args.from], to);
     opts.window = args.window;
     opts.max_record = args.max_record;
     opts.max_connections = args.max_connections;
     opts.max_devices = args.max_devices;
+    opts.handshake_timeout = Duration::from_millis(args.handshake_timeout_ms);
     opts.idle_timeout = Duration::from_millis(args.idle_timeout_ms);
     opts.max_backoff = Duration::from_millis(args.max_backoff_ms.max(100));
     let bridge = Bridge::bind(opts.clone()).await?;

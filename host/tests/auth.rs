@@ -402,6 +402,52 @@ fn key_files_are_refused_when_others_can_read_them() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
 }
 
+/// A TCP endpoint on 127.0.0.1 with a port that was free a moment ago, and the port.
+fn free_endpoint() -> (String, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    (format!("tcp://127.0.0.1:{port}"), port)
+}
+
+/// `tether ARGS` serving on 127.0.0.1:`port`, its log in `log`, once it listens (at most
+/// 10 s).
+fn serving(args: &[&std::ffi::OsStr], port: u16, log: &Path) -> common::Process {
+    let process = common::Process(
+        Command::new(env!("CARGO_BIN_EXE_tether"))
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let start = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed().as_secs() < 10,
+            "tether {args:?} never listened"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    process
+}
+
+/// Stops `process` as Ctrl-C does, and waits (at most 10 s) until it exits.
+fn interrupt(process: &mut common::Process) {
+    let killed = Command::new("kill")
+        .args(["-INT", &process.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let start = std::time::Instant::now();
+    while process.try_wait().unwrap().is_none() {
+        assert!(start.elapsed().as_secs() < 10, "it did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// `tether` with `input` on standard input.
 fn tether(args: &[&str], extra: &[&Path], input: &str) -> std::process::Output {
     use std::io::Write;
@@ -429,32 +475,19 @@ fn the_cli_streams_with_the_right_key_and_both_sides_say_why_a_wrong_one_is_refu
     let table = key_file(&dir, "keys", &[(0xa1, 1)]);
     let right = key_file(&dir, "right", &[(0xa1, 1)]);
     let wrong = key_file(&dir, "wrong", &[(0xa1, 2)]);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let endpoint = format!("tcp://127.0.0.1:{port}");
-    let log = std::fs::File::create(dir.join("listener.log")).unwrap();
-    let mut listener = common::Process(
-        Command::new(env!("CARGO_BIN_EXE_tether"))
-            .args(["listen", &endpoint, "--csv"])
-            .arg(&csv)
-            .arg("--keys")
-            .arg(&table)
-            .stdin(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
+    let (endpoint, port) = free_endpoint();
+    let mut listener = serving(
+        &[
+            "listen".as_ref(),
+            endpoint.as_ref(),
+            "--csv".as_ref(),
+            csv.as_ref(),
+            "--keys".as_ref(),
+            table.as_ref(),
+        ],
+        port,
+        &dir.join("listener.log"),
     );
-    let start = std::time::Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed().as_secs() < 10,
-            "the listener never listened"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
     let wrong_out = tether(
         &["send", &endpoint, "--key-file"],
         &[&wrong],
@@ -462,16 +495,7 @@ fn the_cli_streams_with_the_right_key_and_both_sides_say_why_a_wrong_one_is_refu
     );
     let right_out = tether(&["send", &endpoint, "--key-file"], &[&right], &lines(0, 50));
     let plain_out = tether(&["send", &endpoint], &[], "2,plain\n");
-    let killed = Command::new("kill")
-        .args(["-INT", &listener.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let start = std::time::Instant::now();
-    while listener.try_wait().unwrap().is_none() {
-        assert!(start.elapsed().as_secs() < 10, "the listener did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    interrupt(&mut listener);
     let log = std::fs::read_to_string(dir.join("listener.log")).unwrap();
     let err = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(right_out.status.success(), "{}", err(&right_out));
@@ -498,4 +522,50 @@ fn the_cli_streams_with_the_right_key_and_both_sides_say_why_a_wrong_one_is_refu
         "keys never logged"
     );
     assert_exact(&read_csv(&csv), 1, 50);
+}
+
+/// `tether bridge FROM csv:FILE` is a listener, and takes the listener's options: `--keys`
+/// (a device without its key is refused), `--max-devices` (a second device takes the idle
+/// first one's place) and `--fsync` (accepted). They were dropped without a word: a bridge
+/// given `--keys` took any device.
+#[test]
+fn a_bridge_writing_the_csv_itself_takes_the_listeners_keys_device_limit_and_fsync() {
+    let dir = temp_dir("bridge-csv");
+    let csv = dir.join("out.csv");
+    let table = key_file(&dir, "keys", &[(0xa1, 1)]);
+    let right = key_file(&dir, "right", &[(0xa1, 1)]);
+    let (endpoint, port) = free_endpoint();
+    let target = format!("csv:{}", csv.display());
+    let mut bridge = serving(
+        &[
+            "bridge".as_ref(),
+            endpoint.as_ref(),
+            target.as_ref(),
+            "--keys".as_ref(),
+            table.as_ref(),
+            "--max-devices".as_ref(),
+            "1".as_ref(),
+            "--fsync".as_ref(),
+        ],
+        port,
+        &dir.join("bridge.log"),
+    );
+    // Two runs of the device: each run is a new session, the second in the first's place.
+    let first = tether(&["send", &endpoint, "--key-file"], &[&right], &lines(0, 20));
+    let second = tether(&["send", &endpoint, "--key-file"], &[&right], &lines(1, 20));
+    let plain = tether(&["send", &endpoint], &[], "2,plain\n");
+    interrupt(&mut bridge);
+    let log = std::fs::read_to_string(dir.join("bridge.log")).unwrap();
+    let err = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(first.status.success(), "{}", err(&first));
+    assert!(second.status.success(), "{}", err(&second));
+    assert!(!plain.status.success());
+    assert!(
+        err(&plain).contains("authentication required"),
+        "{}",
+        err(&plain)
+    );
+    assert!(log.contains("authenticating devices: 1 keys"), "{log}");
+    assert!(log.contains("forgotten to make room"), "{log}");
+    assert_exact(&read_csv(&csv), 2, 20);
 }

@@ -352,6 +352,26 @@ fn options_out_of_range_are_refused_at_start_with_exit_2_and_the_option_named() 
     let _ = std::fs::remove_dir_all(&d);
 }
 
+/// Options that only a CSV written by the bridge itself uses are refused, with the reason,
+/// when the bridge forwards to a listener (they were dropped without a word).
+#[test]
+fn a_bridge_forwarding_to_a_listener_refuses_the_options_of_a_csv_it_does_not_write() {
+    let to = format!("tcp://127.0.0.1:{}", free_port());
+    for (option, says) in [
+        (&["--fsync"][..], "give it --fsync"),
+        (&["--keys", "/nonexistent/keys"][..], "not supported yet"),
+    ] {
+        let args = [&["bridge", "tcp://127.0.0.1:0", to.as_str()][..], option].concat();
+        let out = run(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "tether {args:?}: {err}");
+        assert!(
+            err.contains(&format!("{} applies to csv:FILE only", option[0])) && err.contains(says),
+            "tether {args:?}: {err}"
+        );
+    }
+}
+
 #[test]
 fn version_names_the_command() {
     let out = run(&["--version"]);
