@@ -35,7 +35,13 @@ fn main() -> ! {
 
     // The session identity comes from the hardware (a volatile read), so nothing about the
     // configuration is known to the optimiser; `| 1` keeps it non-zero.
-    let config = Config::new(Role::Client, skeleton::device_id() | 1);
+    #[allow(unused_mut)] // set only with the v2 feature
+    let mut config = Config::new(Role::Client, skeleton::device_id() | 1);
+    #[cfg(feature = "v2")]
+    {
+        // Offer version 2, so that its code is linked (a v1 peer still gets version 1).
+        config.max_version = 2;
+    }
     let storage: &'static mut Storage =
         cortex_m::singleton!(TETHER_STORAGE: Storage = LinkStorage::new()).unwrap();
     let link: &'static mut ProbeLink = cortex_m::singleton!(
