@@ -53,6 +53,9 @@ step "real firmware: the Cortex-M3 and Cortex-M0 images under QEMU streaming to 
 scripts/firmware-qemu.sh
 step "firmware quick start: the STM32F103 template on its HAL builds" && scripts/quickstart.sh
 
+step "the Raspberry Pi package: tether for arm64 cross-compiled into a .deb, its units verified, run under qemu-aarch64"
+scripts/package.sh arm64
+
 fuzz_seconds=${FUZZ_SECONDS:-15}
 if [[ $fuzz_seconds -gt 0 ]] && cargo +nightly fuzz --version >/dev/null 2>&1; then
   step "fuzzing, ${fuzz_seconds}s per target"
