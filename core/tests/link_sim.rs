@@ -178,11 +178,23 @@ fn run_matrix(versions: (u8, u8), expect: u8, seeds: u64) -> usize {
             runs += 1;
         }
         println!("{name:>14}: {seeds} seeds, {retransmissions} retransmissions, {cuts} cuts, {virtual_ms} virtual ms");
-        // The faults really happened: a condition that should hurt did.
+        // The faults really happened: a condition that should hurt did. And one that loses
+        // nothing retransmits nothing, except that a timeout measured from round trips
+        // (version 2, RFC 6298) may fire early while few samples have seen a link's
+        // jitter: at most one record in 5,000 there.
         let lossy = faults.loss + faults.corrupt > 0.0 || faults.cuts > 0;
-        assert_eq!(
-            lossy,
-            retransmissions > 0,
+        let records = seeds * u64::from(base(0).records + base(0).commands);
+        let spurious_allowed = if expect >= 2 && faults.jitter > 0 {
+            records / 5_000
+        } else {
+            0
+        };
+        assert!(
+            if lossy {
+                retransmissions > 0
+            } else {
+                retransmissions <= spurious_allowed
+            },
             "{name}: retransmissions {retransmissions}"
         );
         assert!(

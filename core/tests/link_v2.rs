@@ -4,7 +4,9 @@
 #![cfg(feature = "v2")]
 
 use tether_core::frame::{self, v2, AnyFrame, Decoder, Kind};
-use tether_core::link::{Config, Event, Instant, Link, LinkStorage, Phase, RejectCode, Role};
+use tether_core::link::{
+    Config, Event, Instant, Link, LinkStorage, Phase, RejectCode, Role, Storage,
+};
 
 type Store = LinkStorage<8, 8, 96>;
 
@@ -21,7 +23,7 @@ fn link(role: Role, session: u32, max_version: u8) -> Link<Store> {
 }
 
 /// Every frame `from` sends now, each as one `Vec`.
-fn frames_of(from: &mut Link<Store>, now: Instant) -> Vec<Vec<u8>> {
+fn frames_of<S: Storage>(from: &mut Link<S>, now: Instant) -> Vec<Vec<u8>> {
     let mut buf = vec![0u8; from.transmit_len()];
     let mut out = Vec::new();
     while let Some(n) = from.poll_transmit(now, &mut buf) {
@@ -602,4 +604,415 @@ fn a_stream_costs_under_17_8_bytes_a_record_and_5_percent_back() {
     );
     assert!(up <= 17.8, "forward {up:.2} B/record");
     assert!(down <= 0.05 * up, "back {down:.2} B/record");
+}
+
+// ---- selective acknowledgement and the timeout (11.7) -----------------------------------
+
+/// A pair in a version 2 session over 16 slots of 128-byte frames, records numbered from
+/// `first_seq`, nothing packed (pack_delay 0).
+fn pair_at(first_seq: u32) -> (Link<Device>, Link<Device>) {
+    let now = Instant::from_millis(0);
+    let mut cc = config(Role::Client, 0xD1, 2);
+    cc.pack_delay_ms = 0;
+    cc.first_seq = first_seq;
+    let mut c = Link::new(cc, Device::new()).unwrap();
+    let mut s = Link::new(config(Role::Server, 0x51, 2), Device::new()).unwrap();
+    c.connect(now);
+    s.connect(now);
+    for _ in 0..4 {
+        for f in frames_of(&mut c, now) {
+            s.handle_input(now, &f);
+        }
+        for f in frames_of(&mut s, now) {
+            c.handle_input(now, &f);
+        }
+    }
+    (c, s)
+}
+
+/// A 100-byte record: one to a 128-byte frame.
+fn big(i: u32) -> Vec<u8> {
+    let mut r = vec![(i % 251) as u8 + 1; 100];
+    r[..4].copy_from_slice(&i.to_le_bytes());
+    r
+}
+
+/// A version 2 frame, for a trace.
+fn decode_v2(wire: &[u8]) -> String {
+    let mut dec = Decoder::new(vec![0u8; 200]);
+    let mut input = wire;
+    match dec.decode_any(&mut input) {
+        Some(Ok(AnyFrame::V2(v2::Frame::Data { ack, .. }))) => format!("DATA ack {ack:?}"),
+        Some(Ok(AnyFrame::V2(f))) => format!("{f:?}"),
+        other => format!("{other:?}"),
+    }
+}
+
+/// The first records of the version 2 DATA frame `wire`, as record numbers (from `big`).
+fn numbers(wire: &[u8]) -> Vec<u32> {
+    data_records(wire)
+        .map(|(r, _)| {
+            r.iter()
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Runs the pair until nothing is unacknowledged (or `limit_ms`), each frame the device
+/// sends passing `keep(record numbers)` and each the host sends `keep_ack(n)` (the n-th
+/// acknowledgement frame); the host releases everything at once. Returns what the host
+/// delivered, in order, and the virtual time taken.
+fn run_pair(
+    c: &mut Link<Device>,
+    s: &mut Link<Device>,
+    mut keep: impl FnMut(&[u32]) -> bool,
+    mut keep_ack: impl FnMut(usize) -> bool,
+    limit_ms: u64,
+) -> (Vec<u32>, u64) {
+    let mut got = Vec::new();
+    let mut acks = 0;
+    for ms in 0..limit_ms {
+        let now = Instant::from_millis(ms);
+        c.handle_timeout(now);
+        s.handle_timeout(now);
+        for f in frames_of(c, now) {
+            if std::env::var_os("TRACE").is_some() {
+                eprintln!("{ms} device {:?} {:?}", numbers(&f), decode_v2(&f));
+            }
+            if keep(&numbers(&f)) {
+                s.handle_input(now, &f);
+            }
+        }
+        got.extend(
+            s.received()
+                .map(|r| u32::from_le_bytes(r.payload[..4].try_into().unwrap())),
+        );
+        let n = s.received().count();
+        s.release(n);
+        for f in frames_of(s, now) {
+            acks += 1;
+            if std::env::var_os("TRACE").is_some() {
+                eprintln!("{ms} host #{acks} {:?}", decode_v2(&f));
+            }
+            if keep_ack(acks) {
+                c.handle_input(now, &f);
+            }
+        }
+        if c.unacked() == 0 {
+            return (got, ms);
+        }
+    }
+    panic!(
+        "not done in {limit_ms} ms: unacked {}, {:?}",
+        c.unacked(),
+        c.stats()
+    );
+}
+
+#[test]
+fn a_hole_is_filled_by_sending_only_the_missing_record() {
+    let (mut c, mut s) = pair_at(0);
+    for i in 0..8 {
+        c.send(&big(i)).unwrap();
+    }
+    let mut dropped = false;
+    let (got, ms) = run_pair(
+        &mut c,
+        &mut s,
+        |n| {
+            let drop = n == [2] && !dropped;
+            dropped |= drop;
+            !drop
+        },
+        |_| true,
+        10_000,
+    );
+    assert_eq!(got, (0..8).collect::<Vec<_>>(), "in order, each once");
+    let st = c.stats();
+    assert_eq!(
+        (st.retransmissions, st.timeouts),
+        (1, 0),
+        "record 2 alone, without a timeout"
+    );
+    assert_eq!(s.stats().duplicates, 0);
+    assert_eq!(s.stats().out_of_order, 5, "3 to 7 held out of order");
+    assert!(ms < 5, "recovered at once, not after a timeout: {ms} ms");
+}
+
+#[test]
+fn holes_at_both_edges_of_the_window_are_each_sent_once() {
+    let (mut c, mut s) = pair_at(0);
+    for i in 0..16 {
+        c.send(&big(i)).unwrap();
+    }
+    let mut dropped = Vec::new();
+    let (got, _) = run_pair(
+        &mut c,
+        &mut s,
+        |n| {
+            let drop = (n == [0] || n == [15]) && !dropped.contains(&n[0]);
+            if drop {
+                dropped.push(n[0]);
+            }
+            !drop
+        },
+        |_| true,
+        10_000,
+    );
+    assert_eq!(got, (0..16).collect::<Vec<_>>());
+    let st = c.stats();
+    // The first by the selective acknowledgement (1 to 14 held), the last, which nothing
+    // follows, by the timeout.
+    assert_eq!((st.retransmissions, st.timeouts), (2, 1), "{st:?}");
+    assert_eq!((s.stats().duplicates, s.stats().out_of_order), (0, 14));
+}
+
+#[test]
+fn a_lost_acknowledgement_of_a_filled_hole_is_repaired() {
+    use std::cell::Cell;
+    let (mut c, mut s) = pair_at(0);
+    for i in 0..6 {
+        c.send(&big(i)).unwrap();
+    }
+    // Record 2 is lost once; when its retransmission fills the hole, the acknowledgement
+    // reporting it is lost too.
+    let sends_of_2 = Cell::new(0);
+    let lost_after_fill = Cell::new(0u32);
+    let (got, _) = run_pair(
+        &mut c,
+        &mut s,
+        |n| {
+            if n == [2] {
+                sends_of_2.set(sends_of_2.get() + 1);
+                if sends_of_2.get() == 2 {
+                    lost_after_fill.set(1);
+                }
+                return sends_of_2.get() > 1;
+            }
+            true
+        },
+        |_| {
+            let left = lost_after_fill.get();
+            lost_after_fill.set(left.saturating_sub(1));
+            left == 0
+        },
+        10_000,
+    );
+    assert_eq!(got, (0..6).collect::<Vec<_>>(), "delivered once, in order");
+    let st = c.stats();
+    assert_eq!(
+        st.timeouts, 1,
+        "the timeout repaired the lost acknowledgement: {st:?}"
+    );
+    assert_eq!(
+        s.stats().duplicates,
+        1,
+        "record 2 sent a third time, a duplicate"
+    );
+    assert_eq!(st.retransmissions, 2, "record 2 only");
+}
+
+#[test]
+fn selective_acknowledgement_works_across_the_sequence_wrap() {
+    let first = u32::MAX - 3;
+    let (mut c, mut s) = pair_at(first);
+    for i in 0..10 {
+        c.send(&big(i)).unwrap();
+    }
+    // Record numbers 2 and 6 are seq u32::MAX - 1 and 2: holes on both sides of the wrap.
+    let mut dropped = Vec::new();
+    let (got, _) = run_pair(
+        &mut c,
+        &mut s,
+        |n| {
+            let drop = (n == [2] || n == [6]) && !dropped.contains(&n[0]);
+            if drop {
+                dropped.push(n[0]);
+            }
+            !drop
+        },
+        |_| true,
+        10_000,
+    );
+    assert_eq!(got, (0..10).collect::<Vec<_>>());
+    assert_eq!(c.stats().retransmissions, 2);
+    assert_eq!(c.next_seq(), first.wrapping_add(10));
+}
+
+#[test]
+fn a_retransmission_lost_again_is_sent_again_without_waiting_for_the_timeout() {
+    let (mut c, mut s) = pair_at(0);
+    for i in 0..4 {
+        c.send(&big(i)).unwrap();
+    }
+    let mut sends_of_1 = 0;
+    let mut queued = 4;
+    let mut c_ref = None::<()>;
+    let _ = &mut c_ref;
+    // Record 1 is lost twice; records keep coming, so the selective acknowledgements of
+    // the later ones show the first retransmission lost.
+    let mut keep = |n: &[u32]| {
+        if n == [1] {
+            sends_of_1 += 1;
+            return sends_of_1 > 2;
+        }
+        true
+    };
+    let mut got = Vec::new();
+    for ms in 0..1_000 {
+        let now = Instant::from_millis(ms);
+        if queued < 12 && c.can_send() {
+            c.send(&big(queued)).unwrap();
+            queued += 1;
+        }
+        c.handle_timeout(now);
+        s.handle_timeout(now);
+        for f in frames_of(&mut c, now) {
+            if keep(&numbers(&f)) {
+                s.handle_input(now, &f);
+            }
+        }
+        got.extend(
+            s.received()
+                .map(|r| u32::from_le_bytes(r.payload[..4].try_into().unwrap())),
+        );
+        let n = s.received().count();
+        s.release(n);
+        for f in frames_of(&mut s, now) {
+            c.handle_input(now, &f);
+        }
+        if queued == 12 && c.unacked() == 0 {
+            break;
+        }
+    }
+    assert_eq!(got, (0..12).collect::<Vec<_>>());
+    let st = c.stats();
+    assert_eq!(st.timeouts, 0, "no timeout: {st:?}");
+    assert!(
+        st.fast_retransmits >= 1,
+        "a new round from the acknowledgements: {st:?}"
+    );
+    assert_eq!(st.retransmissions, 2, "record 1 twice, nothing else");
+}
+
+/// The timeout follows the measured round trip: near srtt + 4 rttvar + 25 ms on a link with
+/// a 40 ms round trip, and a few tens of ms on one of 2 ms.
+#[test]
+fn the_timeout_is_measured_from_round_trips() {
+    for one_way in [1u64, 20] {
+        let (mut c, mut s) = pair_at(0);
+        assert_eq!(c.rto_ms(), 200, "rto_initial_ms before a sample");
+        // Frames in flight each way, delivered after `one_way` ms.
+        let mut up: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut down: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut sent = 0;
+        for ms in 0..3_000 {
+            let now = Instant::from_millis(ms);
+            if ms % 10 == 0 && sent < 100 && c.can_send() {
+                c.send(&big(sent)).unwrap();
+                sent += 1;
+            }
+            c.handle_timeout(now);
+            s.handle_timeout(now);
+            up.extend(
+                frames_of(&mut c, now)
+                    .into_iter()
+                    .map(|f| (ms + one_way, f)),
+            );
+            while up.first().is_some_and(|(t, _)| *t <= ms) {
+                s.handle_input(now, &up.remove(0).1);
+            }
+            let n = s.received().count();
+            s.release(n);
+            down.extend(
+                frames_of(&mut s, now)
+                    .into_iter()
+                    .map(|f| (ms + one_way, f)),
+            );
+            while down.first().is_some_and(|(t, _)| *t <= ms) {
+                c.handle_input(now, &down.remove(0).1);
+            }
+        }
+        let rtt = c.round_trip_ms().expect("measured");
+        assert!(
+            rtt.abs_diff(2 * one_way as u32) <= 1,
+            "{one_way}: srtt {rtt}"
+        );
+        let rto = c.rto_ms();
+        assert!(
+            rto >= rtt + 25 && rto <= rtt + 25 + 8,
+            "{one_way}: rto {rto} for a steady round trip of {rtt}"
+        );
+        assert_eq!(c.stats().retransmissions, 0);
+    }
+}
+
+/// The damage rule (11.8): on a line that garbles 1 % of bytes, 128-byte frames are lost
+/// 70 % of the time, and the sender shrinks its frames to about one 16-byte record; on a
+/// clean line it packs seven.
+#[test]
+fn frames_shrink_on_a_damaging_line_and_not_on_a_clean_one() {
+    for (garble, want) in [(0.0, 7.0), (0.01, 1.5)] {
+        let (mut c, mut s) = pair_128(2);
+        let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            rng ^= rng >> 12;
+            rng ^= rng << 25;
+            rng ^= rng >> 27;
+            (rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let (mut sent, total) = (0u32, 3_000u32);
+        let mut got = Vec::new();
+        let (mut frames, mut carried) = (0u32, 0usize);
+        for ms in 0..200_000u64 {
+            let now = Instant::from_millis(ms);
+            while sent < total && c.can_send() {
+                c.send(&record16(sent)).unwrap();
+                sent += 1;
+            }
+            c.handle_timeout(now);
+            s.handle_timeout(now);
+            for mut f in frames_of(&mut c, now) {
+                if let Some((r, _)) = data_records(&f) {
+                    if sent > total / 2 {
+                        frames += 1;
+                        carried += r.len();
+                    }
+                }
+                for b in f.iter_mut() {
+                    if next() < garble {
+                        *b ^= 0x5A;
+                    }
+                }
+                s.handle_input(now, &f);
+            }
+            got.extend(s.received().map(|r| r.payload.to_vec()));
+            let n = s.received().count();
+            s.release(n);
+            for f in frames_of(&mut s, now) {
+                c.handle_input(now, &f);
+            }
+            if sent == total && c.unacked() == 0 {
+                break;
+            }
+        }
+        assert_eq!(got.len(), total as usize, "garble {garble}: every record");
+        assert!(
+            got.iter()
+                .enumerate()
+                .all(|(i, r)| r[..] == record16(i as u32)),
+            "in order"
+        );
+        let mean = carried as f64 / f64::from(frames);
+        println!(
+            "garble {garble}: {mean:.2} records a frame, {:?}",
+            c.stats()
+        );
+        if garble == 0.0 {
+            assert!(mean >= want - 0.5, "clean: {mean:.2} records a frame");
+        } else {
+            assert!(mean <= want, "damaging: {mean:.2} records a frame");
+        }
+    }
 }

@@ -498,6 +498,19 @@ impl<S: Storage> Link<S> {
         self.st.protocol_version()
     }
 
+    /// The smoothed round trip of a version 2 session in milliseconds, once a sample was
+    /// taken on this connection (`PROTOCOL.md` 11.7.5); `None` before, and in version 1.
+    #[cfg(feature = "v2")]
+    pub fn round_trip_ms(&self) -> Option<u32> {
+        self.st.srtt_ms()
+    }
+
+    /// The current retransmission timeout in milliseconds: measured from round trips in a
+    /// version 2 session, `rto_initial_ms` doubled on each expiry in version 1.
+    pub fn rto_ms(&self) -> u32 {
+        self.st.rto
+    }
+
     /// The peer's session identity, once a handshake has told it.
     pub fn peer_session(&self) -> Option<u32> {
         (self.st.peer.session != 0).then_some(self.st.peer.session)
@@ -931,7 +944,7 @@ impl State {
         self.ping_pending = false;
         self.welcome_pending = false;
         #[cfg(feature = "v2")]
-        self.v2.reset_pending();
+        self.v2_connect();
         self.reject_pending = false;
         // An owed CLOSE reply is kept: it is sent once the session resumes and is flushed.
         self.close_pending = false;
@@ -1059,6 +1072,8 @@ impl State {
         self.free_tx(rel);
         self.rcv_known = rcv;
         self.snd_next = rcv;
+        #[cfg(feature = "v2")]
+        self.v2_adopted();
         self.peer_limit = rel.wrapping_add(u32::from(peer.window));
         self.peer = Peer {
             session: peer.session,
@@ -1500,9 +1515,16 @@ impl State {
         let unreceived = self.rcv_known != self.snd_max;
         // Records waiting for credit or for the window (all received, none released yet):
         // if the acknowledgement that would free them is lost, only a probe recovers.
-        let blocked = !seq_lt(self.snd_next, self.peer_limit)
-            || !seq_lt(self.snd_next, self.tx_base.wrapping_add(self.window));
-        let starved = self.snd_next != self.tx_next && blocked;
+        // The next record to send for the first time: version 2 sends new records from
+        // snd_max, and snd_next is its retransmission cursor (PROTOCOL.md 11.7.4 step 7).
+        let next = if self.v2_session() {
+            self.snd_max
+        } else {
+            self.snd_next
+        };
+        let blocked =
+            !seq_lt(next, self.peer_limit) || !seq_lt(next, self.tx_base.wrapping_add(self.window));
+        let starved = next != self.tx_next && blocked;
         if unreceived || starved {
             if self.rto_deadline.is_none() || progress {
                 self.rto_deadline = Some(now.plus(self.rto));
@@ -1552,6 +1574,8 @@ impl State {
                 );
                 if self.rcv_known != self.snd_max {
                     self.snd_next = self.rcv_known; // go back N
+                    #[cfg(feature = "v2")]
+                    self.v2_round(self.snd_max);
                 } else {
                     self.ping_pending = true; // probe a closed credit window
                 }

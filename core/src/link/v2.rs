@@ -5,7 +5,7 @@
 //! credit and release are shared, and what differs by version is how frames are read and
 //! built, in this module.
 
-use super::{seq_lt, Instant, Phase, State};
+use super::{seq_lt, seq_lte, Instant, Phase, State};
 use crate::frame::v2::{self as wire, Ack, Data, Frame, Short};
 use crate::frame::{Header, Kind};
 
@@ -27,8 +27,26 @@ pub(super) struct V2 {
     lazy_since: Option<Instant>,
     lazy_frames: u8,
     eager: bool,
+    /// Records held out of order: bit i is record `rx_next + 1 + i` (11.7.1).
+    ooo: u128,
     // Sending (11.8): since when a frame that is not full waits for more records.
     pack_since: Option<Instant>,
+    /// Records the peer holds out of order: bit i is record `rcv_known + 1 + i` (11.7.4).
+    sacked: u128,
+    /// Records below it, missing (neither known received nor sacked), are sent again.
+    rxt_end: u32,
+    /// `snd_max` when the last retransmission was sent, if one was since the round began.
+    rxt_mark: Option<u32>,
+    /// The record timed for a round-trip sample, and when its frame was sent (11.7.5).
+    timed: Option<(u32, Instant)>,
+    /// RFC 6298's smoothed round trip and its variation, in eighths of a millisecond; 0
+    /// `srtt8` before the first sample.
+    srtt8: u32,
+    rttvar8: u32,
+    /// The damage rule (11.8): the share of DATA frames that were retransmissions (65,536 =
+    /// all, weighted 1/16) and their mean length on the wire (weighted 1/8).
+    damage: u32,
+    mean_len: u32,
 }
 
 impl V2 {
@@ -39,7 +57,16 @@ impl V2 {
             lazy_since: None,
             lazy_frames: 0,
             eager: false,
+            ooo: 0,
             pack_since: None,
+            sacked: 0,
+            rxt_end: 0,
+            rxt_mark: None,
+            timed: None,
+            srtt8: 0,
+            rttvar8: 0,
+            damage: 0,
+            mean_len: 0,
         }
     }
 
@@ -50,6 +77,35 @@ impl V2 {
         self.eager = false;
         self.pack_since = None;
     }
+}
+
+/// Framing bytes of a DATA frame on the wire, for the damage rule (11.8): control, `seq`,
+/// CRC-32C, a COBS code byte and the delimiter.
+const FRAMING: u64 = 8;
+
+/// The integer square root (the damage rule's frame length).
+fn isqrt(mut n: u64) -> u64 {
+    let mut x = 0u64;
+    let mut bit = 1u64 << 62;
+    while bit > n {
+        bit >>= 2;
+    }
+    while bit != 0 {
+        if n >= x + bit {
+            n -= x + bit;
+            x = (x >> 1) + bit;
+        } else {
+            x >>= 1;
+        }
+        bit >>= 2;
+    }
+    x
+}
+
+/// The bit of record `seq` in a bitmap whose bit 0 is record `base + 1`, if within it.
+fn bit_of(base: u32, seq: u32) -> Option<u32> {
+    let i = seq.wrapping_sub(base).wrapping_sub(1);
+    (i < 128).then_some(i)
 }
 
 /// How a run of records is laid out in one DATA frame (11.3.3, 11.8).
@@ -78,6 +134,34 @@ impl State {
     /// The credit this side grants when nothing lowers it (11.2).
     pub(super) fn standing_credit(&self) -> u16 {
         self.nrx.min(usize::from(u16::MAX)) as u16
+    }
+
+    /// A connect (9.4, 11.7): nothing due or waiting, nothing held out of order, no round
+    /// trip estimate.
+    pub(super) fn v2_connect(&mut self) {
+        self.v2.reset_pending();
+        self.v2.ooo = 0;
+        self.v2.sacked = 0;
+        self.v2.rxt_end = self.rcv_known;
+        self.v2.rxt_mark = None;
+        self.v2.timed = None;
+        self.v2.srtt8 = 0;
+        self.v2.rttvar8 = 0;
+    }
+
+    /// A handshake adopted (9.5.5, 11.7): records held out of order are discarded, the
+    /// peer's are forgotten, and everything from `snd_next` (the peer's received boundary)
+    /// to `snd_max` is sent again.
+    pub(super) fn v2_adopted(&mut self) {
+        self.v2.ooo = 0;
+        self.v2.sacked = 0;
+        self.v2_round(self.snd_max);
+    }
+
+    /// A new retransmission round from `snd_next` up to `end`.
+    pub(super) fn v2_round(&mut self, end: u32) {
+        self.v2.rxt_end = end;
+        self.v2.rxt_mark = None;
     }
 
     /// Whether the session (of the last handshake) is version 2.
@@ -124,15 +208,17 @@ impl State {
         Ok(())
     }
 
-    /// This side's acknowledgement as it stands (11.7.2).
-    fn ack_fields(&self) -> Ack<'static> {
+    /// This side's acknowledgement as it stands (11.7.2); `sack` holds its bitmap.
+    fn ack_fields<'b>(&self, sack: &'b mut [u8; 16]) -> Ack<'b> {
         let standing = self.standing_credit();
         let credit = self.credit();
+        *sack = self.v2.ooo.to_le_bytes();
+        let n = (128 - self.v2.ooo.leading_zeros() as usize).div_ceil(8);
         Ack {
             released: Short::of(self.rx_released, standing > 255),
             received: self.rx_next.wrapping_sub(self.rx_released) as u16,
             credit: (credit != standing).then_some(credit),
-            sack: &[],
+            sack: &sack[..n],
         }
     }
 
@@ -175,11 +261,105 @@ impl State {
         }
     }
 
+    /// Takes an acknowledgement (11.7.4).
     fn on_ack_v2(&mut self, now: Instant, a: &Ack<'_>) {
         let rel = wire::expand_released(self.tx_base, a.released);
         let rcv = rel.wrapping_add(u32::from(a.received));
         let credit = a.credit.unwrap_or(self.v2.peer_standing);
-        self.on_ack(now, rcv, rel, credit, false);
+        let mut bits = [0u8; 16];
+        bits[..a.sack.len()].copy_from_slice(a.sack);
+        let sacked = u128::from_le_bytes(bits);
+        // 1. Valid: rel <= rcv <= snd_max (rel >= tx_base by its expansion), and every record
+        // sacked was sent: the highest is rcv + 128 - leading zeros.
+        let top = rcv.wrapping_add(128 - sacked.leading_zeros());
+        if !seq_lte(rcv, self.snd_max) || (sacked != 0 && !seq_lt(top, self.snd_max)) {
+            self.stats.spurious_acks = self.stats.spurious_acks.wrapping_add(1);
+            return;
+        }
+        // 2. Progress: more received, or more held out of order.
+        let known = if rcv == self.rcv_known {
+            self.v2.sacked
+        } else {
+            0
+        };
+        let progress = seq_lt(self.rcv_known, rcv) || sacked & !known != 0;
+        // 3. Forget what was released; take the credit.
+        self.free_tx(rel);
+        self.peer_limit = rel.wrapping_add(u32::from(credit));
+        // 4. What the peer holds.
+        if seq_lte(self.rcv_known, rcv) {
+            self.rcv_known = rcv;
+            self.v2.sacked = sacked;
+        }
+        let known = self.rcv_known;
+        for s in [&mut self.snd_next, &mut self.v2.rxt_end] {
+            if seq_lt(*s, known) {
+                *s = known;
+            }
+        }
+        // 5. Loss: a record missing below one the peer holds was lost (the transport does
+        // not reorder); after a retransmission, a record held that was first sent after it
+        // shows that the missing ones sent again were lost again: a new round.
+        let high = if self.v2.sacked == 0 {
+            known
+        } else {
+            known.wrapping_add(129 - self.v2.sacked.leading_zeros())
+        };
+        match self.v2.rxt_mark {
+            Some(mark) if seq_lt(mark, high) => {
+                self.snd_next = known;
+                self.v2_round(high);
+                self.stats.fast_retransmits = self.stats.fast_retransmits.wrapping_add(1);
+            }
+            _ if seq_lt(self.v2.rxt_end, high) => self.v2.rxt_end = high,
+            _ => {}
+        }
+        // 6. A round-trip sample, if the timed record arrived.
+        if let Some((seq, sent)) = self.v2.timed {
+            if seq_lt(seq, known) || self.peer_holds(seq) {
+                self.v2.timed = None;
+                self.rtt_sample(now.millis().saturating_sub(sent.millis()));
+            }
+        }
+        // 7. The timer, restarted with a fresh timeout on progress.
+        if progress {
+            self.rto = self.rto_v2();
+        }
+        self.arm_rto(now, progress);
+    }
+
+    /// Whether the peer reported own record `seq` held out of order.
+    fn peer_holds(&self, seq: u32) -> bool {
+        bit_of(self.rcv_known, seq).is_some_and(|i| self.v2.sacked >> i & 1 != 0)
+    }
+
+    /// RFC 6298's estimators, with a sample of `ms` milliseconds (11.7.5).
+    fn rtt_sample(&mut self, ms: u64) {
+        let r8 = (ms.min(u64::from(u32::MAX / 64)) as u32) * 8;
+        if self.v2.srtt8 == 0 {
+            self.v2.srtt8 = r8.max(1);
+            self.v2.rttvar8 = r8 / 2;
+        } else {
+            let delta = self.v2.srtt8.abs_diff(r8);
+            self.v2.rttvar8 = self.v2.rttvar8 - self.v2.rttvar8 / 4 + delta / 4;
+            self.v2.srtt8 = (self.v2.srtt8 - self.v2.srtt8 / 8 + r8 / 8).max(1);
+        }
+        self.rto = self.rto_v2();
+    }
+
+    /// The timeout of 11.7.5: `rto_initial_ms` before a sample, else srtt + max(G,
+    /// 4 rttvar) + ACK_DELAY, at most `rto_max_ms`.
+    fn rto_v2(&self) -> u32 {
+        if self.v2.srtt8 == 0 {
+            return self.cfg.rto_initial_ms;
+        }
+        let eighths = self.v2.srtt8 + (4 * self.v2.rttvar8).max(8);
+        (eighths.div_ceil(8) + ACK_DELAY_MS).min(self.cfg.rto_max_ms)
+    }
+
+    /// The smoothed round trip in milliseconds, once measured.
+    pub(super) fn srtt_ms(&self) -> Option<u32> {
+        (self.v2.srtt8 != 0).then(|| self.v2.srtt8.div_ceil(8))
     }
 
     fn on_data_v2(&mut self, now: Instant, data: &Data<'_>, rx: &mut [u8], rx_len: &mut [u16]) {
@@ -202,7 +382,8 @@ impl State {
         }
     }
 
-    /// One record of a DATA frame (11.7.1); whether it was the next one, held.
+    /// One record of a DATA frame (11.7.1): whether it was the next one, delivered without
+    /// filling a gap (a filled gap makes an acknowledgement due at once).
     fn on_record_v2(
         &mut self,
         seq: u32,
@@ -210,31 +391,53 @@ impl State {
         rx: &mut [u8],
         rx_len: &mut [u16],
     ) -> bool {
-        if seq_lt(seq, self.rx_next) {
+        let ooo = bit_of(self.rx_next, seq);
+        if seq_lt(seq, self.rx_next) || ooo.is_some_and(|i| self.v2.ooo >> i & 1 != 0) {
             self.stats.duplicates = self.stats.duplicates.wrapping_add(1);
             self.ack_pending = true;
             return false;
         }
-        if seq != self.rx_next {
-            self.stats.out_of_order = self.stats.out_of_order.wrapping_add(1);
-            self.ack_pending = true;
-            return false;
-        }
+        // Its slot: k after the oldest held record (those of a previous peer instance
+        // first, then this one's from rx_released).
+        let k = self.held + seq.wrapping_sub(self.rx_next) as usize;
         let in_credit = seq_lt(seq, self.rx_released.wrapping_add(u32::from(self.credit())));
-        if !in_credit || self.held >= self.nrx || payload.len() > self.slot {
+        if !in_credit || k >= self.nrx || payload.len() > self.slot {
             self.stats.overruns = self.stats.overruns.wrapping_add(1);
             self.ack_pending = true;
             return false;
         }
-        let slot = (self.rx_head + self.held) % self.nrx;
+        if seq != self.rx_next && ooo.is_none() {
+            // Beyond what the bitmap reports: discarded; the sender sends it again.
+            self.stats.out_of_order = self.stats.out_of_order.wrapping_add(1);
+            self.ack_pending = true;
+            return false;
+        }
+        let slot = (self.rx_head + k) % self.nrx;
         let start = slot * self.slot;
         rx[start..start + payload.len()].copy_from_slice(payload);
         rx_len[slot] = payload.len() as u16;
+        self.stats.records_in = self.stats.records_in.wrapping_add(1);
+        if let Some(i) = ooo {
+            self.v2.ooo |= 1 << i;
+            self.stats.out_of_order = self.stats.out_of_order.wrapping_add(1);
+            self.ack_pending = true;
+            return false;
+        }
+        // The next record: deliver it and every record held out of order right after it.
         self.held += 1;
         self.rx_next = self.rx_next.wrapping_add(1);
-        self.stats.records_in = self.stats.records_in.wrapping_add(1);
+        let filled = self.v2.ooo & 1 != 0;
+        while self.v2.ooo & 1 != 0 {
+            self.v2.ooo >>= 1;
+            self.held += 1;
+            self.rx_next = self.rx_next.wrapping_add(1);
+        }
+        self.v2.ooo >>= 1;
         self.stats.rx_high_water = self.stats.rx_high_water.max(self.held as u16);
-        true
+        if filled {
+            self.ack_pending = true;
+        }
+        !filled
     }
 
     /// The application released records: an acknowledgement is due now if the peer is
@@ -295,26 +498,48 @@ impl State {
             self.ack_pending = true;
         }
         let ack_due = self.ack_pending || self.v2.lazy_since.is_some();
-        let sent = if self.data_ready() {
-            self.data_frame_v2(now, out, tx, tx_len, ack_due)
-        } else {
-            None
-        };
-        if sent.is_some() {
-            return sent;
+        if let Some(n) = self.data_frame_v2(now, out, tx, tx_len, ack_due) {
+            return Some(n);
         }
         if self.ack_pending {
-            let n = emit(out, &Frame::Ack(self.ack_fields()))?;
+            let mut sack = [0u8; 16];
+            let n = emit(out, &Frame::Ack(self.ack_fields(&mut sack)))?;
             self.sent_ack_v2();
             return Some(n);
         }
         None
     }
 
-    /// The largest raw frame this side sends: the peer's M, and no more than its own.
+    /// The largest raw frame this side sends: the peer's M, no more than its own, and no
+    /// more than the damage rule allows (11.8).
     fn frame_cap(&self) -> usize {
         let peer = usize::from(self.peer.max_payload) + crate::frame::OVERHEAD;
-        peer.min(self.slot)
+        let cap = peer.min(self.slot);
+        match self.damage_cap() {
+            Some(wire_len) => cap.min(wire_len.saturating_sub(2)),
+            None => cap,
+        }
+    }
+
+    /// The damage rule's frame length on the wire, `sqrt(h * mean / p)`, once frames were
+    /// sent again (11.8).
+    fn damage_cap(&self) -> Option<usize> {
+        if self.v2.damage == 0 {
+            return None;
+        }
+        let n = FRAMING * u64::from(self.v2.mean_len) * 65_536 / u64::from(self.v2.damage);
+        Some(isqrt(n).min(usize::MAX as u64) as usize)
+    }
+
+    /// The damage estimate after a DATA frame of `len` bytes on the wire, sent `again` or
+    /// not (11.8).
+    fn count_damage(&mut self, len: usize, again: bool) {
+        let sample: i64 = if again { 65_536 } else { 0 };
+        let d = i64::from(self.v2.damage);
+        self.v2.damage = (d + (sample - d) / 16).clamp(0, 65_536) as u32;
+        let m = i64::from(self.v2.mean_len);
+        let len = len.min(u16::MAX as usize) as i64;
+        self.v2.mean_len = if m == 0 { len } else { m + (len - m) / 8 } as u32;
     }
 
     /// The length of own record `seq` (queued).
@@ -377,8 +602,45 @@ impl State {
         }
     }
 
-    /// A DATA frame from `snd_next`, carrying the acknowledgement if `ack_due`; `None` if
-    /// the records wait to be packed (11.8), or an acknowledgement must go alone first.
+    /// The records the next DATA frame carries (11.7.5): a run of missing records to send
+    /// again while `snd_next < rxt_end` (records the peer holds are skipped), else new
+    /// records from `snd_max`. The first, how many at most, and whether they go again.
+    fn next_run(&mut self) -> Option<(u32, u32, bool)> {
+        while seq_lt(self.snd_next, self.v2.rxt_end) && self.peer_holds(self.snd_next) {
+            self.snd_next = self.snd_next.wrapping_add(1);
+        }
+        if seq_lt(self.snd_next, self.v2.rxt_end) && seq_lt(self.snd_next, self.peer_limit) {
+            let first = self.snd_next;
+            let mut n = 0u32;
+            let end = self.v2.rxt_end;
+            let limit = self.peer_limit.wrapping_sub(first);
+            while n < limit && seq_lt(first.wrapping_add(n), end) {
+                if n > 0 && self.peer_holds(first.wrapping_add(n)) {
+                    break;
+                }
+                n += 1;
+            }
+            return Some((first, n, true));
+        }
+        let first = self.snd_max;
+        let window_end = self.tx_base.wrapping_add(self.window);
+        let ready = seq_lt(first, self.tx_next)
+            && seq_lt(first, self.peer_limit)
+            && seq_lt(first, window_end);
+        if !ready {
+            return None;
+        }
+        let avail = self
+            .tx_next
+            .wrapping_sub(first)
+            .min(self.peer_limit.wrapping_sub(first))
+            .min(window_end.wrapping_sub(first));
+        Some((first, avail, false))
+    }
+
+    /// A DATA frame, carrying the acknowledgement if `ack_due`; `None` if nothing is to be
+    /// sent, the records wait to be packed (11.8), or an acknowledgement must go alone
+    /// first.
     fn data_frame_v2(
         &mut self,
         now: Instant,
@@ -387,19 +649,19 @@ impl State {
         tx_len: &[u16],
         ack_due: bool,
     ) -> Option<usize> {
-        let first = self.snd_next;
-        let again = seq_lt(first, self.snd_max);
-        // data_ready: `first` is below each limit.
-        let window_end = self.tx_base.wrapping_add(self.window);
-        let avail = self
-            .tx_next
-            .wrapping_sub(first)
-            .min(self.peer_limit.wrapping_sub(first))
-            .min(window_end.wrapping_sub(first));
-        let ack = ack_due.then(|| self.ack_fields());
-        // After this frame every record sent lies below `snd_max` (at most `first + avail`)
-        // and the receiver's `rx_next` at or above `tx_base`: one byte of `seq` tells them
-        // apart within 128 (11.6).
+        if !self.connected() {
+            return None;
+        }
+        let (first, avail, again) = self.next_run()?;
+        let mut sack = [0u8; 16];
+        let ack = if ack_due {
+            Some(self.ack_fields(&mut sack))
+        } else {
+            None
+        };
+        // After this frame every record sent lies below snd_max (at most first + avail) and
+        // the receiver's rx_next at or above tx_base: one byte of seq tells them apart
+        // within 128 (11.6).
         let end_max = first.wrapping_add(avail);
         let reach = if seq_lt(end_max, self.snd_max) {
             self.snd_max
@@ -409,9 +671,9 @@ impl State {
         let seq = Short::of(first, reach.wrapping_sub(self.tx_base) > 128);
         let head = wire::data_head_len(ack.as_ref(), seq);
         let cap = self.frame_cap();
-        let budget = cap.saturating_sub(head + 4);
-        let pack = self.plan(first, avail, budget, tx_len);
-        if head + pack.section + wire::check_len(head + pack.section) > cap {
+        let pack = self.plan(first, avail, cap.saturating_sub(head + 4), tx_len);
+        let peer_m = usize::from(self.peer.max_payload) + crate::frame::OVERHEAD;
+        if head + pack.section + wire::check_len(head + pack.section) > peer_m.min(self.slot) {
             // A record as long as the frame allows, and an acknowledgement with it: the
             // acknowledgement goes alone first.
             return None;
@@ -453,8 +715,30 @@ impl State {
         if ack.is_some() {
             self.sent_ack_v2();
         }
-        self.v2.pack_since = None;
-        self.sent_data(now, first, pack.count);
+        self.count_damage(len, again);
+        self.stats.data_out = self.stats.data_out.wrapping_add(1);
+        if again {
+            self.snd_next = end;
+            self.v2.rxt_mark = Some(self.snd_max);
+            self.stats.retransmissions = self.stats.retransmissions.wrapping_add(pack.count);
+            // Karn: a record sent again gives no sample.
+            if self
+                .v2
+                .timed
+                .is_some_and(|(s, _)| seq_lte(first, s) && seq_lt(s, end))
+            {
+                self.v2.timed = None;
+            }
+        } else {
+            self.v2.pack_since = None;
+            self.snd_max = end;
+            if self.v2.timed.is_none() {
+                self.v2.timed = Some((first, now));
+            }
+        }
+        if self.rto_deadline.is_none() {
+            self.rto_deadline = Some(now.plus(self.rto));
+        }
         Some(len)
     }
 
