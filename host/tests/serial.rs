@@ -140,7 +140,7 @@ impl Logged {
     }
 
     /// SIGINT, then its exit code and log.
-    fn stop(mut self) -> (Option<i32>, String) {
+    fn stop(self) -> (Option<i32>, String) {
         let _ = Command::new("kill")
             .args(["-INT", &self.child.id().to_string()])
             .status();

@@ -191,11 +191,17 @@ struct Listener {
 
 impl Listener {
     fn start(s: &Setup, dir: &Path) -> Listener {
+        Listener::start_on(s, dir, None)
+    }
+
+    /// A listener on `endpoint`, or on a free loopback TCP port when `None`.
+    fn start_on(s: &Setup, dir: &Path, endpoint: Option<&str>) -> Listener {
         let port = free_port();
         let csv = dir.join("readings.csv");
         let _ = std::fs::remove_file(&csv);
+        let endpoint = endpoint.map_or_else(|| format!("tcp://127.0.0.1:{port}"), str::to_owned);
         let mut child = Command::new(&s.tether)
-            .args(["listen", &format!("tcp://127.0.0.1:{port}"), "--csv"])
+            .args(["listen", &endpoint, "--csv"])
             .arg(&csv)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
@@ -836,6 +842,87 @@ fn streams_every_reading_once_and_obeys_commands(name: &str, s: &Setup) {
     assert!(
         (0.9..1.1).contains(&rate),
         "the device's clock runs at x{rate:.3} of the host's"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The same firmware with its UART on a pseudo-terminal (QEMU's `-serial pty`), read by
+/// `tether listen serial://…` directly: no TCP in between, as a board on a USB serial port.
+#[test]
+fn firmware_under_qemu_on_a_pseudo_terminal_streams_to_a_serial_listener() {
+    let Some(s) = setup("firmware_under_qemu_on_a_pseudo_terminal", M3) else {
+        return;
+    };
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = temp_dir("serial");
+    let limit = (RUN_LIMIT + Duration::from_secs(10)).as_secs().to_string();
+    let started = Instant::now();
+    let mut child = Command::new("timeout")
+        .args(["--kill-after=5", &limit, &s.qemu])
+        .args(["-M", s.machine, "-nographic", "-monitor", "none"])
+        .args(["-semihosting-config", "enable=on,target=native"])
+        .args(["-serial", "pty"])
+        .arg("-kernel")
+        .arg(&s.elf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("qemu starts");
+    let (out, err) = (Lines::default(), Lines::default());
+    out.collect(child.stdout.take().expect("stdout"));
+    err.collect(child.stderr.take().expect("stderr"));
+    let mut qemu = Qemu {
+        guard: Guard {
+            child,
+            name: "qemu",
+        },
+        out,
+        err,
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        started,
+    };
+    // "char device redirected to /dev/pts/3 (label serial0)", on either stream.
+    let pty = || {
+        let text = format!("{}\n{}", qemu.err.text(), qemu.out.text());
+        text.split("redirected to ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_owned)
+    };
+    assert!(
+        wait_for(Duration::from_secs(20), || pty().is_some()),
+        "QEMU named no pty:\n{}",
+        qemu.output()
+    );
+    let pty = pty().expect("the pty");
+    let mut listener = Listener::start_on(&s, &dir, Some(&format!("serial://{pty}")));
+    let device =
+        device_with_rows(&listener.csv, 20, Duration::from_secs(30)).unwrap_or_else(|| {
+            panic!(
+                "no readings in the CSV\n{}\n{}",
+                qemu.output(),
+                listener.log.text()
+            )
+        });
+    listener.command(&format!("{device} output on"));
+    listener.command(&format!("{device} status"));
+    wait_exit_ok(&mut qemu);
+    let log = listener.stop();
+    assert!(
+        log.any(&format!("device {device} acknowledged commands up to #1")),
+        "both commands acknowledged over the serial line:\n{}",
+        log.text()
+    );
+    let by = read_csv(&listener.csv);
+    assert_eq!(by.len(), 1, "one device in the CSV: {:?}", by.keys());
+    let (replies, outputs) = check_exactly_once(&by[&device]);
+    let switched = outputs.iter().position(|&o| o).expect("the output went on");
+    assert!(outputs[switched..].iter().all(|&o| o), "and stayed on");
+    assert_eq!(replies.len(), 1, "one status reply: {replies:?}");
+    assert_eq!(
+        replies[0][2], "true",
+        "it reports the output on: {replies:?}"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
