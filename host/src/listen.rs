@@ -105,6 +105,8 @@ pub struct ListenSummary {
     pub connections: u64,
     /// Devices (identities) that had a session, evicted ones included.
     pub devices: usize,
+    /// Device sessions kept at the end (at most `--max-devices`).
+    pub sessions: usize,
     /// Retransmissions the listener's links made (by the sessions still kept).
     pub retransmissions: u64,
     /// Connections dropped for garbage, protocol violations or time-outs.
@@ -304,6 +306,7 @@ impl Listener {
             records: logger.records.load(Ordering::Relaxed),
             connections: engine.connections(),
             devices: engine.seen(),
+            sessions: engine.sessions().len(),
             retransmissions,
             dropped_connections: engine.dropped(),
         })

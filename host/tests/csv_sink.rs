@@ -105,6 +105,19 @@ fn spawn_listener(csv: &Path) -> (Process, Arc<Mutex<Vec<String>>>) {
     (Process(child), log)
 }
 
+/// The log once a line of it contains `needle` (bounded: the reader thread may still be
+/// draining standard error when the process has exited); all of it if none does in time.
+fn log_with(log: &Arc<Mutex<Vec<String>>>, needle: &str, within: Duration) -> String {
+    let start = Instant::now();
+    loop {
+        let text = log.lock().unwrap().join("\n");
+        if text.contains(needle) || start.elapsed() > within {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Waits at most `within` for `p` to exit; its exit code.
 fn exit_code(p: &mut Process, within: Duration) -> Option<i32> {
     let start = Instant::now();
@@ -274,7 +287,7 @@ fn a_file_that_is_not_a_tether_csv_is_refused_and_left_as_it_is() {
         std::fs::write(&path, &content).unwrap();
         let (mut p, log) = spawn_listener(&path);
         let code = exit_code(&mut p, Duration::from_secs(20));
-        let text = log.lock().unwrap().join("\n");
+        let text = log_with(&log, "host_time,device,seq then", Duration::from_secs(5));
         assert_eq!(code, Some(2), "{name}: {text}");
         assert!(
             text.contains(&format!("CSV file {} is not a Tether CSV", path.display())),
@@ -298,8 +311,7 @@ fn a_file_that_is_not_a_tether_csv_is_refused_and_left_as_it_is() {
 fn log_of_first(csv: &Path) -> String {
     let (mut p, log) = spawn_listener(csv);
     exit_code(&mut p, Duration::from_secs(20));
-    let text = log.lock().unwrap().join("\n");
-    text
+    log_with(&log, "its first line is", Duration::from_secs(5))
 }
 
 /// A second listener on a CSV another one writes exits 2, naming the file and the first
@@ -311,7 +323,7 @@ fn a_second_listener_on_the_same_csv_is_refused_naming_the_first() {
     let first = Listener::start(&csv);
     let (mut second, log) = spawn_listener(&csv);
     let code = exit_code(&mut second, Duration::from_secs(20));
-    let text = log.lock().unwrap().join("\n");
+    let text = log_with(&log, "is being written by", Duration::from_secs(5));
     assert_eq!(code, Some(2), "{text}");
     assert!(
         text.contains(&format!(

@@ -115,6 +115,7 @@ async fn at_the_device_limit_an_idle_session_makes_room_and_every_device_stays_e
     let _ = stop.send(());
     let summary = task.await.unwrap();
     assert_eq!(summary.devices, 3, "every device counted, evicted ones too");
+    assert_eq!(summary.sessions, 1, "one session kept: --max-devices 1");
     for seed in 11..=13 {
         assert_exact(&csv, seed, 1, 200);
     }
