@@ -10,7 +10,10 @@
 //!   it to build your own faulty transport.
 //! - [`FaultPipe`] is an in-memory duplex pipe between two [`Side`]s, with the faults
 //!   applied in between: sans-IO (`push` on one side, `pull` on the other), `no_std`, no
-//!   allocation, for deterministic tests with a virtual clock.
+//!   allocation, for deterministic tests with a virtual clock. With
+//!   [`FaultConfig::bytes_per_sec`] each direction is a line of that rate, as a UART at a
+//!   given baud: bytes arrive as the line carries them on the pipe's virtual clock
+//!   ([`FaultPipe::advance_to`]), so a test measures records per second deterministically.
 //! - `FaultStream` (feature `std`) wraps any `std::io::Read + Write`, a `TcpStream` say.
 //!
 //! A cut is reported as [`Cut`] (an `std::io::ErrorKind::ConnectionReset` error from
@@ -63,6 +66,11 @@ pub struct FaultConfig {
     pub cut_after_bytes: Option<u64>,
     /// Cut the connection at a write with this probability.
     pub cut_per_write: f32,
+    /// [`FaultPipe`] only: each direction carries at most this many bytes a second on the
+    /// pipe's virtual clock ([`FaultPipe::advance_to`]), one after the other, as a serial
+    /// line does ([`FaultConfig::uart_8n1`] gives a UART's); 0, the default: bytes arrive
+    /// at once. The faults apply as bytes enter the line.
+    pub bytes_per_sec: u32,
 }
 
 impl FaultConfig {
@@ -77,7 +85,14 @@ impl FaultConfig {
             split: false,
             cut_after_bytes: None,
             cut_per_write: 0.0,
+            bytes_per_sec: 0,
         }
+    }
+
+    /// The bytes a second of a UART at `baud` with 8N1 framing: 10 bits a byte (a start
+    /// bit, 8 data bits, a stop bit). 115,200 baud carries 11,520 bytes a second.
+    pub const fn uart_8n1(baud: u32) -> u32 {
+        baud / 10
     }
 }
 
@@ -317,12 +332,39 @@ impl Side {
 /// On a cut both directions lose what they buffer, and every push and pull on either side
 /// fails with [`Cut`] until [`reconnect`](Self::reconnect): both ends learn of it, as they
 /// would of a broken TCP connection, and each connects again.
+///
+/// With [`FaultConfig::bytes_per_sec`] set, bytes arrive at that rate instead of at once:
+/// the test moves the pipe's clock with [`advance_to`](Self::advance_to), a byte arrives
+/// once the line has carried every byte before it, and [`on_line`](Self::on_line) says
+/// how many bytes a side wrote that are still on their way (a UART driver's transmit
+/// buffer: firmware writes its next frame when it runs low).
+///
+/// ```
+/// use tether_firmware_sim::fault::{FaultConfig, FaultPipe, Side};
+///
+/// let rate = FaultConfig::uart_8n1(115_200); // 11,520 bytes a second
+/// let mut pipe = FaultPipe::<1024>::new(FaultConfig { bytes_per_sec: rate, ..FaultConfig::clean(1) });
+/// pipe.push(Side::A, &[0x55; 120])?;
+/// let mut got = [0u8; 120];
+/// assert_eq!(pipe.pull(Side::B, &mut got)?, 0); // nothing has crossed yet
+/// pipe.advance_to(5_000); // 5 ms: 57.6 bytes' worth
+/// assert_eq!(pipe.pull(Side::B, &mut got)?, 57);
+/// assert_eq!(pipe.on_line(Side::A), 63);
+/// # Ok::<(), tether_firmware_sim::fault::Cut>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct FaultPipe<const N: usize> {
     injector: FaultInjector,
     /// Bytes travelling to A (index 0) and to B (index 1).
     /// Bytes in flight each way (heapless's ring buffer).
     lanes: [Deque<u8, N>; 2],
+    /// Per lane, how many bytes at its front have arrived; the rest are on the line.
+    ready: [usize; 2],
+    /// The virtual clock, in microseconds.
+    now_us: u64,
+    /// Per lane, what the line has carried of the byte it is carrying, in byte-microseconds
+    /// (a byte takes 1,000,000 / `bytes_per_sec` microseconds).
+    carried: [u64; 2],
 }
 
 impl<const N: usize> FaultPipe<N> {
@@ -331,7 +373,61 @@ impl<const N: usize> FaultPipe<N> {
         FaultPipe {
             injector: FaultInjector::new(config),
             lanes: [Deque::new(), Deque::new()],
+            ready: [0; 2],
+            now_us: 0,
+            carried: [0; 2],
         }
+    }
+
+    /// Moves the pipe's virtual clock to `now_us` microseconds (it never goes back): with a
+    /// byte rate, the lines carry what they can in the time passed. Without one it changes
+    /// nothing.
+    pub fn advance_to(&mut self, now_us: u64) {
+        let elapsed = now_us.saturating_sub(self.now_us);
+        self.now_us = self.now_us.max(now_us);
+        let rate = u64::from(self.injector.config().bytes_per_sec);
+        if rate == 0 {
+            return;
+        }
+        for i in 0..2 {
+            let waiting = self.lanes[i].len() - self.ready[i];
+            if waiting == 0 {
+                // An idle line banks nothing: the next byte starts when it is written.
+                self.carried[i] = 0;
+                continue;
+            }
+            self.carried[i] += elapsed.saturating_mul(rate);
+            let n = (self.carried[i] / 1_000_000).min(waiting as u64);
+            self.carried[i] -= n * 1_000_000;
+            self.ready[i] += n as usize;
+            if self.ready[i] == self.lanes[i].len() {
+                self.carried[i] = 0;
+            }
+        }
+    }
+
+    /// The pipe's virtual clock, in microseconds.
+    pub fn now_us(&self) -> u64 {
+        self.now_us
+    }
+
+    /// Bytes `from` wrote that are still on the line to the other side (0 without a byte
+    /// rate: they arrive at once).
+    pub fn on_line(&self, from: Side) -> usize {
+        let i = from.other().inbound();
+        self.lanes[i].len() - self.ready[i]
+    }
+
+    /// When the next byte on the line to `to` arrives, in microseconds on the pipe's
+    /// clock; `None` if none is on its way.
+    pub fn next_arrival_us(&self, to: Side) -> Option<u64> {
+        let i = to.inbound();
+        let rate = u64::from(self.injector.config().bytes_per_sec);
+        if self.lanes[i].len() == self.ready[i] || rate == 0 {
+            return None;
+        }
+        let left = 1_000_000 - self.carried[i].min(999_999);
+        Some(self.now_us + left.div_ceil(rate))
     }
 
     /// Writes `bytes` from side `from` towards the other side, through the faults.
@@ -351,9 +447,15 @@ impl<const N: usize> FaultPipe<N> {
             return Ok(0);
         }
         // The room was checked: a byte that does not fit (never) is dropped.
-        match self.injector.write(&bytes[..take], |b| {
+        let result = self.injector.write(&bytes[..take], |b| {
             let _ = lane.push_back(b);
-        }) {
+        });
+        if self.injector.config().bytes_per_sec == 0 {
+            // No line: bytes arrive as they are written.
+            let i = from.other().inbound();
+            self.ready[i] = self.lanes[i].len();
+        }
+        match result {
             Ok(()) => Ok(take),
             Err(Cut) => {
                 self.drop_in_flight();
@@ -368,22 +470,23 @@ impl<const N: usize> FaultPipe<N> {
         if self.injector.is_cut() {
             return Err(Cut);
         }
-        let lane = &mut self.lanes[to.inbound()];
-        let n = self.injector.piece(buf.len().min(lane.len()));
+        let i = to.inbound();
+        let n = self.injector.piece(buf.len().min(self.ready[i]));
         let mut got = 0;
         for slot in &mut buf[..n] {
-            match lane.pop_front() {
+            match self.lanes[i].pop_front() {
                 Some(b) => *slot = b,
                 None => break,
             }
             got += 1;
         }
+        self.ready[i] -= got;
         Ok(got)
     }
 
-    /// Bytes waiting to be pulled by side `to`.
+    /// Bytes waiting to be pulled by side `to`: those that have arrived.
     pub fn pending(&self, to: Side) -> usize {
-        self.lanes[to.inbound()].len()
+        self.ready[to.inbound()]
     }
 
     /// Cuts the connection now: what is in flight is lost and both sides get [`Cut`]
@@ -418,6 +521,8 @@ impl<const N: usize> FaultPipe<N> {
         for lane in &mut self.lanes {
             lane.clear();
         }
+        self.ready = [0; 2];
+        self.carried = [0; 2];
     }
 }
 
