@@ -89,16 +89,17 @@ pub struct BridgeOptions {
 impl BridgeOptions {
     /// Defaults, from `from` to `to`.
     pub fn new(from: Vec<Endpoint>, to: Endpoint) -> Self {
+        let d = crate::options::Serving::DEFAULT;
         BridgeOptions {
             from,
             to,
-            window: 64,
-            max_record: 1024,
+            window: d.window,
+            max_record: d.max_record,
             max_command: 64,
-            max_connections: 256,
-            max_devices: 256,
-            handshake_timeout: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(10),
+            max_connections: d.max_connections,
+            max_devices: d.max_devices,
+            handshake_timeout: d.handshake_timeout,
+            idle_timeout: d.idle_timeout,
             max_backoff: Duration::from_secs(5),
         }
     }

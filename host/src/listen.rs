@@ -61,16 +61,17 @@ pub struct ListenOptions {
 impl ListenOptions {
     /// Defaults for `endpoints`, writing to `csv`.
     pub fn new(endpoints: Vec<Endpoint>, csv: PathBuf) -> Self {
+        let d = crate::options::Serving::DEFAULT;
         ListenOptions {
             endpoints,
             csv,
             fsync: false,
-            max_connections: 256,
-            max_devices: 256,
-            handshake_timeout: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(10),
-            window: 64,
-            max_record: 1024,
+            max_connections: d.max_connections,
+            max_devices: d.max_devices,
+            handshake_timeout: d.handshake_timeout,
+            idle_timeout: d.idle_timeout,
+            window: d.window,
+            max_record: d.max_record,
             max_command: 64,
             raw: false,
             keys: None,

@@ -52,6 +52,34 @@ macro_rules! serving_of {
 }
 pub(crate) use serving_of;
 
+/// Sets a server's options (`ListenOptions`, `BridgeOptions`) from [`Serving`] values: the
+/// other way of [`serving_of`].
+#[macro_export]
+macro_rules! set_serving {
+    ($opts:expr, $s:expr) => {{
+        let s: $crate::options::Serving = $s;
+        $opts.window = s.window;
+        $opts.max_record = s.max_record;
+        $opts.max_connections = s.max_connections;
+        $opts.max_devices = s.max_devices;
+        $opts.handshake_timeout = s.handshake_timeout;
+        $opts.idle_timeout = s.idle_timeout;
+    }};
+}
+
+impl Serving {
+    /// The defaults, in one place: `ListenOptions::new`, `BridgeOptions::new` and the command
+    /// line's options take them from here.
+    pub const DEFAULT: Serving = Serving {
+        window: 64,
+        max_record: 1024,
+        max_connections: 256,
+        max_devices: 256,
+        handshake_timeout: Duration::from_secs(5),
+        idle_timeout: Duration::from_secs(10),
+    };
+}
+
 impl Serving {
     /// Checks each value, and returns the limits the session engine enforces; the message
     /// names the option and its range.

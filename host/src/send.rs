@@ -68,13 +68,20 @@ pub struct SendOptions {
 }
 
 impl SendOptions {
+    /// Records in flight by default (the listener's default window).
+    pub const DEFAULT_WINDOW: u16 = crate::options::Serving::DEFAULT.window as u16;
+    /// The longest line by default (the listener's default record size).
+    pub const DEFAULT_MAX_RECORD: usize = crate::options::Serving::DEFAULT.max_record;
+    /// How long without progress before giving up, by default.
+    pub const DEFAULT_GIVE_UP_AFTER: Duration = Duration::from_secs(30);
+
     /// Defaults for `endpoint`.
     pub fn new(endpoint: Endpoint) -> Self {
         SendOptions {
             endpoint,
-            window: 64,
-            max_record: 1024,
-            give_up_after: Duration::from_secs(30),
+            window: SendOptions::DEFAULT_WINDOW,
+            max_record: SendOptions::DEFAULT_MAX_RECORD,
+            give_up_after: SendOptions::DEFAULT_GIVE_UP_AFTER,
             close_timeout: Duration::from_secs(5),
             session: crate::random_session(),
             key: None,

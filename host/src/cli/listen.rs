@@ -1,0 +1,126 @@
+//! `tether listen`: devices' records into a CSV (or another sink), commands typed on
+//! standard input, a status line on a terminal.
+
+use std::io::{self, IsTerminal};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use tether_host::endpoint::Endpoint;
+use tether_host::listen::{ListenOptions, Listener};
+
+use super::{plural, shutdown_signal, CliError, ServeArgs};
+
+#[derive(Debug, clap::Args)]
+pub(super) struct ListenArgs {
+    /// Where to listen, e.g. tcp://127.0.0.1:5003, tcp://[::1]:5003, Bluetooth RFCOMM:
+    /// rfcomm://hci0/1 (adapter hci0, channel 1), rfcomm:///1 (the default adapter), or a
+    /// serial port: serial:///dev/ttyACM0?baud=115200 (8N1 unless data=, parity=, stop=,
+    /// flow=rtscts say otherwise). Several allowed.
+    #[arg(required = true)]
+    pub(super) endpoints: Vec<Endpoint>,
+    /// The CSV file to append records to (created if missing).
+    #[arg(long)]
+    pub(super) csv: PathBuf,
+    /// Acknowledge records only once they are on disk (fsync per batch).
+    #[arg(long)]
+    pub(super) fsync: bool,
+    #[command(flatten)]
+    pub(super) serve: ServeArgs,
+    /// Speak the tutorial's raw protocol (greeting, "data received" after each chunk, one
+    /// CSV row per chunk) so its scripts work unchanged. No framing, integrity or resume.
+    #[arg(long)]
+    pub(super) raw: bool,
+    /// Authenticate devices: a file of `DEVICE_ID HEX_KEY` lines (mode 600), one a device.
+    /// Devices without a key, with another key or without authentication are refused.
+    #[arg(long, value_name = "FILE")]
+    pub(super) keys: Option<PathBuf>,
+}
+
+pub(super) async fn listen(args: ListenArgs) -> Result<ExitCode, CliError> {
+    let shutdown = shutdown_signal();
+    let mut opts = ListenOptions::new(args.endpoints, args.csv);
+    opts.fsync = args.fsync;
+    tether_host::set_serving!(opts, args.serve.serving());
+    opts.raw = args.raw;
+    if let Some(path) = &args.keys {
+        let keys = tether_host::keys::load_table(path)?;
+        tracing::info!(
+            "authenticating devices: {} keys from {}",
+            keys.len(),
+            path.display()
+        );
+        opts.keys = Some(std::sync::Arc::new(keys));
+    }
+    let listener = Listener::bind(opts.clone()).await?;
+    for a in listener.describe_endpoints() {
+        tracing::info!("listening on {a}, writing {}", opts.csv.display());
+    }
+    // Commands from standard input: `DEVICE COMMAND` or `* COMMAND` (see `console`: a
+    // terminal is read only in the foreground, and the reader never holds the process).
+    let commands = listener.commands();
+    tether_host::console::read_lines(move |line| command_line(&commands, line));
+    // A live status line on a terminal (silent otherwise): records/s, devices, records.
+    if io::stderr().is_terminal() {
+        let status = listener.status();
+        tokio::spawn(async move {
+            let mut last = 0u64;
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let (records, devices, connected) = status.snapshot();
+                tether_host::console::show_status(&format!(
+                    "{records} records, {}/s, {} ({connected} connected)",
+                    records - last,
+                    plural(devices as u64, "device")
+                ));
+                last = records;
+            }
+        });
+    }
+    let summary = listener.run(shutdown).await?;
+    tether_host::console::clear_status();
+    tracing::info!(
+        "done: {} from {} over {} ({} dropped), {}",
+        plural(summary.records, "record"),
+        plural(summary.devices as u64, "device"),
+        plural(summary.connections, "connection"),
+        summary.dropped_connections,
+        plural(summary.retransmissions, "retransmission")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One command line typed at a listener: `DEVICE COMMAND` or `* COMMAND`.
+fn command_line(commands: &tether_host::listen::Commands, line: &str) {
+    let line = line.trim();
+    let Some((who, cmd)) = line.split_once(char::is_whitespace) else {
+        if !line.is_empty() {
+            tracing::warn!("command lines are `DEVICE COMMAND` or `* COMMAND`");
+        }
+        return;
+    };
+    let device = if who == "*" {
+        None
+    } else {
+        match u32::from_str_radix(who, 16) {
+            Ok(d) => Some(d),
+            Err(_) => {
+                tracing::warn!("`{who}` is not a device id (hex, as in the CSV)");
+                return;
+            }
+        }
+    };
+    match commands.send(device, cmd.trim().as_bytes()) {
+        0 if device.is_none() => tracing::warn!("no device is known yet: command not sent"),
+        0 => {
+            let known: Vec<String> = commands
+                .devices()
+                .iter()
+                .map(|d| format!("{d:08x}"))
+                .collect();
+            tracing::warn!("no such device: {who} (known: {})", known.join(", "))
+        }
+        n => tracing::info!("command queued for {}", plural(n as u64, "device")),
+    }
+}
