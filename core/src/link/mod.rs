@@ -88,6 +88,55 @@ pub fn hello_key_id(payload: &[u8]) -> Option<u32> {
         .map(|a| a.key_id)
 }
 
+/// What a HELLO payload says (PROTOCOL.md 9.5.1), for a server that picks the session a new
+/// connection belongs to before it hands the connection to a [`Link`] (9.4.2): decoded once,
+/// with the core's own checks (this protocol version, the length, the reserved byte).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HelloView {
+    /// The sender's session identity (never 0).
+    pub session: u32,
+    /// The receiver's session as the sender last knew it; 0 if none.
+    pub peer_session: u32,
+    /// The first sequence number the sender will (re)send.
+    pub tx_base: u32,
+    /// The next sequence number the sender expects (valid when `peer_session` matches).
+    pub rx_next: u32,
+    /// Every sequence number below this the sender's application released (same).
+    pub rx_released: u32,
+    /// The largest payload the sender accepts.
+    pub max_payload: u16,
+    /// The largest payload the sender may send.
+    pub max_send: u16,
+    /// The credit the sender grants.
+    pub window: u16,
+    /// The key id of an authenticated HELLO (9.14), if it has the extension.
+    pub key_id: Option<u32>,
+}
+
+impl HelloView {
+    /// `payload` as a HELLO of this protocol version, or `None` if it is not a well-formed
+    /// one (another version, a wrong length, a session of 0).
+    pub fn parse(payload: &[u8]) -> Option<HelloView> {
+        let h =
+            Hello::parse(payload).filter(|h| h.version == PROTOCOL_VERSION && h.session != 0)?;
+        #[cfg(feature = "auth")]
+        let key_id = h.auth.map(|a| a.key_id);
+        #[cfg(not(feature = "auth"))]
+        let key_id = None;
+        Some(HelloView {
+            session: h.session,
+            peer_session: h.peer_session,
+            tx_base: h.tx_base,
+            rx_next: h.rx_next,
+            rx_released: h.rx_released,
+            max_payload: h.max_payload,
+            max_send: h.max_send,
+            window: h.window,
+            key_id,
+        })
+    }
+}
+
 /// Encodes a REJECT frame with `code` and the reason `text` (cut to
 /// [`REJECT_TEXT_MAX`] bytes at a character boundary) into `out`, which must hold
 /// `frame::max_encoded_len(2 + REJECT_TEXT_MAX)` bytes: for a server that refuses a

@@ -38,17 +38,13 @@ pub struct Hello {
 impl Hello {
     /// A HELLO payload, if it is an acceptable HELLO of this protocol version.
     pub fn parse(payload: &[u8]) -> Option<Hello> {
-        // The core's checks; they guarantee the 28 bytes read below.
-        let session = link::hello_session(payload)?;
-        let u32_at = |i: usize| {
-            u32::from_le_bytes([payload[i], payload[i + 1], payload[i + 2], payload[i + 3]])
-        };
+        let h = link::HelloView::parse(payload)?;
         Some(Hello {
-            session,
-            peer_session: u32_at(6),
-            tx_base: u32_at(10),
-            max_send: u16::from_le_bytes([payload[24], payload[25]]),
-            key_id: link::hello_key_id(payload),
+            session: h.session,
+            peer_session: h.peer_session,
+            tx_base: h.tx_base,
+            max_send: h.max_send,
+            key_id: h.key_id,
             payload: payload.to_vec(),
         })
     }
