@@ -191,42 +191,51 @@ impl Device {
     }
 
     /// Connects to `memory://AT`, sends `records`, and hangs up once every one is
-    /// acknowledged (within 20 s).
+    /// acknowledged (within 20 s). A connection the server hangs up on (refused: its only
+    /// session slot is not free yet, the device before is still being let go) is made
+    /// again, as firmware does, and the link resumes.
     async fn deliver(&mut self, at: &str, records: impl IntoIterator<Item = String>) {
         let to = Endpoint::Memory(at.into());
-        let mut stream = tether_host::transport::connect(&to, Duration::from_secs(5))
-            .await
-            .expect("connects");
         let mut queue: VecDeque<String> = records.into_iter().collect();
-        self.link.connect(self.now());
         let mut out = vec![0u8; self.link.transmit_len()];
         let mut buf = [0u8; 4096];
         let t0 = std::time::Instant::now();
-        while !queue.is_empty() || self.link.unacked() != 0 {
-            while let Some(r) = queue.front() {
-                if self.link.send(r.as_bytes()).is_err() {
-                    break;
+        'connection: loop {
+            let mut stream = tether_host::transport::connect(&to, Duration::from_secs(5))
+                .await
+                .expect("connects");
+            self.link.connect(self.now());
+            while !queue.is_empty() || self.link.unacked() != 0 {
+                while let Some(r) = queue.front() {
+                    if self.link.send(r.as_bytes()).is_err() {
+                        break;
+                    }
+                    queue.pop_front();
                 }
-                queue.pop_front();
+                while let Some(n) = self.link.poll_transmit(self.now(), &mut out) {
+                    if stream.write_all(&out[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                assert!(
+                    t0.elapsed() < Duration::from_secs(20),
+                    "delivered in time: {} waiting, {} unacknowledged, {:?}",
+                    queue.len(),
+                    self.link.unacked(),
+                    self.link.phase()
+                );
+                match tokio::time::timeout(Duration::from_millis(5), stream.read(&mut buf)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue 'connection;
+                    }
+                    Ok(Ok(n)) => self.link.handle_input(self.now(), &buf[..n]),
+                    Err(_) => {}
+                }
+                self.link.handle_timeout(self.now());
+                while self.link.poll_event().is_some() {}
             }
-            while let Some(n) = self.link.poll_transmit(self.now(), &mut out) {
-                stream.write_all(&out[..n]).await.expect("writes");
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(20),
-                "delivered in time: {} waiting, {} unacknowledged, {:?}",
-                queue.len(),
-                self.link.unacked(),
-                self.link.phase()
-            );
-            match tokio::time::timeout(Duration::from_millis(5), stream.read(&mut buf)).await {
-                Ok(Ok(0)) => panic!("the bridge hung up"),
-                Ok(Ok(n)) => self.link.handle_input(self.now(), &buf[..n]),
-                Ok(Err(e)) => panic!("read: {e}"),
-                Err(_) => {}
-            }
-            self.link.handle_timeout(self.now());
-            while self.link.poll_event().is_some() {}
+            break;
         }
         assert_eq!(self.link.phase(), Phase::Established);
     }
