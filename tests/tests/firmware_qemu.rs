@@ -265,16 +265,21 @@ impl Qemu {
     /// first client (the bridge) connects.
     fn start(s: &Setup) -> Qemu {
         let port = free_port();
+        let serial = format!("tcp:127.0.0.1:{port},server=on,wait=on,nodelay=on");
+        let mut q = Qemu::start_with(s, &serial);
+        q.addr = SocketAddr::from(([127, 0, 0, 1], port));
+        q
+    }
+
+    /// Boots the image with UART0 on `serial` (QEMU's `-serial` argument).
+    fn start_with(s: &Setup, serial: &str) -> Qemu {
         let limit = (RUN_LIMIT + Duration::from_secs(10)).as_secs().to_string();
         let started = Instant::now();
         let mut child = Command::new("timeout")
             .args(["--kill-after=5", &limit, &s.qemu])
             .args(["-M", s.machine, "-nographic", "-monitor", "none"])
             .args(["-semihosting-config", "enable=on,target=native"])
-            .args([
-                "-serial",
-                &format!("tcp:127.0.0.1:{port},server=on,wait=on,nodelay=on"),
-            ])
+            .args(["-serial", serial])
             .arg("-kernel")
             .arg(&s.elf)
             .stdin(Stdio::null())
@@ -292,7 +297,7 @@ impl Qemu {
             },
             out,
             err,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             started,
         }
     }
@@ -855,33 +860,7 @@ fn firmware_under_qemu_on_a_pseudo_terminal_streams_to_a_serial_listener() {
     };
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = temp_dir("serial");
-    let limit = (RUN_LIMIT + Duration::from_secs(10)).as_secs().to_string();
-    let started = Instant::now();
-    let mut child = Command::new("timeout")
-        .args(["--kill-after=5", &limit, &s.qemu])
-        .args(["-M", s.machine, "-nographic", "-monitor", "none"])
-        .args(["-semihosting-config", "enable=on,target=native"])
-        .args(["-serial", "pty"])
-        .arg("-kernel")
-        .arg(&s.elf)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("qemu starts");
-    let (out, err) = (Lines::default(), Lines::default());
-    out.collect(child.stdout.take().expect("stdout"));
-    err.collect(child.stderr.take().expect("stderr"));
-    let mut qemu = Qemu {
-        guard: Guard {
-            child,
-            name: "qemu",
-        },
-        out,
-        err,
-        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        started,
-    };
+    let mut qemu = Qemu::start_with(&s, "pty");
     // "char device redirected to /dev/pts/3 (label serial0)", on either stream.
     let pty = || {
         let text = format!("{}\n{}", qemu.err.text(), qemu.out.text());
