@@ -7,15 +7,12 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::Process;
-
-const TETHER: &str = env!("CARGO_BIN_EXE_tether");
+use common::logged::{Logged, TETHER};
 
 fn temp_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("tether-serial-{name}-{}", std::process::id()));
@@ -88,87 +85,26 @@ impl Drop for Cable {
     }
 }
 
-/// A `tether` process whose standard error is collected line by line.
-struct Logged {
-    child: Process,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
+/// `tether ARGS` without standard input.
+fn tether(args: &[&str]) -> Logged {
+    Logged::start(args, Stdio::null())
 }
 
-impl Logged {
-    fn start(args: &[&str]) -> Logged {
-        let mut child = Process(
-            Command::new(TETHER)
-                .args(args)
-                .env("RUST_LOG", "info")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("tether starts"),
-        );
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Logged {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    fn wait_for(&mut self, needle: &str, limit: Duration) -> String {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
-                return l.clone();
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => self.seen.push(l),
-                Err(_) => panic!("no `{needle}` within {limit:?}:\n{}", self.seen.join("\n")),
-            }
-        }
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-
-    /// SIGINT, then its exit code and log.
-    fn stop(self) -> (Option<i32>, String) {
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-        self.exit_within(Duration::from_secs(15))
-    }
-
-    fn exit_within(mut self, limit: Duration) -> (Option<i32>, String) {
-        let deadline = Instant::now() + limit;
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "still running after {limit:?}:\n{}",
-                self.seen.join("\n")
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        std::thread::sleep(Duration::from_millis(50));
-        self.seen.extend(self.lines.try_iter());
-        (status.code(), self.seen.join("\n"))
-    }
+/// `tether listen serial://B --csv CSV`, once it listens.
+fn serial_listener(cable: &Cable, csv: &Path) -> Logged {
+    let mut listener = tether(&[
+        "listen",
+        &format!("serial://{}", cable.b()),
+        "--csv",
+        csv.to_str().unwrap(),
+    ]);
+    listener.wait_for("listening on serial://", Duration::from_secs(20));
+    listener
 }
 
 /// `tether send ENDPOINT FILE`, waited for (bounded).
 fn send(endpoint: &str, input: &Path, limit: Duration) -> (Option<i32>, String) {
-    let t = Logged::start(&["send", endpoint, input.to_str().unwrap()]);
+    let t = tether(&["send", endpoint, input.to_str().unwrap()]);
     t.exit_within(limit)
 }
 
@@ -222,13 +158,7 @@ fn fifty_thousand_lines_over_a_serial_line_are_written_once_each() {
     let d = temp_dir("exact");
     let cable = Cable::new(&d);
     let csv = d.join("r.csv");
-    let mut listener = Logged::start(&[
-        "listen",
-        &format!("serial://{}", cable.b()),
-        "--csv",
-        csv.to_str().unwrap(),
-    ]);
-    listener.wait_for("listening on serial://", Duration::from_secs(20));
+    let listener = serial_listener(&cable, &csv);
     let input = lines_file(&d, "in", "line", 50_000);
     let (code, log) = send(
         &format!("serial://{}?baud=921600", cable.a()),
@@ -247,13 +177,7 @@ fn a_boot_banner_and_garbage_before_and_between_hellos_are_skipped() {
     let d = temp_dir("garbage");
     let cable = Cable::new(&d);
     let csv = d.join("r.csv");
-    let mut listener = Logged::start(&[
-        "listen",
-        &format!("serial://{}", cable.b()),
-        "--csv",
-        csv.to_str().unwrap(),
-    ]);
-    listener.wait_for("listening on serial://", Duration::from_secs(20));
+    let mut listener = serial_listener(&cable, &csv);
     let noise = |what: &[u8]| {
         let mut port = std::fs::OpenOptions::new()
             .write(true)
@@ -291,15 +215,9 @@ fn a_port_unplugged_and_plugged_in_again_three_times_mid_stream_loses_and_repeat
     let d = temp_dir("replug");
     let mut cable = Cable::new(&d);
     let csv = d.join("r.csv");
-    let mut listener = Logged::start(&[
-        "listen",
-        &format!("serial://{}", cable.b()),
-        "--csv",
-        csv.to_str().unwrap(),
-    ]);
-    listener.wait_for("listening on serial://", Duration::from_secs(20));
+    let mut listener = serial_listener(&cable, &csv);
     let input = lines_file(&d, "in", "line", 300_000);
-    let sender = Logged::start(&[
+    let sender = tether(&[
         "send",
         &format!("serial://{}", cable.a()),
         input.to_str().unwrap(),
@@ -338,7 +256,7 @@ fn the_bridge_forwards_a_serial_device_to_a_tcp_listener_acknowledged_end_to_end
     let d = temp_dir("bridge");
     let cable = Cable::new(&d);
     let csv = d.join("r.csv");
-    let mut listener = Logged::start(&[
+    let mut listener = tether(&[
         "listen",
         "tcp://127.0.0.1:0",
         "--csv",
@@ -353,7 +271,7 @@ fn the_bridge_forwards_a_serial_device_to_a_tcp_listener_acknowledged_end_to_end
         .next()
         .unwrap()
         .to_owned();
-    let mut bridge = Logged::start(&[
+    let mut bridge = tether(&[
         "bridge",
         &format!("serial://{}", cable.b()),
         &format!("tcp://{addr}"),
@@ -444,7 +362,7 @@ fn every_serial_error_says_what_is_wrong_and_what_to_do() {
     ];
     for (args, says) in &cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (code, log) = Logged::start(&args).exit_within(Duration::from_secs(15));
+        let (code, log) = tether(&args).exit_within(Duration::from_secs(15));
         assert_eq!(code, Some(2), "tether {args:?}: {log}");
         assert!(
             log.contains(says),
@@ -452,10 +370,10 @@ fn every_serial_error_says_what_is_wrong_and_what_to_do() {
         );
     }
     // A port another program holds.
-    let mut first = Logged::start(&["listen", &format!("serial://{}", cable.b()), "--csv", csv]);
+    let mut first = tether(&["listen", &format!("serial://{}", cable.b()), "--csv", csv]);
     first.wait_for("listening on serial://", Duration::from_secs(20));
     let second_csv = d.join("second.csv");
-    let (code, log) = Logged::start(&[
+    let (code, log) = tether(&[
         "listen",
         &format!("serial://{}", cable.b()),
         "--csv",

@@ -4,16 +4,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::logged::{Logged, TETHER};
 use common::Process;
-
-const TETHER: &str = env!("CARGO_BIN_EXE_tether");
 
 fn temp_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("tether-terminal-{name}-{}", std::process::id()));
@@ -81,89 +79,6 @@ fn a_listener_in_the_background_of_a_terminal_runs_on_and_stops_on_sigterm() {
     );
     assert!(out.contains("done: 0 records"), "{out}");
     let _ = std::fs::remove_dir_all(&d);
-}
-
-/// A `tether` process whose standard error is read line by line.
-struct Logged {
-    child: Process,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Logged {
-    fn start(args: &[&str], stdin: Stdio) -> Logged {
-        let mut child = Process(
-            Command::new(TETHER)
-                .args(args)
-                .env("RUST_LOG", "info")
-                .stdin(stdin)
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("tether starts"),
-        );
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Logged {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for a line containing `needle`, within `limit`.
-    fn wait_for(&mut self, needle: &str, limit: Duration) -> String {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
-                return l.clone();
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => self.seen.push(l),
-                Err(_) => panic!("no `{needle}` within {limit:?}:\n{}", self.seen.join("\n")),
-            }
-        }
-    }
-
-    /// The TCP address it logged it listens on.
-    fn addr(&mut self) -> SocketAddr {
-        let line = self.wait_for("listening on tcp://", Duration::from_secs(20));
-        let rest = line.split("listening on tcp://").nth(1).unwrap();
-        rest.split([',', ' ']).next().unwrap().parse().unwrap()
-    }
-
-    /// Waits up to `limit` for it to exit; its exit code, and every line it wrote.
-    fn exit_within(mut self, limit: Duration) -> (Option<i32>, String) {
-        let deadline = Instant::now() + limit;
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break Some(s);
-            }
-            if Instant::now() > deadline {
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        std::thread::sleep(Duration::from_millis(50));
-        self.seen.extend(self.lines.try_iter());
-        let log = self.seen.join("\n");
-        let status = status.unwrap_or_else(|| panic!("still running after {limit:?}:\n{log}"));
-        (status.code(), log)
-    }
-
-    fn signal(&self, name: &str) {
-        let ok = Command::new("kill")
-            .args([name, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    }
 }
 
 #[test]

@@ -2,6 +2,8 @@
 
 use std::process::Child;
 
+pub mod logged;
+
 /// A child process killed when dropped, so a failing test never leaves a listener running.
 pub struct Process(pub Child);
 
