@@ -97,14 +97,25 @@ if (cd "$probe" && CARGO_TARGET_DIR="$root/target/size-probe-v2" \
 else
   echo "with_link, v2: DOES NOT BUILD (reported only, not part of the gate)"
 fi
+# And with the readings as records of a declared kind (feature kinds, PROTOCOL.md 10.5),
+# reported only: what record kinds cost a firmware that uses them (one that does not links
+# none of their code: the default row above).
+(cd "$probe" && CARGO_TARGET_DIR="$root/target/size-probe-kinds" \
+  cargo build --locked --quiet --release --bin with_link --features kinds --target "$target")
+read -r k_text k_data k_bss < <("$bin/llvm-size" "$root/target/size-probe-kinds/$target/release/with_link" | awk 'NR==2 {print $1, $2, $3}')
+k_flash=$(((k_text + k_data) - (b_text + b_data)))
+k_ram=$(((k_data + k_bss) - (b_data + b_bss)))
 v_flash=$(((v_text + v_data) - (b_text + b_data)))
 v_ram=$(((v_data + v_bss) - (b_data + b_bss)))
 printf '%-22s %8d %8d %8d %10d %14d\n' "with_link, v2" "$v_text" "$v_data" "$v_bss" $((v_text + v_data)) $((v_data + v_bss))
 printf '%-22s %8d %8d %8d %10d %14d\n' "difference (v2)" $((v_text - b_text)) $((v_data - b_data)) $((v_bss - b_bss)) "$v_flash" "$v_ram"
+printf '%-22s %8d %8d %8d %10d %14d\n' "with_link, kinds" "$k_text" "$k_data" "$k_bss" $((k_text + k_data)) $((k_data + k_bss))
+printf '%-22s %8d %8d %8d %10d %14d\n' "difference (kinds)" $((k_text - b_text)) $((k_data - b_data)) $((k_bss - b_bss)) "$k_flash" "$k_ram"
 echo
 echo "flash:      $d_flash bytes ($(awk -v b="$d_flash" 'BEGIN {printf "%.2f", b / 1024}') KiB): $(verdict "$d_flash" "$flash_target")"
 echo "static RAM: $d_ram bytes ($(awk -v b="$d_ram" 'BEGIN {printf "%.2f", b / 1024}') KiB): $(verdict "$d_ram" "$ram_target")"
 echo "with table-crc: flash $s_flash bytes: $(verdict "$s_flash" "$flash_target"); static RAM $s_ram bytes: $(verdict "$s_ram" "$ram_target")"
+echo "with record kinds: flash $k_flash bytes ($((k_flash - d_flash)) more than the default row: the declaration in flash and KindWriter), static RAM $k_ram bytes (reported, not gated)"
 echo "with v2 offered: flash $v_flash bytes: $(verdict "$v_flash" "$flash_target"); static RAM $v_ram bytes: $(verdict "$v_ram" "$ram_target") (reported, not gated)"
 echo
 echo "What counts as RAM: static RAM = .data + .bss, i.e. the link (in a static, through"

@@ -2,17 +2,21 @@
 //!
 //! A record's payload is one of two forms, told apart by its first byte alone
 //! (`PROTOCOL.md`, section 10, which this module implements):
-//! - **typed**: the byte `0x1E` (ASCII "record separator"), then fields, each a tag byte
-//!   and a little-endian value: what firmware sends, with no float formatting on the
-//!   device;
+//! - **typed**: the byte `0x1E` (ASCII "record separator"), then, by its second byte, one of
+//!   - **fields** (10.1): each a tag byte and a little-endian value, what firmware sends
+//!     with no float formatting on the device ([`Fields`], [`RecordWriter`]);
+//!   - a **declaration** (`0x0E`, 10.5): a record kind's id, name and named, typed fields,
+//!     declared once per session ([`kind::Kind`], [`kind::Declaration`]);
+//!   - a **record of a declared kind** (`0x80` to `0xFF`, 10.6): its values alone, in the
+//!     declared order ([`kind::KindWriter`], [`kind::Values`]);
 //! - **text**: every other payload, the empty one included: one line of text, by
 //!   convention comma-separated fields, what a person or a script sends (`tether send`).
 //!   A sender of text records must never send one that starts with `0x1E`: it would be
 //!   read as typed.
 //!
-//! [`Fields`] reads a typed record and stops at its first malformed field ([`FieldError`]:
-//! the spec's `unknown-tag`, `truncated` and `invalid`, at the offset of the field's tag);
-//! the fields before it stand. [`RecordWriter`] writes one.
+//! [`Record::parse`] tells the forms apart. [`Fields`] reads fields and stops at the first
+//! malformed one ([`FieldError`]: the spec's `unknown-tag`, `truncated` and `invalid`, at
+//! the offset of the field's tag); the fields before it stand. [`RecordWriter`] writes one.
 //!
 //! ```
 //! use tether_core::record::{Field, Fields, RecordWriter};
@@ -27,10 +31,55 @@
 //! # Ok::<(), tether_core::record::Full>(())
 //! ```
 
+pub mod kind;
+
+use kind::{Malformed, Type};
+
 /// The first byte of a typed record.
 pub const TYPED: u8 = 0x1E;
 
+/// What a record is, from its first two bytes (`PROTOCOL.md` 10).
+#[derive(Debug, Clone)]
+pub enum Record<'a> {
+    /// A text record (10.3): every record whose first byte is not `0x1E`.
+    Text(&'a [u8]),
+    /// A typed record of fields (10.1).
+    Fields(Fields<'a>),
+    /// A declaration (10.5), checked: a malformed one declares nothing.
+    Declaration(Result<kind::Declaration<'a>, FieldError>),
+    /// A record of the kind `id` (10.6): read its values with the kind's declaration
+    /// ([`kind::Declaration::values`], [`kind::Values`]).
+    Kind {
+        /// The kind.
+        id: u8,
+        /// The whole record.
+        record: &'a [u8],
+    },
+}
+
+impl<'a> Record<'a> {
+    /// Classifies `payload` by its first two bytes.
+    pub fn parse(payload: &'a [u8]) -> Record<'a> {
+        match payload {
+            [TYPED, kind::DECLARATION, ..] => {
+                Record::Declaration(kind::Declaration::parse(payload))
+            }
+            [TYPED, k, ..] if *k >= kind::KIND => Record::Kind {
+                id: k & kind::MAX_KIND,
+                record: payload,
+            },
+            [TYPED, ..] => Record::Fields(Fields {
+                rest: &payload[1..],
+                at: 1,
+                failed: false,
+            }),
+            _ => Record::Text(payload),
+        }
+    }
+}
+
 /// Field tags (`PROTOCOL.md` 10.1); every other value is reserved.
+#[allow(dead_code)] // the writer's; the reader goes through `kind::Type`
 mod tag {
     pub const BOOL: u8 = 0x01;
     pub const U8: u8 = 0x02;
@@ -129,7 +178,9 @@ pub struct Fields<'a> {
 }
 
 impl<'a> Fields<'a> {
-    /// The fields of `payload`, or `None` if it is not a typed record.
+    /// The fields of `payload` read by the rules of 10.1 alone, or `None` if it is not a
+    /// typed record. A declaration or a record of a kind reads here as it does to a receiver
+    /// that knows no kinds: `unknown-tag` at byte 1 ([`Record::parse`] tells them apart).
     pub fn new(payload: &'a [u8]) -> Option<Fields<'a>> {
         match payload.split_first() {
             Some((&TYPED, rest)) => Some(Fields {
@@ -141,59 +192,20 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn take(&mut self, n: usize, start: usize) -> Result<&'a [u8], FieldError> {
-        if self.rest.len() < n {
-            return Err(FieldError::Truncated { at: start });
-        }
-        let (head, tail) = self.rest.split_at(n);
-        self.rest = tail;
-        self.at += n;
-        Ok(head)
-    }
-
-    fn array<const N: usize>(&mut self, start: usize) -> Result<[u8; N], FieldError> {
-        let mut a = [0u8; N];
-        a.copy_from_slice(self.take(N, start)?);
-        Ok(a)
-    }
-
     fn field(&mut self) -> Result<Field<'a>, FieldError> {
-        let start = self.at;
-        let t = self.take(1, start)?[0];
-        Ok(match t {
-            tag::BOOL => match self.take(1, start)?[0] {
-                0 => Field::Bool(false),
-                1 => Field::Bool(true),
-                _ => return Err(FieldError::Invalid { at: start }),
-            },
-            tag::U8 => Field::U8(self.take(1, start)?[0]),
-            tag::U16 => Field::U16(u16::from_le_bytes(self.array(start)?)),
-            tag::U32 => Field::U32(u32::from_le_bytes(self.array(start)?)),
-            tag::U64 => Field::U64(u64::from_le_bytes(self.array(start)?)),
-            tag::I8 => Field::I8(i8::from_le_bytes(self.array(start)?)),
-            tag::I16 => Field::I16(i16::from_le_bytes(self.array(start)?)),
-            tag::I32 => Field::I32(i32::from_le_bytes(self.array(start)?)),
-            tag::I64 => Field::I64(i64::from_le_bytes(self.array(start)?)),
-            tag::F32 => Field::F32(f32::from_le_bytes(self.array(start)?)),
-            tag::F64 => Field::F64(f64::from_le_bytes(self.array(start)?)),
-            tag::STR => {
-                let n = usize::from(self.take(1, start)?[0]);
-                let bytes = self.take(n, start)?;
-                Field::Str(
-                    core::str::from_utf8(bytes).map_err(|_| FieldError::Invalid { at: start })?,
-                )
-            }
-            tag::BYTES => {
-                let n = usize::from(self.take(1, start)?[0]);
-                Field::Bytes(self.take(n, start)?)
-            }
-            other => {
-                return Err(FieldError::UnknownTag {
-                    tag: other,
-                    at: start,
-                })
-            }
-        })
+        let at = self.at;
+        let (&t, rest) = self
+            .rest
+            .split_first()
+            .ok_or(FieldError::Truncated { at })?;
+        let ty = Type::from_tag(t).ok_or(FieldError::UnknownTag { tag: t, at })?;
+        let (f, n) = ty.read(rest).map_err(|e| match e {
+            Malformed::Truncated => FieldError::Truncated { at },
+            Malformed::Invalid => FieldError::Invalid { at },
+        })?;
+        self.rest = &rest[n..];
+        self.at += 1 + n;
+        Ok(f)
     }
 }
 
@@ -442,6 +454,33 @@ mod tests {
         assert_eq!(w.u8(1).err(), Some(Full));
         assert_eq!(w.finish(), &[TYPED, 0x04, 7, 0, 0, 0]);
         assert_eq!(RecordWriter::new(&mut []).u8(1).err(), Some(Full));
+    }
+
+    #[test]
+    fn records_are_told_apart_by_their_first_two_bytes() {
+        assert!(matches!(Record::parse(b"21.5"), Record::Text(b"21.5")));
+        assert!(matches!(Record::parse(b""), Record::Text(b"")));
+        assert!(matches!(Record::parse(&[TYPED]), Record::Fields(_)));
+        assert!(matches!(
+            Record::parse(&[TYPED, 0x02, 1]),
+            Record::Fields(_)
+        ));
+        assert!(matches!(Record::parse(&[TYPED, 0x7F]), Record::Fields(_)));
+        assert!(matches!(
+            Record::parse(&[TYPED, 0x0E]),
+            Record::Declaration(Err(FieldError::Truncated { at: 2 }))
+        ));
+        assert!(matches!(
+            Record::parse(&[TYPED, 0x80]),
+            Record::Kind { id: 0, .. }
+        ));
+        assert!(matches!(
+            Record::parse(&[TYPED, 0xFF, 1]),
+            Record::Kind { id: 127, .. }
+        ));
+        // To a reader of fields alone, the new forms are an unknown tag at byte 1.
+        let f: Vec<_> = Fields::new(&[TYPED, 0x81, 1]).unwrap().collect();
+        assert_eq!(f, [Err(FieldError::UnknownTag { tag: 0x81, at: 1 })]);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use tether_core::frame::{self, Decoder, Flags, FrameError, FrameView, Header, HeaderError, Kind};
-use tether_core::record::{Field, FieldError, Fields, RecordWriter};
+use tether_core::record::{Field, FieldError, Fields, Record, RecordWriter};
 
 const SPEC: &str = include_str!("../../PROTOCOL.md");
 
@@ -397,6 +397,193 @@ fn record_vectors_decode_and_encode_byte_for_byte() {
                 encode(&mut w, &field_of(name, line, keep));
             }
             assert_eq!(w.finish(), &v.record[..], "{name}: encoding");
+        }
+    }
+}
+
+// ---- record kinds (10.5 to 10.9) -------------------------------------------------------
+
+mod kinds {
+    use super::*;
+    use tether_core::record::kind::{Declaration, FieldDef, Kind, KindWriter, Type, ValueError};
+
+    fn one<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
+        let mut it = pairs
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str());
+        let v = it.next();
+        assert!(it.next().is_none(), "one {key} per vector");
+        v
+    }
+
+    fn all<'a>(pairs: &'a [(String, String)], key: &str) -> Vec<&'a str> {
+        pairs
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    fn declarations() -> Vec<Vec<(String, String)>> {
+        blocks(SPEC, "tether-declaration-vector")
+    }
+
+    fn kind_vectors() -> Vec<Vec<(String, String)>> {
+        blocks(SPEC, "tether-kind-vector")
+    }
+
+    /// A `field:` line of a declaration vector: name, type, and the unit if any.
+    fn def_of(line: &str) -> FieldDef<'_> {
+        let mut parts = line.splitn(3, ' ');
+        let name = parts.next().expect("name");
+        let ty = Type::from_name(parts.next().expect("type")).expect("a type of 10.1");
+        FieldDef {
+            name,
+            ty,
+            unit: parts.next(),
+        }
+    }
+
+    fn declaration_error(e: FieldError) -> String {
+        error_of(e)
+    }
+
+    fn value_error(e: ValueError) -> String {
+        match e {
+            ValueError::Truncated { at } => format!("truncated at {at}"),
+            ValueError::Invalid { at } => format!("invalid at {at}"),
+            ValueError::Trailing { at } => format!("trailing at {at}"),
+        }
+    }
+
+    #[test]
+    fn spec_has_the_kind_vectors_it_promises() {
+        let reasons = |v: &[Vec<(String, String)>]| -> Vec<String> {
+            let mut r: Vec<String> = v
+                .iter()
+                .filter_map(|p| Some(one(p, "error")?.split(' ').next()?.to_string()))
+                .collect();
+            r.sort();
+            r.dedup();
+            r
+        };
+        assert_eq!(
+            reasons(&declarations()),
+            ["invalid", "truncated", "unknown-tag"],
+            "every reason of 10.5 has a vector"
+        );
+        assert_eq!(
+            reasons(&kind_vectors()),
+            ["invalid", "trailing", "truncated"],
+            "every reason of 10.6 has a vector"
+        );
+        let mut types: Vec<&str> = declarations()
+            .iter()
+            .filter(|p| one(p, "error").is_none())
+            .flat_map(|p| {
+                all(p, "field")
+                    .into_iter()
+                    .map(|f| f.split(' ').nth(1).unwrap().to_owned())
+                    .collect::<Vec<_>>()
+            })
+            .map(|t| Type::from_name(&t).unwrap().name())
+            .collect();
+        types.sort_unstable();
+        types.dedup();
+        assert_eq!(types.len(), 13, "every type in a valid declaration");
+        assert!(kind_vectors()
+            .iter()
+            .any(|p| one(p, "error").is_none() && all(p, "value").len() == 13));
+    }
+
+    #[test]
+    fn declaration_vectors_decode_and_encode_byte_for_byte() {
+        for pairs in declarations() {
+            let name = one(&pairs, "name").expect("name");
+            let record = hex(one(&pairs, "record").expect("record"));
+            let got = Declaration::parse(&record);
+            if let Some(error) = one(&pairs, "error") {
+                assert_eq!(
+                    got.map(|_| ()).map_err(declaration_error),
+                    Err(error.to_string()),
+                    "{name}"
+                );
+                continue;
+            }
+            let d = got.unwrap_or_else(|e| panic!("{name}: {e}"));
+            let (id, kname) = one(&pairs, "kind").expect("kind").split_once(' ').unwrap();
+            let defs: Vec<FieldDef<'_>> = all(&pairs, "field").into_iter().map(def_of).collect();
+            assert_eq!((d.id(), d.name()), (id.parse().unwrap(), kname), "{name}");
+            assert_eq!(d.fields().collect::<Vec<_>>(), defs, "{name}");
+            let kind = Kind {
+                id: d.id(),
+                name: kname,
+                fields: &defs,
+            };
+            let mut buf = vec![0u8; kind.declaration_len()];
+            assert_eq!(kind.encode(&mut buf), Ok(record.len()), "{name}");
+            assert_eq!(buf, record, "{name}: encoding");
+        }
+    }
+
+    #[test]
+    fn kind_vectors_decode_and_encode_byte_for_byte() {
+        let decls: BTreeMap<String, Vec<u8>> = declarations()
+            .iter()
+            .map(|p| {
+                (
+                    one(p, "name").unwrap().to_owned(),
+                    hex(one(p, "record").unwrap()),
+                )
+            })
+            .collect();
+        for pairs in kind_vectors() {
+            let name = one(&pairs, "name").expect("name");
+            let decl = &decls[one(&pairs, "declaration").expect("declaration")];
+            let d = Declaration::parse(decl).expect("a valid declaration");
+            let record = hex(one(&pairs, "record").expect("record"));
+            let Record::Kind { id, .. } = Record::parse(&record) else {
+                panic!("{name}: not read as a record of a kind");
+            };
+            assert_eq!(id, d.id(), "{name}: the record's kind");
+            let got: Vec<_> = d.values(&record).collect();
+            let ok: Vec<Field<'_>> = got.iter().filter_map(|r| r.ok()).collect();
+            let err: Vec<String> = got
+                .iter()
+                .filter_map(|r| r.err())
+                .map(value_error)
+                .collect();
+            assert_eq!(
+                err.first().map(String::as_str),
+                one(&pairs, "error"),
+                "{name}: error"
+            );
+            let want = all(&pairs, "value");
+            assert_eq!(ok.len(), want.len(), "{name}: values {got:?}");
+            let mut keeps = vec![Vec::new(); want.len()];
+            let want: Vec<Field<'_>> = want
+                .iter()
+                .zip(keeps.iter_mut())
+                .map(|(line, keep)| field_of(name, line, keep))
+                .collect();
+            for (i, (have, w)) in ok.iter().zip(&want).enumerate() {
+                assert!(same(have, w), "{name}: value {i}: {have:?}, want {w:?}");
+            }
+            if err.is_empty() {
+                let defs: Vec<FieldDef<'_>> = d.fields().collect();
+                let kind = Kind {
+                    id: d.id(),
+                    name: d.name(),
+                    fields: &defs,
+                };
+                let mut buf = vec![0u8; record.len()];
+                let mut w = KindWriter::new(&kind, &mut buf);
+                for v in &want {
+                    w.field(*v).unwrap_or_else(|e| panic!("{name}: {e}"));
+                }
+                assert_eq!(w.finish().unwrap(), &record[..], "{name}: encoding");
+            }
         }
     }
 }

@@ -21,6 +21,15 @@
 //! record fits the smallest payload any link accepts, so a peer can never refuse one as
 //! too long.
 //!
+//! # Records of declared kinds
+//!
+//! With [`DeviceConfig::declare_kinds`], the device describes its records instead
+//! (`PROTOCOL.md` 10.5 to 10.7): its first three records declare the kinds [`ENV`],
+//! [`STATUS`] and [`ERROR`] (their declarations built at compile time, in flash), and each
+//! reading or reply is then a record of its kind: the same values in the same order,
+//! without the reply's leading name (the kind says what it is) and without tags. A host
+//! writes them under named columns (`counter`, `time` in ms, `temperature` in °C, …).
+//!
 //! # Driving it
 //!
 //! Sans-IO, like the [`Link`] it wraps: bytes and the time go in, bytes and a deadline
@@ -69,6 +78,7 @@
 use heapless::String;
 use tether_core::io::nb;
 use tether_core::link::{ConfigError, Event, Instant, Link, Phase, Role, SendError, Storage};
+use tether_core::record::kind::{FieldDef, Kind, KindWriter, Type};
 use tether_core::record::{Full, RecordWriter, TYPED};
 
 use crate::rng::XorShift;
@@ -83,6 +93,53 @@ pub const ERROR_TEXT_MAX: usize = 32;
 /// The largest record a device sends (an error reply): it fits the smallest payload any
 /// link accepts (a REJECT's, 66 bytes), so no peer can refuse it as too long.
 const RECORD_MAX: usize = 64;
+/// The kind of a reading, with [`DeviceConfig::declare_kinds`]: `counter`, `time` (ms,
+/// the device's clock, wrapping), `temperature` (°C), `pressure` (hPa), `output`.
+pub const ENV: Kind<'static> = Kind {
+    id: 0,
+    name: "env",
+    fields: &[
+        FieldDef::new("counter", Type::U32),
+        FieldDef::new("time", Type::U32).unit("ms"),
+        FieldDef::new("temperature", Type::F32).unit("°C"),
+        FieldDef::new("pressure", Type::U16).unit("hPa"),
+        FieldDef::new("output", Type::Bool),
+    ],
+};
+/// The kind of a status reply: `period` (ms), `output`, `readings` queued so far, the link's
+/// `retransmissions`.
+pub const STATUS: Kind<'static> = Kind {
+    id: 1,
+    name: "status",
+    fields: &[
+        FieldDef::new("period", Type::U32).unit("ms"),
+        FieldDef::new("output", Type::Bool),
+        FieldDef::new("readings", Type::U32),
+        FieldDef::new("retransmissions", Type::U32),
+    ],
+};
+/// The kind of an error reply: the `command` refused (trimmed, at most [`ERROR_TEXT_MAX`]
+/// bytes) and the `reason` ([`CommandError::reason`]).
+pub const ERROR: Kind<'static> = Kind {
+    id: 2,
+    name: "error",
+    fields: &[
+        FieldDef::new("command", Type::Str),
+        FieldDef::new("reason", Type::Str),
+    ],
+};
+// Encoded and checked by the compiler; each fits the device's largest record.
+const ENV_DECLARATION: [u8; ENV.declaration_len()] = ENV.declaration();
+const STATUS_DECLARATION: [u8; STATUS.declaration_len()] = STATUS.declaration();
+const ERROR_DECLARATION: [u8; ERROR.declaration_len()] = ERROR.declaration();
+/// What the device declares first, in order.
+const DECLARATIONS: [&[u8]; 3] = [&ENV_DECLARATION, &STATUS_DECLARATION, &ERROR_DECLARATION];
+const _: () = assert!(
+    ENV_DECLARATION.len() <= RECORD_MAX
+        && STATUS_DECLARATION.len() <= RECORD_MAX
+        && ERROR_DECLARATION.len() <= RECORD_MAX
+);
+
 /// How many reads [`Device::drive`] does at most per call, so that a flooding peer cannot
 /// keep the loop from sending.
 const DRIVE_READS: usize = 16;
@@ -100,6 +157,10 @@ pub struct DeviceConfig {
     pub record_limit: Option<u32>,
     /// Seeds the simulated sensor: two devices with the same seed read the same values.
     pub sensor_seed: u64,
+    /// Declare the record kinds [`ENV`], [`STATUS`] and [`ERROR`] as the session's first
+    /// records and send readings and replies as records of them (`PROTOCOL.md` 10.5), rather
+    /// than as self-describing fields (10.1). Off by default.
+    pub declare_kinds: bool,
 }
 
 impl DeviceConfig {
@@ -111,6 +172,7 @@ impl DeviceConfig {
             period_ms: 1_000,
             record_limit: None,
             sensor_seed,
+            declare_kinds: false,
         }
     }
 }
@@ -333,14 +395,18 @@ pub struct DeviceStats {
     pub peer_dead: u32,
     /// Host restarts seen (a new host session: its commands start afresh).
     pub peer_restarts: u32,
+    /// Declarations queued (with [`DeviceConfig::declare_kinds`]: 3, before anything else).
+    pub declarations: u32,
     /// Handshakes refused (see [`Link::reject`]).
     pub rejections: u32,
 }
 
 impl DeviceStats {
-    /// Every record queued: readings and replies.
+    /// Every record queued: declarations, readings and replies.
     pub fn records(&self) -> u32 {
-        self.readings.wrapping_add(self.replies)
+        self.declarations
+            .wrapping_add(self.readings)
+            .wrapping_add(self.replies)
     }
 }
 
@@ -434,6 +500,9 @@ pub struct Device<S> {
     last_sample: Option<Instant>,
     /// A transport is in place (the caller said so and the peer has not gone silent).
     online: bool,
+    /// Declarations still to queue before any other record (none without
+    /// `declare_kinds`).
+    undeclared: &'static [&'static [u8]],
     stats: DeviceStats,
 }
 
@@ -461,6 +530,11 @@ impl<S: Storage> Device<S> {
             next_due: None,
             last_sample: None,
             online: false,
+            undeclared: if config.declare_kinds {
+                &DECLARATIONS
+            } else {
+                &[]
+            },
             stats: DeviceStats::default(),
         })
     }
@@ -671,8 +745,28 @@ impl<S: Storage> Device<S> {
 
     fn work(&mut self, now: Instant) {
         self.handle_events();
-        self.obey();
-        self.stream(now);
+        if self.declare() {
+            self.obey();
+            self.stream(now);
+        }
+    }
+
+    /// Queues the declarations not queued yet; whether all are (then, and only then, may
+    /// records of their kinds follow).
+    fn declare(&mut self) -> bool {
+        while let Some((first, rest)) = self.undeclared.split_first() {
+            if self.link.send(first).is_err() {
+                return false;
+            }
+            self.undeclared = rest;
+            self.stats.declarations = self.stats.declarations.wrapping_add(1);
+        }
+        true
+    }
+
+    /// Whether records are sent as records of declared kinds.
+    fn kinds(&self) -> bool {
+        self.stats.declarations > 0
     }
 
     fn handle_events(&mut self) {
@@ -733,7 +827,7 @@ impl<S: Storage> Device<S> {
                 }
                 Action::Refuse { error, text } => {
                     let mut buf = [0u8; RECORD_MAX];
-                    let reply = error_record(&mut buf, &text, error);
+                    let reply = error_record(&mut buf, &text, error, self.kinds());
                     self.reply(&buf, reply);
                     self.stats.commands_rejected = self.stats.commands_rejected.wrapping_add(1);
                 }
@@ -756,6 +850,18 @@ impl<S: Storage> Device<S> {
     }
 
     fn status_record<'b>(&self, buf: &'b mut [u8]) -> Result<&'b [u8], Full> {
+        if self.kinds() {
+            let mut w = KindWriter::new(&STATUS, buf);
+            let n = w
+                .u32(self.period_ms)
+                .and_then(|w| w.bool(self.output))
+                .and_then(|w| w.u32(self.stats.readings))
+                .and_then(|w| w.u32(self.link.stats().retransmissions))
+                .and_then(|w| w.finish())
+                .map_err(|_| Full)?
+                .len();
+            return Ok(&buf[..n]);
+        }
         let mut w = RecordWriter::new(buf);
         w.str("status")?
             .u32(self.period_ms)?
@@ -777,15 +883,27 @@ impl<S: Storage> Device<S> {
         let mut sensor = self.sensor.clone();
         let sample = sensor.sample();
         let mut buf = [0u8; RECORD_MAX];
-        let mut w = RecordWriter::new(&mut buf);
-        let written = w
-            .u32(self.stats.readings)
-            .and_then(|w| w.u32(now.millis() as u32))
-            .and_then(|w| w.f32(sample.temperature))
-            .and_then(|w| w.u16(sample.pressure))
-            .and_then(|w| w.bool(self.output))
-            .is_ok();
-        if written && self.link.send(w.finish()).is_ok() {
+        let record = if self.kinds() {
+            let mut w = KindWriter::new(&ENV, &mut buf);
+            w.u32(self.stats.readings)
+                .and_then(|w| w.u32(now.millis() as u32))
+                .and_then(|w| w.f32(sample.temperature))
+                .and_then(|w| w.u16(sample.pressure))
+                .and_then(|w| w.bool(self.output))
+                .and_then(|w| w.finish())
+                .map(<[u8]>::len)
+                .ok()
+        } else {
+            let mut w = RecordWriter::new(&mut buf);
+            w.u32(self.stats.readings)
+                .and_then(|w| w.u32(now.millis() as u32))
+                .and_then(|w| w.f32(sample.temperature))
+                .and_then(|w| w.u16(sample.pressure))
+                .and_then(|w| w.bool(self.output))
+                .map(|w| w.finish().len())
+                .ok()
+        };
+        if record.is_some_and(|n| self.link.send(&buf[..n]).is_ok()) {
             self.sensor = sensor;
             self.stats.readings = self.stats.readings.wrapping_add(1);
             self.last_sample = Some(now);
@@ -794,8 +912,23 @@ impl<S: Storage> Device<S> {
     }
 }
 
-/// An error reply: `"error"`, the command's text, the reason.
-fn error_record(buf: &mut [u8], text: &str, error: CommandError) -> Result<usize, Full> {
+/// An error reply: `"error"`, the command's text, the reason (with `kinds`, a record of the
+/// kind [`ERROR`]: the text and the reason).
+fn error_record(
+    buf: &mut [u8],
+    text: &str,
+    error: CommandError,
+    kinds: bool,
+) -> Result<usize, Full> {
+    if kinds {
+        let mut w = KindWriter::new(&ERROR, buf);
+        return w
+            .str(text)
+            .and_then(|w| w.str(error.reason()))
+            .and_then(|w| w.finish())
+            .map(<[u8]>::len)
+            .map_err(|_| Full);
+    }
     let mut w = RecordWriter::new(buf);
     w.str("error")?.str(text)?.str(error.reason())?;
     Ok(w.finish().len())

@@ -4,7 +4,9 @@
 Written from PROTOCOL.md alone, without reading the Rust implementation, as an
 interoperability check: CRC-32C, COBS and the receiver rules of section 5, checked against
 every ```tether-vector block of section 7 plus self-checks derived from the spec text; and
-the typed records of section 10, checked against every ```tether-record-vector block.
+the typed records of section 10, checked against every ```tether-record-vector block, and
+its record kinds (declarations and records of a kind, 10.5 to 10.7) against every
+```tether-declaration-vector and ```tether-kind-vector block.
 Usage:
   frame_ref.py [PATH/TO/PROTOCOL.md]     check the vectors and run the self-checks
   frame_ref.py decode M < WIRE           one line per event: "frame KIND FLAGS SEQ ACK CREDIT
@@ -325,6 +327,196 @@ def check_record_vector(v) -> str | None:
     return None
 
 
+# ------------------------------------------------------------ record kinds ----
+DECLARATION = 0x0E                  # second byte of a declaration (10.5)
+KIND_BASE = 0x80                    # second byte of a record of kind k: 0x80 + k (10.6)
+HAS_UNIT = 0x80                     # in an entry's type byte: a unit follows the name
+NAME_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
+
+
+def is_name(b: bytes) -> bool:
+    return 1 <= len(b) <= 63 and b[:1] not in (b"0", b"1", b"2", b"3", b"4", b"5", b"6",
+                                              b"7", b"8", b"9") and set(b) <= NAME_BYTES
+
+
+def is_unit(b: bytes) -> bool:
+    try:
+        b.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return len(b) >= 1 and all(c >= 0x20 and c != 0x7F for c in b)
+
+
+def read_declaration(rec: bytes):
+    """((kind, name, [(field name, type, unit or None)]), None) or (None, (reason, offset)),
+    by the rules of 10.5, checked in its order."""
+    if rec[:2] != bytes([TYPED, DECLARATION]):
+        raise ValueError("not a declaration")
+    if len(rec) < 3:
+        return None, ("truncated", 2)
+    kind = rec[2]
+    if kind > 127:
+        return None, ("invalid", 2)
+
+    def counted(i):
+        if i >= len(rec) or i + 1 + rec[i] > len(rec):
+            return None
+        return rec[i + 1:i + 1 + rec[i]], i + 1 + rec[i]
+
+    got = counted(3)
+    if got is None:
+        return None, ("truncated", 3)
+    name, i = got
+    if not is_name(name):
+        return None, ("invalid", 3)
+    fields, seen = [], set()
+    while i < len(rec):
+        at, t = i, rec[i]
+        if (t & 0x7F) not in TAGS:
+            return None, ("unknown-tag", at)
+        got = counted(i + 1)
+        if got is None:
+            return None, ("truncated", at)
+        fname, i = got
+        unit = None
+        if t & HAS_UNIT:
+            got = counted(i)
+            if got is None:
+                return None, ("truncated", at)
+            unit, i = got
+        if not is_name(fname) or (unit is not None and not is_unit(unit)):
+            return None, ("invalid", at)
+        if fname.lower() in seen:
+            return None, ("invalid", at)
+        seen.add(fname.lower())
+        fields.append((fname.decode(), TAGS[t & 0x7F][0],
+                       None if unit is None else unit.decode("utf-8")))
+    return (kind, name.decode(), fields), None
+
+
+def write_declaration(kind: int, name: str, fields) -> bytes:
+    out = bytearray([TYPED, DECLARATION, kind])
+    out += bytes([len(name)]) + name.encode()
+    for fname, ftype, unit in fields:
+        out.append(TAG_OF[ftype] | (HAS_UNIT if unit is not None else 0))
+        out += bytes([len(fname)]) + fname.encode()
+        if unit is not None:
+            u = unit.encode("utf-8")
+            out += bytes([len(u)]) + u
+    return bytes(out)
+
+
+def read_value(rec: bytes, i: int, ftype: str):
+    """(value, next offset) or (None, reason) for one value of 10.1's encoding, untagged."""
+    fmt = TAGS[TAG_OF[ftype]][1]
+    if fmt is None:
+        if i >= len(rec) or i + 1 + rec[i] > len(rec):
+            return None, "truncated"
+        value = rec[i + 1:i + 1 + rec[i]]
+        end = i + 1 + rec[i]
+        if ftype == "str":
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError:
+                return None, "invalid"
+        return value, end
+    size = struct.calcsize(fmt)
+    if i + size > len(rec):
+        return None, "truncated"
+    (value,) = struct.unpack_from(fmt, rec, i)
+    if ftype == "bool":
+        if value > 1:
+            return None, "invalid"
+        value = value == 1
+    return value, i + size
+
+
+def read_kind_record(rec: bytes, fields):
+    """([(type, value)], error or None): the values of a record of a kind (10.6) declared
+    with `fields`; floats as bit patterns, as read_record gives them."""
+    values, i = [], 2
+    for _fname, ftype, _unit in fields:
+        value, nxt = read_value(rec, i, ftype)
+        if value is None:
+            return values, (nxt, i)
+        values.append((ftype, value))
+        i = nxt
+    if i < len(rec):
+        return values, ("trailing", i)
+    return values, None
+
+
+def write_kind_record(kind: int, values) -> bytes:
+    out = bytearray([TYPED, KIND_BASE + kind])
+    for v in values:
+        out += write_record([v])[2:]    # 1E, the tag, the value: the value alone
+    return bytes(out)
+
+
+def parse_declaration_field(line: str):
+    """A declaration vector's `field:` line: NAME TYPE [UNIT]."""
+    parts = line.split(" ", 2)
+    return parts[0], parts[1], parts[2] if len(parts) == 3 else None
+
+
+def parse_blocks(text: str, tag: str, repeated=("field", "value")) -> list:
+    blocks, cur, key = [], None, None
+    for line in text.splitlines():
+        if cur is None:
+            if line.strip() == "```" + tag:
+                cur, key = {k: [] for k in repeated}, None
+        elif line.strip() == "```":
+            blocks.append(cur); cur = None
+        elif line[:1].isspace() and key:
+            cur[key] += " " + line.strip()
+        elif line.strip():
+            key, _, value = line.partition(":")
+            key, value = key.strip(), value.strip()
+            if key in repeated:
+                cur[key].append(value); key = None
+            else:
+                cur[key] = value
+    for b in blocks:
+        if "record" in b:
+            b["record"] = b"" if b["record"] == "(empty)" else bytes.fromhex(b["record"])
+        if "error" in b:
+            reason, at, offset = b["error"].split()
+            assert at == "at", b["error"]
+            b["error"] = (reason, int(offset))
+    return blocks
+
+
+def check_declaration_vector(v) -> str | None:
+    got, error = read_declaration(v["record"])
+    if "error" in v:
+        return None if (got, error) == (None, v["error"]) else f"read {got!r}, {error!r}"
+    if error is not None:
+        return f"error {error!r}"
+    kind, name = v["kind"].split(" ")
+    want = (int(kind), name, [parse_declaration_field(f) for f in v["field"]])
+    if got != want:
+        return f"read {got!r}, want {want!r}"
+    if write_declaration(*want) != v["record"]:
+        return f"encoding gives {write_declaration(*want).hex(' ')}"
+    return None
+
+
+def check_kind_vector(v, declarations) -> str | None:
+    d = declarations.get(v["declaration"])
+    if d is None:
+        return f"no declaration vector named {v['declaration']}"
+    (kind, _name, fields), _ = read_declaration(d["record"])
+    if v["record"][:2] != bytes([TYPED, KIND_BASE + kind]):
+        return "the record's second byte is not the declaration's kind"
+    values, error = read_kind_record(v["record"], fields)
+    want = [parse_field(f) for f in v["value"]]
+    if values != want or error != v.get("error"):
+        return f"read {values!r}, error {error!r}"
+    if error is None and write_kind_record(kind, values) != v["record"]:
+        return f"encoding gives {write_kind_record(kind, values).hex(' ')}"
+    return None
+
+
 # ------------------------------------------------------------ self-checks ----
 def self_checks():
     """Checks derived from the spec text; returns [(name, function)]."""
@@ -454,9 +646,17 @@ def main() -> int:
     tests = [(v.get("name", "?"), lambda v=v: check_vector(v)) for v in vectors]
     tests += [("record " + v.get("name", "?"), lambda v=v: check_record_vector(v))
               for v in records]
+    declarations = {d["name"]: d for d in parse_blocks(text, "tether-declaration-vector")}
+    kinds = parse_blocks(text, "tether-kind-vector")
+    tests += [("declaration " + n, lambda d=d: check_declaration_vector(d))
+              for n, d in declarations.items()]
+    tests += [("kind record " + k.get("name", "?"),
+               lambda k=k: check_kind_vector(k, declarations)) for k in kinds]
     tests += self_checks()
     tests += [] if vectors else [("vectors", lambda: f"no tether-vector blocks in {path}")]
     tests += [] if records else [("records", lambda: f"no tether-record-vector blocks in {path}")]
+    tests += [] if declarations else [("declarations", lambda: f"no tether-declaration-vector blocks in {path}")]
+    tests += [] if kinds else [("kind records", lambda: f"no tether-kind-vector blocks in {path}")]
     failed = 0
     for name, fn in tests:
         try:

@@ -21,6 +21,20 @@ type ProbeLink = Link<&'static mut Storage>;
 /// One encoded frame of the largest size this link sends: `Link::transmit_len()`.
 const TX_BUF: usize = frame::max_encoded_len(128 - frame::OVERHEAD);
 
+/// With the `kinds` feature the readings are records of a declared kind (`PROTOCOL.md`
+/// 10.5): the declaration is built at compile time into flash, sent as the session's first
+/// record, and each reading is written with `KindWriter`.
+#[cfg(feature = "kinds")]
+mod reading {
+    use tether_core::record::kind::{FieldDef, Kind, Type};
+    pub const KIND: Kind<'static> = Kind {
+        id: 0,
+        name: "probe",
+        fields: &[FieldDef::new("sample", Type::U32).unit("raw")],
+    };
+    pub const DECLARATION: [u8; KIND.declaration_len()] = KIND.declaration();
+}
+
 /// `size_of::<ProbeLink>()` on the target, for `scripts/size-report.sh` to read from the ELF
 /// (the `TETHER_LINK` static is a little larger: `singleton!` adds its "taken" flag). Costs
 /// 4 bytes of flash.
@@ -57,6 +71,8 @@ fn main() -> ! {
     let mut rx = [0u8; 32];
     let mut last_sample = 0u32;
     link.connect(Instant::from_millis(u64::from(skeleton::millis())));
+    #[cfg(feature = "kinds")]
+    let mut declared = false;
     loop {
         let ms = skeleton::millis();
         let now = Instant::from_millis(u64::from(ms));
@@ -69,10 +85,23 @@ fn main() -> ! {
             link.handle_timeout(now);
         }
 
+        #[cfg(feature = "kinds")]
+        if !declared {
+            declared = link.send(&reading::DECLARATION).is_ok();
+        }
         if ms.wrapping_sub(last_sample) >= 100 && link.can_send() {
             last_sample = ms;
             // Full or closed: the reading is dropped, as the baseline's would be.
+            #[cfg(not(feature = "kinds"))]
             let _ = link.send(&skeleton::sample().to_le_bytes());
+            #[cfg(feature = "kinds")]
+            {
+                let mut buf = [0u8; 8];
+                let mut w = tether_core::record::kind::KindWriter::new(&reading::KIND, &mut buf);
+                if let Ok(record) = w.u32(skeleton::sample()).and_then(|w| w.finish()) {
+                    let _ = link.send(record);
+                }
+            }
         }
 
         while let Some(n) = link.poll_transmit(now, &mut tx[..]) {
