@@ -46,15 +46,26 @@ pub enum Target {
     Upstream(Endpoint),
     /// A CSV file written by the bridge itself (it is then a listener).
     Csv(PathBuf),
+    /// An MQTT broker the bridge publishes to itself (it is then a listener).
+    Mqtt(crate::mqtt::MqttUrl),
 }
 
 impl FromStr for Target {
-    type Err = EndpointError;
+    type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.starts_with("mqtt://") || s.starts_with("mqtts://") {
+            return s
+                .parse()
+                .map(Target::Mqtt)
+                .map_err(|e: crate::mqtt::UrlError| e.to_string());
+        }
         match s.strip_prefix("csv:") {
             Some(path) if !path.is_empty() => Ok(Target::Csv(PathBuf::from(path))),
-            _ => s.parse().map(Target::Upstream),
+            _ => s
+                .parse()
+                .map(Target::Upstream)
+                .map_err(|e: EndpointError| e.to_string()),
         }
     }
 }

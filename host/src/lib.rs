@@ -12,7 +12,9 @@
 //!   admission, `--max-devices`, eviction, the per-connection pump);
 //! - [`endpoint`], [`transport`] (TCP and, with the `bluetooth` feature, RFCOMM as one
 //!   stream type), [`bluetooth`] (BlueZ and its errors), [`sink`], [`storage`], [`clock`]: the
-//!   pieces they share.
+//!   pieces they share;
+//! - [`mqtt`]: the MQTT sink (`--sink mqtt://…`), through [`deferred`], the seam of sinks that
+//!   acknowledge records after they were handed over.
 //!
 //! All drive `tether_core::link::Link` over tokio streams: the protocol lives in the core,
 //! the host only moves bytes, keeps time and writes files.
@@ -21,10 +23,12 @@ pub mod bluetooth;
 pub mod bridge;
 pub mod clock;
 pub mod console;
+pub mod deferred;
 pub mod demo;
 pub mod endpoint;
 pub mod keys;
 pub mod listen;
+pub mod mqtt;
 pub mod options;
 pub mod raw;
 pub mod recover;

@@ -31,6 +31,8 @@ pub struct ListenOptions {
     pub endpoints: Vec<Endpoint>,
     /// The CSV file records are appended to.
     pub csv: PathBuf,
+    /// Where records go instead of `csv`, if set (`--sink`: an MQTT broker).
+    pub sink: Option<Destination>,
     /// Acknowledge records only once they are on disk (fsync after each batch).
     pub fsync: bool,
     /// Connections served at once; more are refused. Default 256.
@@ -65,6 +67,7 @@ impl ListenOptions {
         ListenOptions {
             endpoints,
             csv,
+            sink: None,
             fsync: false,
             max_connections: d.max_connections,
             max_devices: d.max_devices,
@@ -183,6 +186,8 @@ pub struct Device {
     /// Where its records are in the CSV, so that what it sends again after a listener
     /// restart is written once.
     resume: crate::recover::Resume,
+    /// Where its records stand with a sink that acknowledges later (MQTT).
+    handover: crate::deferred::Handover,
 }
 
 /// The listener as a [`Server`] of device sessions: what it received is written to the CSV
@@ -200,6 +205,9 @@ pub struct Logger {
     /// rate no better. It pays where a commit is slow (`--fsync`, a database): then it is
     /// worth its hops, and the `Sink` trait is where it goes.
     sink: Mutex<Box<dyn Sink>>,
+    /// The sink, if it acknowledges records after they were handed over (a broker): then
+    /// records are submitted as they arrive and released as it reports them durable.
+    deferred: Option<Arc<dyn crate::deferred::Deferred>>,
     records: AtomicU64,
 }
 
@@ -224,7 +232,17 @@ impl Listener {
             sockets.push(s);
         }
         // Opened (locked, and refused if not a Tether CSV) before recovery may cut anything.
-        let mut sink = crate::sink::open(&Destination::Csv(opts.csv.clone()), opts.fsync)?;
+        let destination = opts
+            .sink
+            .clone()
+            .unwrap_or_else(|| Destination::Csv(opts.csv.clone()));
+        if opts.raw && !matches!(destination, Destination::Csv(_)) {
+            return Err(ListenError::Options(
+                "--raw writes a CSV file only (--csv), not --sink".into(),
+            ));
+        }
+        let mut sink = crate::sink::open(&destination, opts.fsync)?;
+        let deferred = sink.deferred();
         let recovered = sink.recover()?;
         crate::recover::log_recovered(&sink.describe(), &recovered);
         let engine = Engine::new(
@@ -232,6 +250,7 @@ impl Listener {
                 opts,
                 recovered: Mutex::new(recovered.last_seq),
                 sink: Mutex::new(sink),
+                deferred,
                 records: AtomicU64::new(0),
             },
             limits,
@@ -279,6 +298,9 @@ impl Listener {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<ListenSummary, ListenError> {
         let engine = self.engine;
+        if let Some(d) = engine.server().deferred.clone() {
+            engine.spawn(publish_link_state(engine.clone(), d));
+        }
         engine
             .run(self.sockets, shutdown, |engine, stream, peer| async move {
                 let logger = engine.server();
@@ -298,6 +320,9 @@ impl Listener {
         let logger = engine.server();
         // Marker rows a failed batch left pending get a last chance.
         Batch::new(&mut **lock(&logger.sink)).commit()?;
+        if let Some(d) = &logger.deferred {
+            d.close();
+        }
         let retransmissions = engine
             .sessions()
             .iter()
@@ -350,6 +375,12 @@ impl Logger {
     /// Writes what the link of `s` received as one batch, and releases it once the batch is
     /// committed; if the batch fails, nothing is released.
     fn write_received(&self, device: u32, s: &mut Device) -> Result<(), SinkError> {
+        if let Some(d) = &self.deferred {
+            let n =
+                crate::deferred::pass(&**d, device, &mut s.link, &mut s.resume, &mut s.handover)?;
+            self.records.fetch_add(n, Ordering::Relaxed);
+            return Ok(());
+        }
         let (mut n, mut skipped, mut last) = (0, 0, 0);
         {
             let mut sink = lock(&self.sink);
@@ -410,10 +441,24 @@ impl Server for Logger {
             link: self.new_link(Some(hello.max_send))?,
             commands: VecDeque::new(),
             resume: crate::recover::Resume::new(lock(&self.recovered).remove(&hello.session)),
+            handover: crate::deferred::Handover::default(),
         })
     }
 
-    fn opened(&self, _: &Arc<Engine<Self>>, _: &Arc<Session<Device>>) {}
+    /// A sink that acknowledges later wakes the session when its records are durable.
+    fn opened(&self, _: &Arc<Engine<Self>>, session: &Arc<Session<Device>>) {
+        if let Some(d) = &self.deferred {
+            let weak = Arc::downgrade(session);
+            d.on_durable(
+                session.device(),
+                Box::new(move || {
+                    if let Some(s) = weak.upgrade() {
+                        s.wake();
+                    }
+                }),
+            );
+        }
+    }
 
     /// Its last written record is kept, so that it resumes exactly once if it returns (its
     /// new link has a new session identity, so the device takes it as a listener restart).
@@ -467,4 +512,30 @@ impl Server for Logger {
     }
 
     fn stopping(&self, _: &Engine<Self>) {}
+}
+
+/// Tells a sink that acknowledges later (MQTT: retained status messages) every second which
+/// devices are connected, until the listener stops.
+async fn publish_link_state(engine: Arc<Engine<Logger>>, sink: Arc<dyn crate::deferred::Deferred>) {
+    let mut stop = engine.stop_signal();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let states: Vec<crate::deferred::LinkState> = engine
+            .sessions()
+            .iter()
+            .map(|s| {
+                let e = s.lock();
+                crate::deferred::LinkState {
+                    device: s.device(),
+                    online: e.connected(),
+                    retransmissions: u64::from(e.link.stats().retransmissions),
+                }
+            })
+            .collect();
+        sink.link_state(&states);
+    }
 }

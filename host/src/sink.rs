@@ -122,6 +122,13 @@ pub trait Sink: Send + std::fmt::Debug {
 
     /// For people: what it writes to ("CSV file readings.csv").
     fn describe(&self) -> String;
+
+    /// A sink whose records become durable after they were handed over (a broker's
+    /// acknowledgements: see [`crate::deferred`]); then the listener submits records to it
+    /// and releases them as it reports them durable, instead of batches and commits.
+    fn deferred(&self) -> Option<std::sync::Arc<dyn crate::deferred::Deferred>> {
+        None
+    }
 }
 
 /// Where a server's records go. A new sink adds its variant here and its arm in [`open`].
@@ -129,6 +136,40 @@ pub trait Sink: Send + std::fmt::Debug {
 pub enum Destination {
     /// A CSV file (`--csv FILE`, `tether bridge … csv:FILE`).
     Csv(PathBuf),
+    /// An MQTT broker (`--sink mqtt://HOST:PORT/PREFIX`, see [`crate::mqtt`]).
+    Mqtt(crate::mqtt::MqttUrl),
+}
+
+impl std::str::FromStr for Destination {
+    type Err = String;
+
+    /// `csv:FILE` or `mqtt://HOST:PORT/PREFIX[?OPTIONS]`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(path) = s.strip_prefix("csv:") {
+            if path.is_empty() {
+                return Err("csv:FILE names a file".into());
+            }
+            return Ok(Destination::Csv(PathBuf::from(path)));
+        }
+        if s.starts_with("mqtt://") || s.starts_with("mqtts://") {
+            return s
+                .parse()
+                .map(Destination::Mqtt)
+                .map_err(|e: crate::mqtt::UrlError| e.to_string());
+        }
+        Err(format!(
+            "{s}: a sink is csv:FILE or mqtt://HOST:PORT/PREFIX"
+        ))
+    }
+}
+
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Destination::Csv(path) => write!(f, "{}", path.display()),
+            Destination::Mqtt(url) => write!(f, "{url}"),
+        }
+    }
 }
 
 /// Opens the sink of `destination`; with `fsync`, a commit waits until its batch is on
@@ -136,6 +177,7 @@ pub enum Destination {
 pub fn open(destination: &Destination, fsync: bool) -> Result<Box<dyn Sink>, SinkError> {
     match destination {
         Destination::Csv(path) => Ok(Box::new(CsvSink::open(path, fsync)?)),
+        Destination::Mqtt(url) => Ok(Box::new(crate::mqtt::MqttSink::open(url, fsync)?)),
     }
 }
 
@@ -258,6 +300,9 @@ pub enum SinkError {
         /// Who holds the lock, as far as the system says.
         holder: Holder,
     },
+    /// The MQTT sink could not start (its credentials, its state file).
+    #[error(transparent)]
+    Mqtt(#[from] crate::mqtt::MqttError),
     /// A write to a batch that had already failed (and was rolled back).
     #[error("{sink}: this batch failed and was rolled back; nothing more is written to it")]
     RolledBack {

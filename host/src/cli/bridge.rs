@@ -16,7 +16,8 @@ pub(super) struct BridgeArgs {
     /// Where devices connect, e.g. rfcomm://hci0/1 or rfcomm:///1 (default adapter), or
     /// tcp://ADDRESS:PORT.
     from: Endpoint,
-    /// The listener to forward to (tcp://HOST:PORT), or csv:FILE to write a CSV here.
+    /// The listener to forward to (tcp://HOST:PORT), csv:FILE to write a CSV here, or an
+    /// MQTT broker to publish to (mqtt://HOST:PORT/PREFIX, as tether listen --sink).
     to: tether_host::bridge::Target,
     #[command(flatten)]
     serve: ServeArgs,
@@ -38,11 +39,18 @@ pub(super) async fn bridge(args: BridgeArgs) -> Result<ExitCode, CliError> {
     use tether_host::bridge::{Bridge, BridgeOptions, Target};
     let to = match args.to {
         Target::Upstream(to) => to,
-        Target::Csv(csv) => {
-            // Writing locally, the bridge is a listener, with the listener's options.
+        Target::Csv(_) | Target::Mqtt(_) => {
+            // Writing locally (a CSV here, or a broker), the bridge is a listener, with the
+            // listener's options.
+            let (csv, sink) = match args.to {
+                Target::Mqtt(url) => (None, Some(tether_host::sink::Destination::Mqtt(url))),
+                Target::Csv(csv) => (Some(csv), None),
+                Target::Upstream(_) => (None, None),
+            };
             return listen(ListenArgs {
                 endpoints: vec![args.from],
                 csv,
+                sink,
                 fsync: args.fsync,
                 serve: args.serve,
                 raw: false,

@@ -20,8 +20,14 @@ pub(super) struct ListenArgs {
     #[arg(required = true)]
     pub(super) endpoints: Vec<Endpoint>,
     /// The CSV file to append records to (created if missing).
-    #[arg(long)]
-    pub(super) csv: PathBuf,
+    #[arg(long, required_unless_present = "sink")]
+    pub(super) csv: Option<PathBuf>,
+    /// Where records go instead: csv:FILE (as --csv), or an MQTT broker,
+    /// mqtt://HOST:PORT/PREFIX (each record one PUBLISH at QoS 1 on PREFIX/DEVICE/record,
+    /// acknowledged once the broker acknowledged it; options after ?: state=FILE,
+    /// client_id=ID, inflight=N, credentials=FILE; README: "Many sites into one broker").
+    #[arg(long, value_name = "URL", conflicts_with = "csv")]
+    pub(super) sink: Option<tether_host::sink::Destination>,
     /// Acknowledge records only once they are on disk (fsync per batch).
     #[arg(long)]
     pub(super) fsync: bool,
@@ -39,7 +45,16 @@ pub(super) struct ListenArgs {
 
 pub(super) async fn listen(args: ListenArgs) -> Result<ExitCode, CliError> {
     let shutdown = shutdown_signal();
-    let mut opts = ListenOptions::new(args.endpoints, args.csv);
+    use tether_host::sink::Destination;
+    let (csv, sink) = match (args.csv, args.sink) {
+        (_, Some(Destination::Csv(path))) => (path, None),
+        (csv, sink) => (csv.unwrap_or_default(), sink),
+    };
+    let target = sink
+        .as_ref()
+        .map_or_else(|| csv.display().to_string(), ToString::to_string);
+    let mut opts = ListenOptions::new(args.endpoints, csv);
+    opts.sink = sink;
     opts.fsync = args.fsync;
     tether_host::set_serving!(opts, args.serve.serving());
     opts.raw = args.raw;
@@ -54,7 +69,7 @@ pub(super) async fn listen(args: ListenArgs) -> Result<ExitCode, CliError> {
     }
     let listener = Listener::bind(opts.clone()).await?;
     for a in listener.describe_endpoints() {
-        tracing::info!("listening on {a}, writing {}", opts.csv.display());
+        tracing::info!("listening on {a}, writing {target}");
     }
     // Commands from standard input: `DEVICE COMMAND` or `* COMMAND` (see `console`: a
     // terminal is read only in the foreground, and the reader never holds the process).
