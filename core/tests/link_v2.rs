@@ -1016,3 +1016,32 @@ fn frames_shrink_on_a_damaging_line_and_not_on_a_clean_one() {
         }
     }
 }
+
+/// After `handle_timeout(t)` no deadline is at or before `t`: a delayed acknowledgement and a
+/// frame waiting to be packed become due instead (found by the link_v2 fuzz target: a
+/// driver that waits for `poll_timeout` would have spun).
+#[test]
+fn no_deadline_is_in_the_past_after_handle_timeout() {
+    let (mut c, mut s) = pair_128(2);
+    let now = Instant::from_millis(10);
+    let mut buf = vec![0u8; 200];
+    for i in 0..9 {
+        c.send(&record16(i)).unwrap();
+    }
+    // A full frame without I goes; two records wait to be packed; the host owes a delayed
+    // acknowledgement.
+    let n = c.poll_transmit(now, &mut buf).unwrap();
+    s.handle_input(now, &buf[..n]);
+    s.release(7);
+    assert_eq!(c.poll_transmit(now, &mut buf), None);
+    assert_eq!(s.poll_transmit(now, &mut buf), None);
+    for (link, late) in [(&mut c, now.plus(2)), (&mut s, now.plus(25))] {
+        link.handle_timeout(late);
+        let d = link.poll_timeout().expect("a deadline");
+        assert!(d > late, "{d:?} after handle_timeout({late:?})");
+        assert!(
+            link.poll_transmit(late, &mut buf).is_some(),
+            "what was due goes now"
+        );
+    }
+}

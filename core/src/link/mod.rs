@@ -1614,6 +1614,8 @@ impl State {
         if !self.connected() {
             return;
         }
+        #[cfg(feature = "v2")]
+        self.on_timeout_v2(now);
         if let Some(t) = self.rto_deadline {
             if now >= t {
                 self.stats.timeouts = self.stats.timeouts.wrapping_add(1);

@@ -28,11 +28,13 @@ pub(super) struct V2 {
     lazy_frames: u8,
     eager: bool,
     /// Records held out of order: bit i is record `rx_next + 1 + i` (11.7.1).
-    ooo: u128,
-    // Sending (11.8): since when a frame that is not full waits for more records.
+    ooo: Bits,
+    // Sending (11.8): since when a frame that is not full waits for more records, and
+    // whether that wait is over (the timer fired: the next frame goes as it is).
     pack_since: Option<Instant>,
+    pack_expired: bool,
     /// Records the peer holds out of order: bit i is record `rcv_known + 1 + i` (11.7.4).
-    sacked: u128,
+    sacked: Bits,
     /// Records below it, missing (neither known received nor sacked), are sent again.
     rxt_end: u32,
     /// `snd_max` when the last retransmission was sent, if one was since the round began.
@@ -59,6 +61,7 @@ impl V2 {
             eager: false,
             ooo: 0,
             pack_since: None,
+            pack_expired: false,
             sacked: 0,
             rxt_end: 0,
             rxt_mark: None,
@@ -76,17 +79,29 @@ impl V2 {
         self.lazy_frames = 0;
         self.eager = false;
         self.pack_since = None;
+        self.pack_expired = false;
     }
 }
 
+/// A bitmap of records out of order (11.7.1): the 128 after a boundary on hosts, 64 on
+/// 32-bit targets, where 128-bit shifts cost a microcontroller's flash (11.7.1 lets a
+/// receiver hold fewer; a firmware link has fewer slots than that anyway).
+/// (`--cfg tether_sack64` gives a host the 64-bit one, to test it.)
+#[cfg(all(target_pointer_width = "64", not(tether_sack64)))]
+type Bits = u128;
+#[cfg(any(not(target_pointer_width = "64"), tether_sack64))]
+type Bits = u64;
+/// The records a [`Bits`] covers.
+const BITS: u32 = Bits::BITS;
+
 /// Framing bytes of a DATA frame on the wire, for the damage rule (11.8): control, `seq`,
 /// CRC-32C, a COBS code byte and the delimiter.
-const FRAMING: u64 = 8;
+const FRAMING: u32 = 8;
 
 /// The integer square root (the damage rule's frame length).
-fn isqrt(mut n: u64) -> u64 {
-    let mut x = 0u64;
-    let mut bit = 1u64 << 62;
+fn isqrt(mut n: u32) -> u32 {
+    let mut x = 0u32;
+    let mut bit = 1u32 << 30;
     while bit > n {
         bit >>= 2;
     }
@@ -105,7 +120,7 @@ fn isqrt(mut n: u64) -> u64 {
 /// The bit of record `seq` in a bitmap whose bit 0 is record `base + 1`, if within it.
 fn bit_of(base: u32, seq: u32) -> Option<u32> {
     let i = seq.wrapping_sub(base).wrapping_sub(1);
-    (i < 128).then_some(i)
+    (i < BITS).then_some(i)
 }
 
 /// How a run of records is laid out in one DATA frame (11.3.3, 11.8).
@@ -212,8 +227,9 @@ impl State {
     fn ack_fields<'b>(&self, sack: &'b mut [u8; 16]) -> Ack<'b> {
         let standing = self.standing_credit();
         let credit = self.credit();
-        *sack = self.v2.ooo.to_le_bytes();
-        let n = (128 - self.v2.ooo.leading_zeros() as usize).div_ceil(8);
+        let bytes = self.v2.ooo.to_le_bytes();
+        sack[..bytes.len()].copy_from_slice(&bytes);
+        let n = (BITS - self.v2.ooo.leading_zeros()).div_ceil(8) as usize;
         Ack {
             released: Short::of(self.rx_released, standing > 255),
             received: self.rx_next.wrapping_sub(self.rx_released) as u16,
@@ -266,13 +282,21 @@ impl State {
         let rel = wire::expand_released(self.tx_base, a.released);
         let rcv = rel.wrapping_add(u32::from(a.received));
         let credit = a.credit.unwrap_or(self.v2.peer_standing);
-        let mut bits = [0u8; 16];
-        bits[..a.sack.len()].copy_from_slice(a.sack);
-        let sacked = u128::from_le_bytes(bits);
+        // The bitmap as far as this side keeps one; a record beyond it is only not known
+        // held, and is sent again if missing when the round reaches it.
+        let mut bits = [0u8; (BITS / 8) as usize];
+        let n = a.sack.len().min(bits.len());
+        bits[..n].copy_from_slice(&a.sack[..n]);
+        let sacked = Bits::from_le_bytes(bits);
+        // One past the highest bit reported (its last byte is not 0, 11.3.2).
+        let reported_top = a
+            .sack
+            .last()
+            .map_or(0, |b| a.sack.len() as u32 * 8 - b.leading_zeros());
         // 1. Valid: rel <= rcv <= snd_max (rel >= tx_base by its expansion), and every record
-        // sacked was sent: the highest is rcv + 128 - leading zeros.
-        let top = rcv.wrapping_add(128 - sacked.leading_zeros());
-        if !seq_lte(rcv, self.snd_max) || (sacked != 0 && !seq_lt(top, self.snd_max)) {
+        // sacked was sent: the highest is rcv + its bit's position.
+        let top = rcv.wrapping_add(reported_top);
+        if !seq_lte(rcv, self.snd_max) || (!a.sack.is_empty() && !seq_lt(top, self.snd_max)) {
             self.stats.spurious_acks = self.stats.spurious_acks.wrapping_add(1);
             return;
         }
@@ -303,7 +327,7 @@ impl State {
         let high = if self.v2.sacked == 0 {
             known
         } else {
-            known.wrapping_add(129 - self.v2.sacked.leading_zeros())
+            known.wrapping_add(BITS + 1 - self.v2.sacked.leading_zeros())
         };
         match self.v2.rxt_mark {
             Some(mark) if seq_lt(mark, high) => {
@@ -453,6 +477,25 @@ impl State {
         }
     }
 
+    /// The timers of a version 2 session beyond version 1's, at `handle_timeout`: a delayed
+    /// acknowledgement that is now due, a frame that has waited its packing bound. Each
+    /// becomes due, so that `poll_timeout` no longer reports a deadline that has passed.
+    pub(super) fn on_timeout_v2(&mut self, now: Instant) {
+        if self
+            .v2
+            .lazy_since
+            .is_some_and(|t| now >= t.plus(ACK_DELAY_MS))
+        {
+            self.v2.lazy_since = None;
+            self.ack_pending = true;
+        }
+        let pack = u32::from(self.cfg.pack_delay_ms);
+        if self.v2.pack_since.is_some_and(|t| now >= t.plus(pack)) {
+            self.v2.pack_since = None;
+            self.v2.pack_expired = true;
+        }
+    }
+
     /// The deadlines of a version 2 session beyond version 1's: a delayed acknowledgement
     /// and a frame waiting to be packed.
     pub(super) fn deadline_v2(&self) -> Option<Instant> {
@@ -527,18 +570,23 @@ impl State {
         if self.v2.damage == 0 {
             return None;
         }
-        let n = FRAMING * u64::from(self.v2.mean_len) * 65_536 / u64::from(self.v2.damage);
-        Some(isqrt(n).min(usize::MAX as u64) as usize)
+        // In 32 bits: the damage in 1/4,096ths, the mean length at most 65,535, so
+        // 8 * 4,096 * mean stays below 2^32.
+        let d = self.v2.damage >> 4;
+        if d == 0 {
+            return None;
+        }
+        Some(isqrt(FRAMING * 4_096 * self.v2.mean_len / d) as usize)
     }
 
     /// The damage estimate after a DATA frame of `len` bytes on the wire, sent `again` or
     /// not (11.8).
     fn count_damage(&mut self, len: usize, again: bool) {
-        let sample: i64 = if again { 65_536 } else { 0 };
-        let d = i64::from(self.v2.damage);
+        let sample: i32 = if again { 65_536 } else { 0 };
+        let d = self.v2.damage as i32;
         self.v2.damage = (d + (sample - d) / 16).clamp(0, 65_536) as u32;
-        let m = i64::from(self.v2.mean_len);
-        let len = len.min(u16::MAX as usize) as i64;
+        let m = self.v2.mean_len as i32;
+        let len = len.min(u16::MAX as usize) as i32;
         self.v2.mean_len = if m == 0 { len } else { m + (len - m) / 8 } as u32;
     }
 
@@ -653,12 +701,6 @@ impl State {
             return None;
         }
         let (first, avail, again) = self.next_run()?;
-        let mut sack = [0u8; 16];
-        let ack = if ack_due {
-            Some(self.ack_fields(&mut sack))
-        } else {
-            None
-        };
         // After this frame every record sent lies below snd_max (at most first + avail) and
         // the receiver's rx_next at or above tx_base: one byte of seq tells them apart
         // within 128 (11.6).
@@ -669,19 +711,31 @@ impl State {
             end_max
         };
         let seq = Short::of(first, reach.wrapping_sub(self.tx_base) > 128);
-        let head = wire::data_head_len(ack.as_ref(), seq);
         let cap = self.frame_cap();
-        let pack = self.plan(first, avail, cap.saturating_sub(head + 4), tx_len);
         let peer_m = usize::from(self.peer.max_payload) + crate::frame::OVERHEAD;
-        if head + pack.section + wire::check_len(head + pack.section) > peer_m.min(self.slot) {
-            // A record as long as the frame allows, and an acknowledgement with it: the
-            // acknowledgement goes alone first.
-            return None;
+        let hard = peer_m.min(self.slot);
+        let mut sack = [0u8; 16];
+        let mut ack = if ack_due {
+            Some(self.ack_fields(&mut sack))
+        } else {
+            None
+        };
+        let mut head = wire::data_head_len(ack.as_ref(), seq);
+        let mut pack = self.plan(first, avail, cap.saturating_sub(head + 4), tx_len);
+        if head + pack.section + wire::check_len(head + pack.section) > hard {
+            // A record as long as a frame allows has no room for an acknowledgement: it goes
+            // without (an acknowledgement due now then goes alone, after it).
+            ack = None;
+            head = wire::data_head_len(None, seq);
+            pack = self.plan(first, avail, cap.saturating_sub(head + 4), tx_len);
+            if head + pack.section + wire::check_len(head + pack.section) > hard {
+                return None; // longer than the peer accepts: never queued (9.5.2)
+            }
         }
         let in_flight = seq_lt(self.rcv_known, self.snd_max);
         if !again && !pack.full && in_flight && self.cfg.pack_delay_ms > 0 {
             let since = *self.v2.pack_since.get_or_insert(now);
-            if now < since.plus(u32::from(self.cfg.pack_delay_ms)) {
+            if !self.v2.pack_expired && now < since.plus(u32::from(self.cfg.pack_delay_ms)) {
                 return None;
             }
         }
@@ -731,6 +785,7 @@ impl State {
             }
         } else {
             self.v2.pack_since = None;
+            self.v2.pack_expired = false;
             self.snd_max = end;
             if self.v2.timed.is_none() {
                 self.v2.timed = Some((first, now));
