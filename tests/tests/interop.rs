@@ -146,6 +146,30 @@ fn reference_implementation_passes_the_spec_vectors() {
     );
 }
 
+/// The second implementation of protocol version 2's frames (`tests/interop/frame_v2_ref.py`,
+/// written from PROTOCOL.md section 11) passes the spec's version 2 vectors, which
+/// `core/tests/protocol_vectors.rs` checks against the reference, and round-trips 2,000
+/// random frames of every kind and shape.
+#[test]
+fn the_second_implementation_of_version_2_frames_passes_the_spec_vectors() {
+    let script = repo().join("tests/interop/frame_v2_ref.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(repo().join("PROTOCOL.md"))
+        .output()
+        .expect("python3 runs (scripts/setup.sh installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("v2 vectors, 2000 random frames: ok"),
+        "{text}"
+    );
+}
+
 #[test]
 fn python_decodes_what_rust_encodes_including_damaged_streams() {
     for seed in 1..=4u64 {
