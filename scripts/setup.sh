@@ -73,6 +73,13 @@ if ((${#apt_need[@]})); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_need[@]}" >/dev/null
 fi
 
+# Headless Chromium: the dashboard's test drives the page in a real browser
+# (host/tests/browser.rs, through the DevTools protocol).
+if ! command -v chromium >/dev/null; then
+  log "installing chromium (the dashboard's browser test)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+fi
+
 # cargo-fuzz, when a nightly toolchain is there to run it.
 if rustup toolchain list | grep -q '^nightly' && ! cargo fuzz --version >/dev/null 2>&1; then
   log "installing cargo-fuzz (about a minute)"

@@ -35,7 +35,7 @@ use tracing::{info, warn};
 use crate::clock::Timer;
 use crate::endpoint::{Endpoint, EndpointError};
 use crate::keys::Refusal;
-use crate::session::{Engine, Hello, Server, Session};
+use crate::session::{Engine, Hello, Observed, Server, Session};
 use crate::storage::HeapStorage;
 use crate::transport::{write_or_stall, Acceptor, Stream, TransportError, Written};
 
@@ -451,6 +451,24 @@ impl Server for Relay {
             session.wake();
         }
     }
+
+    fn observe(s: &mut Device) -> Observed {
+        Observed {
+            commands_pending: s.down.unacked(),
+            upstream: Some(s.upstream_up),
+        }
+    }
+
+    fn command(&self, _: &Session<Device>, _: &[u8]) -> Result<(), String> {
+        Err(format!(
+            "a bridge forwards the commands of its listener ({}): send them there",
+            self.opts.to
+        ))
+    }
+
+    fn finished(&self) -> (u64, &'static str) {
+        (self.forwarded.load(Ordering::Relaxed), "forwarded")
+    }
 }
 
 /// Whether connecting to `to` would reach the bridge's own listening socket `own`: the same
@@ -512,6 +530,11 @@ impl Bridge {
     /// Every endpoint listened on, for people.
     pub fn describe_endpoints(&self) -> Vec<String> {
         self.sockets.iter().map(Acceptor::describe).collect()
+    }
+
+    /// What the dashboard (`crate::http`) reads: the sessions and their counters.
+    pub fn observer(&self) -> Arc<dyn crate::http::Observe> {
+        self.engine.clone()
     }
 
     /// A live view.

@@ -26,15 +26,21 @@ const ERASE_LINE: &[u8] = b"\r\x1b[2K";
 
 /// Sets up the log on standard error: `RUST_LOG` filters (default `info`), colours only on a
 /// terminal, and status-line aware. Call once, before anything logs.
+/// The dashboard's copy of the log (`crate::http::log`) rides beside it, off until a
+/// dashboard starts.
 pub fn init_log() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let ansi = io::stderr().is_terminal();
-    let _ = tracing_subscriber::fmt()
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let terminal = tracing_subscriber::fmt::layer()
         .with_writer(|| LogWriter)
-        .with_ansi(ansi)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_ansi(ansi);
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(terminal)
+        .with(crate::http::log::Layer)
         .try_init();
 }
 

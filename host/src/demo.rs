@@ -1,6 +1,7 @@
 //! `tether demo`: a listener on loopback and simulated devices (the firmware-sim device
 //! model, the same code firmware runs) streaming readings to it over TCP and answering
-//! commands; at the end the CSV is checked and a summary printed.
+//! commands; at the end the CSV is checked and a summary printed. With a dashboard
+//! ([`DemoOptions::http`]) it streams until stopped, for a person to watch.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -23,12 +24,14 @@ use crate::listen::{ListenError, ListenOptions, ListenSummary, Listener};
 pub struct DemoOptions {
     /// Simulated devices.
     pub devices: usize,
-    /// How long they stream.
+    /// How long they stream (infinite: until [`run_until`]'s stop).
     pub seconds: f64,
     /// Where the CSV goes (replaced if it exists: it is a demo).
     pub csv: PathBuf,
     /// Milliseconds between a device's readings.
     pub period_ms: u32,
+    /// Serve the dashboard (`crate::http`) of the demo's listener.
+    pub http: Option<crate::http::HttpOptions>,
 }
 
 /// What happened.
@@ -57,6 +60,9 @@ pub enum DemoError {
     /// The CSV does not hold what was acknowledged.
     #[error("CSV check failed: {0}")]
     Check(String),
+    /// The dashboard could not start.
+    #[error(transparent)]
+    Http(#[from] crate::http::HttpError),
     /// A file could not be handled.
     #[error("{0}")]
     Io(String),
@@ -141,8 +147,16 @@ struct DeviceRun {
     retransmissions: u32,
 }
 
-/// Runs the demo.
+/// Runs the demo for `opts.seconds`.
 pub async fn run(opts: &DemoOptions) -> Result<DemoSummary, DemoError> {
+    run_until(opts, std::future::pending()).await
+}
+
+/// Runs the demo for `opts.seconds` or until `stop` completes, whichever comes first.
+pub async fn run_until(
+    opts: &DemoOptions,
+    stop_early: impl std::future::Future<Output = ()>,
+) -> Result<DemoSummary, DemoError> {
     match std::fs::remove_file(&opts.csv) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -157,6 +171,15 @@ pub async fn run(opts: &DemoOptions) -> Result<DemoSummary, DemoError> {
     let listener = Listener::bind(ListenOptions::new(vec![endpoint], opts.csv.clone())).await?;
     let addr = listener.local_addrs()[0];
     info!("listener on tcp://{addr}, writing {}", opts.csv.display());
+    let dashboard = match &opts.http {
+        Some(http) => {
+            let title = format!("tether demo: {} simulated devices", opts.devices);
+            let d = crate::http::start(http, listener.observer(), title).await?;
+            info!("dashboard on {}", d.url());
+            Some(d)
+        }
+        None => None,
+    };
     let commands = listener.commands();
     let (stop_listener, stopped) = tokio::sync::oneshot::channel::<()>();
     let listening = tokio::spawn(listener.run(async {
@@ -170,17 +193,41 @@ pub async fn run(opts: &DemoOptions) -> Result<DemoSummary, DemoError> {
         "{} simulated devices streaming a reading every {} ms",
         opts.devices, opts.period_ms
     );
-    // A third of the way in, command every device: ask for its status, switch its output.
-    let total = Duration::from_secs_f64(opts.seconds.max(0.1));
-    tokio::time::sleep(total / 3).await;
-    for cmd in [&b"status"[..], b"output on"] {
-        let n = commands.send(None, cmd);
-        info!(
-            "command `{}` sent to {n} devices",
-            String::from_utf8_lossy(cmd)
-        );
+    // A third of the way in (at most 10 s), command every device: ask for its status,
+    // switch its output.
+    let started = std::time::Instant::now();
+    let total = (opts.seconds.is_finite()).then(|| Duration::from_secs_f64(opts.seconds.max(0.1)));
+    let commanding = total.map_or(Duration::from_secs(10), |t| {
+        (t / 3).min(Duration::from_secs(10))
+    });
+    tokio::pin!(stop_early);
+    let stopped_early = tokio::select! {
+        _ = tokio::time::sleep(commanding) => false,
+        _ = &mut stop_early => true,
+    };
+    if !stopped_early {
+        for cmd in [&b"status"[..], b"output on"] {
+            let n = commands.send(None, cmd);
+            info!(
+                "command `{}` sent to {n} devices",
+                String::from_utf8_lossy(cmd)
+            );
+        }
+        let rest = async {
+            match total {
+                Some(t) => tokio::time::sleep(t.saturating_sub(started.elapsed())).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = rest => {}
+            _ = &mut stop_early => {}
+        }
     }
-    tokio::time::sleep(total - total / 3).await;
+    let seconds = started.elapsed().as_secs_f64();
+    if let Some(d) = dashboard {
+        d.stop().await;
+    }
     // Stop the listener first: it writes and acknowledges what arrived; then the devices.
     let _ = stop_listener.send(());
     let listener = match listening.await {
@@ -224,7 +271,7 @@ pub async fn run(opts: &DemoOptions) -> Result<DemoSummary, DemoError> {
     }
     Ok(DemoSummary {
         listener,
-        seconds: opts.seconds,
+        seconds,
         rows_per_device,
         device_retransmissions,
         commands_applied,

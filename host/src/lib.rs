@@ -10,6 +10,8 @@
 //!   Raspberry Pi's job);
 //! - [`session`]: the session engine listen and bridge share (HELLO → session → link:
 //!   admission, `--max-devices`, eviction, the per-connection pump);
+//! - [`http`]: the dashboard (`--http`): the devices, a live plot, commands, the log,
+//!   `/metrics` and a JSON API, served by the process itself;
 //! - [`endpoint`], [`transport`] (TCP and, with the `bluetooth` feature, RFCOMM as one
 //!   stream type), [`bluetooth`] (BlueZ and its errors), [`sink`], [`storage`], [`clock`]: the
 //!   pieces they share;
@@ -26,6 +28,7 @@ pub mod console;
 pub mod deferred;
 pub mod demo;
 pub mod endpoint;
+pub mod http;
 pub mod keys;
 pub mod listen;
 pub mod mqtt;

@@ -19,7 +19,8 @@ use tracing::{debug, info, warn};
 
 use crate::endpoint::Endpoint;
 use crate::keys::Refusal;
-use crate::session::{lock, Engine, Hello, Server, Session};
+use crate::session::tap::Histogram;
+use crate::session::{lock, Engine, Hello, Observed, Server, Session};
 use crate::sink::{Batch, Destination, Sink, SinkError};
 use crate::storage::HeapStorage;
 use crate::transport::{Acceptor, TransportError};
@@ -209,6 +210,8 @@ pub struct Logger {
     /// records are submitted as they arrive and released as it reports them durable.
     deferred: Option<Arc<dyn crate::deferred::Deferred>>,
     records: AtomicU64,
+    /// How long each batch's commit took (`/metrics`): two clock reads a batch.
+    commit_latency: Histogram,
 }
 
 impl Listener {
@@ -252,6 +255,7 @@ impl Listener {
                 sink: Mutex::new(sink),
                 deferred,
                 records: AtomicU64::new(0),
+                commit_latency: Histogram::default(),
             },
             limits,
         );
@@ -284,6 +288,11 @@ impl Listener {
         Status {
             engine: self.engine.clone(),
         }
+    }
+
+    /// What the dashboard (`crate::http`) reads: the sessions, their counters, commands.
+    pub fn observer(&self) -> Arc<dyn crate::http::Observe> {
+        self.engine.clone()
     }
 
     /// Records written and acknowledged so far.
@@ -399,7 +408,9 @@ impl Logger {
             if n == 0 {
                 return Ok(());
             }
+            let started = std::time::Instant::now();
             batch.commit()?;
+            self.commit_latency.observe(started.elapsed());
         }
         s.resume.committed(last, skipped as u64);
         s.link.release(n);
@@ -493,7 +504,10 @@ impl Server for Logger {
         while let Some(cmd) = s.commands.front() {
             match s.link.send(cmd) {
                 Ok(seq) => {
-                    info!("command #{seq} queued for device {device:08x}");
+                    info!(
+                        "command #{seq} queued for device {device:08x}: `{}`",
+                        String::from_utf8_lossy(cmd).escape_debug()
+                    );
                     s.commands.pop_front();
                 }
                 Err(link::SendError::WouldBlock) => break,
@@ -512,6 +526,37 @@ impl Server for Logger {
     }
 
     fn stopping(&self, _: &Engine<Self>) {}
+
+    fn observe(s: &mut Device) -> Observed {
+        Observed {
+            commands_pending: s.link.unacked() + s.commands.len() as u32,
+            upstream: None,
+        }
+    }
+
+    /// Queued as a command typed on standard input is.
+    fn command(&self, session: &Session<Device>, command: &[u8]) -> Result<(), String> {
+        let mut s = session.lock();
+        let max = s.link.max_send();
+        if command.len() > max {
+            return Err(format!(
+                "the command is {} bytes long; commands to this device are at most {max} bytes",
+                command.len()
+            ));
+        }
+        s.commands.push_back(command.to_vec());
+        drop(s);
+        session.wake();
+        Ok(())
+    }
+
+    fn finished(&self) -> (u64, &'static str) {
+        (self.records.load(Ordering::Relaxed), "written")
+    }
+
+    fn commit_latency(&self) -> Option<&Histogram> {
+        Some(&self.commit_latency)
+    }
 }
 
 /// Tells a sink that acknowledges later (MQTT: retained status messages) every second which

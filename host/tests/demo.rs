@@ -14,6 +14,7 @@ async fn the_demo_streams_commands_and_leaves_an_exact_csv() {
         seconds: 1.5,
         csv: csv.clone(),
         period_ms: 2,
+        http: None,
     };
     let s = run(&opts)
         .await

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use tether_host::endpoint::Endpoint;
 
+use super::http::HttpArgs;
 use super::listen::listen;
 use super::listen::ListenArgs;
 use super::{shutdown_signal, CliError, ServeArgs};
@@ -32,6 +33,8 @@ pub(super) struct BridgeArgs {
     /// `DEVICE_ID HEX_KEY` lines, mode 600). Not yet when forwarding to a listener.
     #[arg(long, value_name = "FILE")]
     keys: Option<PathBuf>,
+    #[command(flatten)]
+    http: HttpArgs,
 }
 
 pub(super) async fn bridge(args: BridgeArgs) -> Result<ExitCode, CliError> {
@@ -55,6 +58,7 @@ pub(super) async fn bridge(args: BridgeArgs) -> Result<ExitCode, CliError> {
                 serve: args.serve,
                 raw: false,
                 keys: args.keys,
+                http: args.http,
             })
             .await;
         }
@@ -81,10 +85,16 @@ pub(super) async fn bridge(args: BridgeArgs) -> Result<ExitCode, CliError> {
     tether_host::set_serving!(opts, args.serve.serving());
     opts.max_backoff = Duration::from_millis(args.max_backoff_ms.max(100));
     let bridge = Bridge::bind(opts.clone()).await?;
-    for a in bridge.describe_endpoints() {
+    let endpoints = bridge.describe_endpoints();
+    for a in &endpoints {
         tracing::info!("bridging devices on {a} to {}", opts.to);
     }
+    let title = format!("tether bridge {} → {}", endpoints.join(" "), opts.to);
+    let dashboard = args.http.start(bridge.observer(), title).await?;
     let s = bridge.run(shutdown).await?;
+    if let Some(d) = dashboard {
+        d.stop().await;
+    }
     tracing::info!(
         "done: {} records forwarded and acknowledged from {} devices over {} connections ({} dropped); {} upstream connections",
         s.forwarded,

@@ -3,32 +3,39 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use super::CliError;
+use super::http::HttpArgs;
+use super::{shutdown_signal, CliError};
 
 #[derive(Debug, clap::Args)]
 pub(super) struct DemoArgs {
     /// Simulated devices.
     #[arg(long, default_value_t = 4)]
     devices: usize,
-    /// Seconds the devices stream.
-    #[arg(long, default_value_t = 5.0)]
-    seconds: f64,
+    /// Seconds the devices stream (default 5; with --http, until Ctrl-C).
+    #[arg(long)]
+    seconds: Option<f64>,
     /// The CSV file to write (replaced if it exists).
     #[arg(long, default_value = "tether-demo.csv")]
     csv: PathBuf,
     /// Milliseconds between a device's readings.
     #[arg(long, default_value_t = 1)]
     period_ms: u32,
+    #[command(flatten)]
+    http: HttpArgs,
 }
 
 pub(super) async fn demo(args: DemoArgs) -> Result<ExitCode, CliError> {
+    let http = args.http.options();
+    // With a dashboard, a person watches: stream until Ctrl-C unless told how long.
+    let default_seconds = if http.is_some() { f64::INFINITY } else { 5.0 };
     let opts = tether_host::demo::DemoOptions {
         devices: args.devices,
-        seconds: args.seconds,
+        seconds: args.seconds.unwrap_or(default_seconds),
         csv: args.csv,
         period_ms: args.period_ms.max(1),
+        http,
     };
-    let s = tether_host::demo::run(&opts).await?;
+    let s = tether_host::demo::run_until(&opts, shutdown_signal()).await?;
     let rows: u64 = s.rows_per_device.iter().map(|(_, n)| n).sum();
     println!(
         "tether demo: {} devices streamed for {:.1} s over TCP on 127.0.0.1",

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tether_host::endpoint::Endpoint;
 use tether_host::listen::{ListenOptions, Listener};
 
+use super::http::HttpArgs;
 use super::{plural, shutdown_signal, CliError, ServeArgs};
 
 #[derive(Debug, clap::Args)]
@@ -41,6 +42,8 @@ pub(super) struct ListenArgs {
     /// Devices without a key, with another key or without authentication are refused.
     #[arg(long, value_name = "FILE")]
     pub(super) keys: Option<PathBuf>,
+    #[command(flatten)]
+    pub(super) http: HttpArgs,
 }
 
 pub(super) async fn listen(args: ListenArgs) -> Result<ExitCode, CliError> {
@@ -68,9 +71,12 @@ pub(super) async fn listen(args: ListenArgs) -> Result<ExitCode, CliError> {
         opts.keys = Some(std::sync::Arc::new(keys));
     }
     let listener = Listener::bind(opts.clone()).await?;
-    for a in listener.describe_endpoints() {
+    let endpoints = listener.describe_endpoints();
+    for a in &endpoints {
         tracing::info!("listening on {a}, writing {target}");
     }
+    let title = format!("tether listen {}", endpoints.join(" "));
+    let dashboard = args.http.start(listener.observer(), title).await?;
     // Commands from standard input: `DEVICE COMMAND` or `* COMMAND` (see `console`: a
     // terminal is read only in the foreground, and the reader never holds the process).
     let commands = listener.commands();
@@ -94,6 +100,9 @@ pub(super) async fn listen(args: ListenArgs) -> Result<ExitCode, CliError> {
         });
     }
     let summary = listener.run(shutdown).await?;
+    if let Some(d) = dashboard {
+        d.stop().await;
+    }
     tether_host::console::clear_status();
     tracing::info!(
         "done: {} from {} over {} ({} dropped), {}",

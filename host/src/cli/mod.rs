@@ -16,6 +16,7 @@ use tether_host::options::Serving;
 mod bridge;
 mod demo;
 mod frames;
+mod http;
 mod listen;
 mod send;
 mod sim;
@@ -71,11 +72,13 @@ enum Command {
     ///
     /// The devices run the firmware-sim device model (the code a microcontroller runs):
     /// typed readings (counter, time, temperature, pressure, output) at a fixed period; a
-    /// third of the way in, every device is sent `status` and `output on`. At the end the
-    /// listener stops cleanly, the CSV is checked (every device's sequence numbers run
-    /// 0, 1, 2… with no gap or repeat) and a summary is printed.
+    /// third of the way in (at most 10 s), every device is sent `status` and `output on`. At
+    /// the end the listener stops cleanly, the CSV is checked (every device's sequence numbers
+    /// run 0, 1, 2… with no gap or repeat) and a summary is printed. With --http it serves the
+    /// dashboard and streams until Ctrl-C (or --seconds).
     ///
     /// Example: tether demo --devices 8 --seconds 10 --csv demo.csv
+    ///          tether demo --http    (then open http://127.0.0.1:8080/)
     Demo(DemoArgs),
     /// Run simulated devices against a listener through a fault injector, then check the CSV.
     ///
@@ -137,6 +140,8 @@ pub(super) enum CliError {
     Sim(String),
     #[error(transparent)]
     Bridge(#[from] tether_host::bridge::BridgeError),
+    #[error(transparent)]
+    Http(#[from] tether_host::http::HttpError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] io::Error),
     #[error("internal error: {0}")]

@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use super::table::{Refused, Session, Table};
+use super::tap::{Dropped, Sampler, Tap};
 use super::{hello, lock, reject_text, Hello, Server};
 use crate::clock::{Clock, Timer};
 use crate::storage::HeapStorage;
@@ -51,6 +52,7 @@ pub struct Engine<S: Server> {
     stop: watch::Sender<bool>,
     spawn: mpsc::UnboundedSender<Task>,
     spawned: Mutex<Option<mpsc::UnboundedReceiver<Task>>>,
+    tap: Arc<Tap>,
 }
 
 impl<S: Server> std::fmt::Debug for Engine<S> {
@@ -74,6 +76,7 @@ impl<S: Server> Engine<S> {
             stop: watch::channel(false).0,
             spawn,
             spawned: Mutex::new(Some(spawned)),
+            tap: Arc::new(Tap::new()),
         })
     }
 
@@ -134,6 +137,11 @@ impl<S: Server> Engine<S> {
         self.active.load(Ordering::Relaxed)
     }
 
+    /// What onlookers see of the sessions: updates, watched devices, drop reasons.
+    pub fn tap(&self) -> &Arc<Tap> {
+        &self.tap
+    }
+
     /// Whether the server is stopping, and a way to wait until it is.
     pub fn stop_signal(&self) -> watch::Receiver<bool> {
         self.stop.subscribe()
@@ -146,8 +154,9 @@ impl<S: Server> Engine<S> {
         let _ = self.spawn.send(Box::pin(task));
     }
 
-    fn drop_one(&self) {
+    fn drop_one(&self, why: Dropped) {
         self.dropped.fetch_add(1, Ordering::Relaxed);
+        self.tap.count_dropped(why);
     }
 
     /// Accepts on `sockets` until `shutdown` completes, each connection served by `serve`
@@ -176,7 +185,7 @@ impl<S: Server> Engine<S> {
                     self.connections.fetch_add(1, Ordering::Relaxed);
                     if self.active() >= self.limits.max_connections as u64 {
                         warn!(%peer, "connection refused: limit of {} connections reached", self.limits.max_connections);
-                        self.drop_one();
+                        self.drop_one(Dropped::Limit);
                         continue;
                     }
                     self.active.fetch_add(1, Ordering::Relaxed);
@@ -211,7 +220,7 @@ impl<S: Server> Engine<S> {
         let timeout = self.limits.handshake_timeout;
         let Some((hello, seen)) = hello::read_hello(&mut stream, peer, timeout, S::RAW_HINT).await
         else {
-            self.drop_one();
+            self.drop_one(Dropped::Handshake);
             return;
         };
         let Some(hello) = hello else {
@@ -221,11 +230,11 @@ impl<S: Server> Engine<S> {
                     warn!(%peer, "refused: a malformed HELLO (and no link to answer it: {e})")
                 }
             }
-            self.drop_one();
+            self.drop_one(Dropped::Refused);
             return;
         };
         let Some((session, generation)) = self.bind(&hello, &seen, &mut stream, peer).await else {
-            self.drop_one();
+            self.drop_one(Dropped::Refused);
             return;
         };
         let device = hello.session;
@@ -234,6 +243,7 @@ impl<S: Server> Engine<S> {
         let mut out = Vec::with_capacity(S::READ_BUFFER);
         let mut frame = Vec::new();
         let mut timer = Timer::new();
+        let mut sampler = Sampler::new();
         loop {
             let (deadline, finished) = {
                 let mut entry = session.lock();
@@ -241,6 +251,9 @@ impl<S: Server> Engine<S> {
                     debug!(%peer, "superseded by a newer connection of device {device:08x}");
                     return;
                 }
+                // Before the server takes the records: onlookers' samples (one atomic load
+                // when nobody watches the device).
+                sampler.take(&self.tap, device, S::link(&mut entry), &self.clock);
                 let drained = self.server.step(device, &mut entry, stopping);
                 while let Some(e) = S::link(&mut entry).poll_event() {
                     self.event(device, &mut entry, e);
@@ -263,7 +276,7 @@ impl<S: Server> Engine<S> {
                     }
                     Written::Stalled => {
                         warn!(%peer, "device {device:08x} dropped: it read nothing for {:?} (its connection backed up)", self.limits.idle_timeout);
-                        self.drop_one();
+                        self.drop_one(Dropped::Stalled);
                         break;
                     }
                 }
@@ -279,7 +292,9 @@ impl<S: Server> Engine<S> {
                     Ok(n) => {
                         let mut entry = session.lock();
                         if entry.is_current(generation) {
-                            S::link(&mut entry).handle_input(self.clock.now(), &buf[..n]);
+                            let now = self.clock.now();
+                            S::link(&mut entry).handle_input(now, &buf[..n]);
+                            entry.heard(now);
                         }
                     }
                     Err(e) => { info!(%peer, "device {device:08x} connection lost: {e}"); break }
@@ -324,6 +339,7 @@ impl<S: Server> Engine<S> {
             let admitted = table.admit(device, now, S::idle, || self.server.open(hello));
             if let Ok(a) = &admitted {
                 if let Some(old) = &a.forgotten {
+                    self.tap.forget(&S::link(&mut old.lock()).stats());
                     self.server.forgotten(old);
                     info!("device {:08x} forgotten to make room for {device:08x} ({limit} sessions, --max-devices); it resumes if it returns", old.device());
                 }
@@ -352,7 +368,9 @@ impl<S: Server> Engine<S> {
             match self.server.attach(device, &mut entry, ticket, hello) {
                 Ok(()) => {
                     let generation = entry.attach();
+                    entry.set_peer(peer);
                     let now = self.clock.now();
+                    entry.heard(now);
                     let link = S::link(&mut entry);
                     link.connect(now);
                     link.handle_input(now, seen);
@@ -397,7 +415,7 @@ impl<S: Server> Engine<S> {
         match link.phase() {
             Phase::Dead => {
                 let d = link.stats().decoder;
-                self.drop_one();
+                self.drop_one(Dropped::Silent);
                 warn!(%peer, "device {device:08x} silent for {:?}: connection dropped (frames from it this session: {} valid, {} too long, {} corrupt)",
                     self.limits.idle_timeout, d.frames, d.too_long, d.crc_errors + d.cobs_errors)
             }

@@ -27,11 +27,13 @@
 //!
 //! The table ([`table`]) decides without sockets or a clock (time is passed in), as
 //! quinn-proto's `Endpoint` does, so its decisions are unit tests; [`Engine`] is the one
-//! async driver of it.
+//! async driver of it. What onlookers (the dashboard) see of the sessions goes through the
+//! engine's [`tap::Tap`], which no link ever waits on.
 
 mod engine;
 pub mod hello;
 pub mod table;
+pub mod tap;
 
 pub use engine::{Engine, Limits};
 pub use hello::Hello;
@@ -110,6 +112,40 @@ pub trait Server: Send + Sync + Sized + 'static {
     /// The server stops: no more connections are accepted (the bridge withholds credit
     /// here).
     fn stopping(&self, engine: &Engine<Self>);
+
+    /// What onlookers see of a session beside its link's counters (taken under its lock).
+    fn observe(_state: &mut Self::State) -> Observed {
+        Observed::default()
+    }
+
+    /// Queues `command` for the session's device, from the dashboard; `Err` says why not
+    /// (the bridge's commands come from its listener).
+    fn command(&self, _session: &Session<Self::State>, _command: &[u8]) -> Result<(), String> {
+        Err(format!(
+            "a {} does not send commands of its own",
+            Self::NAME
+        ))
+    }
+
+    /// Records the server is done with, and what that means (the listener: written and
+    /// acknowledged; the bridge: acknowledged by the listener).
+    fn finished(&self) -> (u64, &'static str) {
+        (0, "finished")
+    }
+
+    /// How long the sink took to make each batch durable, if the server has a sink.
+    fn commit_latency(&self) -> Option<&tap::Histogram> {
+        None
+    }
+}
+
+/// What a [`Server`] shows of one session beside its link's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// Commands for the device not yet acknowledged by it (queued ones included).
+    pub commands_pending: u32,
+    /// The bridge: whether the device's upstream session is established.
+    pub upstream: Option<bool>,
 }
 
 /// Locks, recovering the data of a poisoned mutex (a panicking task must not take every

@@ -32,6 +32,8 @@ impl<S> Session<S> {
                 generation: 0,
                 connected: false,
                 idle_since: now,
+                peer: None,
+                heard: None,
             }),
             wake: Notify::new(),
         }
@@ -69,6 +71,10 @@ pub struct Entry<S> {
     generation: u64,
     connected: bool,
     idle_since: Instant,
+    /// The peer of the latest connection, for onlookers (`session::tap`).
+    peer: Option<Arc<str>>,
+    /// When bytes last came from the device (the link's clock).
+    heard: Option<tether_core::link::Instant>,
 }
 
 impl<S> Entry<S> {
@@ -97,6 +103,33 @@ impl<S> Entry<S> {
     /// Whether a connection serves the session now.
     pub fn connected(&self) -> bool {
         self.connected
+    }
+
+    /// Connections that took the session over so far (its current generation).
+    pub fn connections(&self) -> u64 {
+        self.generation
+    }
+
+    /// Notes the peer of the connection taking the session over.
+    pub fn set_peer(&mut self, peer: &str) {
+        if self.peer.as_deref() != Some(peer) {
+            self.peer = Some(peer.into());
+        }
+    }
+
+    /// The peer of the latest connection.
+    pub fn peer(&self) -> Option<&Arc<str>> {
+        self.peer.as_ref()
+    }
+
+    /// Notes that bytes came from the device at `now` (the link's clock).
+    pub fn heard(&mut self, now: tether_core::link::Instant) {
+        self.heard = Some(now);
+    }
+
+    /// When bytes last came from the device (the link's clock), if ever.
+    pub fn last_heard(&self) -> Option<tether_core::link::Instant> {
+        self.heard
     }
 }
 
