@@ -312,10 +312,19 @@ mod imp {
             Address::any()
         };
         socket.bind(SocketAddr::new(from, 0)).map_err(op)?;
+        // What the remote answers: a device that refuses the channel (nobody listens on it,
+        // or its security refuses us) makes the connect fail with ECONNREFUSED on some
+        // kernels and with EACCES on others (Debian's 6.1.192, seen in the BlueZ VM test).
+        // Both are its refusal, worth retrying: not this side's permission, which shows at
+        // the socket or bind above.
+        let remote = |e: io::Error| match e.raw_os_error() {
+            Some(1 | 13) => BluetoothError::Refused(who.clone()),
+            _ => op(e),
+        };
         let stream = socket
             .connect(SocketAddr::new(Address(addr.0), channel))
             .await
-            .map_err(op)?;
+            .map_err(remote)?;
         // bluer 0.17 may return from connect before the RFCOMM channel is up (its issue
         // 167): the first write then fails with ENOTCONN. Wait until the kernel reports the
         // connection (RFCOMM_CONNINFO answers only then), or for its failure.
@@ -333,7 +342,7 @@ mod imp {
                         tokio::time::timeout(Duration::from_millis(10), stream.peek(&mut b)).await
                     {
                         if e.raw_os_error() != Some(107) {
-                            return Err(op(e));
+                            return Err(remote(e));
                         }
                     }
                 }
