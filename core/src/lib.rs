@@ -64,6 +64,12 @@
 //!   device, HMAC-SHA256 challenge–response in the handshake, and a counter and truncated MAC
 //!   on every frame, through the RustCrypto `hmac` and `sha2` crates (no_std). About 6.3 KiB
 //!   of flash and 280 B of RAM a link on a Cortex-M4F; nothing without the feature.
+//! - `v2`: protocol version 2 (`PROTOCOL.md` section 11), offered or accepted when
+//!   `link::Config::max_version` is 2 (the default is 1): compact frames, many records a
+//!   frame, selective acknowledgement, timeouts from measured round trips, and version 1
+//!   with a peer that does not offer it; `frame::v2` is its frame layer. About 7.5 KiB more
+//!   flash and 112 B more RAM a link on a Cortex-M4F (`scripts/size-report.sh`); nothing
+//!   without the feature.
 #![no_std]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
