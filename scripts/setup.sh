@@ -68,8 +68,16 @@ command -v depmod >/dev/null || apt_need+=(kmod)
 command -v dbus-daemon >/dev/null || apt_need+=(dbus-daemon)
 # socat makes the pseudo-terminal pairs the serial tests run over (host/tests/serial.rs).
 command -v socat >/dev/null || apt_need+=(socat)
+# Brokers for the MQTT sink's tests (host/tests/mqtt.rs): mosquitto, its clients (the
+# benchmark's baseline, scripts/mqtt-bench.sh) and nats-server (a clustered broker with
+# JetStream and an MQTT interface). The tests start them on loopback ports themselves; the
+# packages' own services are not used (Debian may start mosquitto's: it listens on 1883,
+# which the tests leave alone).
+command -v mosquitto >/dev/null || [[ -x /usr/sbin/mosquitto ]] || apt_need+=(mosquitto)
+command -v mosquitto_pub >/dev/null || apt_need+=(mosquitto-clients)
+command -v nats-server >/dev/null || [[ -x /usr/sbin/nats-server ]] || apt_need+=(nats-server)
 if ((${#apt_need[@]})); then
-  log "installing ${apt_need[*]} (Bluetooth build, BlueZ VM and serial tests)"
+  log "installing ${apt_need[*]} (Bluetooth build, BlueZ VM, serial and MQTT tests)"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_need[@]}" >/dev/null
 fi
 

@@ -63,10 +63,20 @@ struct Mosquitto {
 impl Mosquitto {
     fn start(dir: &Path, port: u16) -> Mosquitto {
         let conf = dir.join("mosquitto.conf");
+        // A password file there (see `with_password`) makes it refuse anonymous clients.
+        let passwd = dir.join("passwd");
+        let auth = if passwd.exists() {
+            format!(
+                "allow_anonymous false\npassword_file {}\n",
+                passwd.display()
+            )
+        } else {
+            "allow_anonymous true\n".into()
+        };
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+                "listener {port} 127.0.0.1\n{auth}persistence true\n\
                  persistence_location {}/\nmax_queued_messages 0\nlog_dest stderr\n",
                 dir.display()
             ),
@@ -145,7 +155,14 @@ struct Subscriber {
 
 impl Subscriber {
     fn start(port: u16, prefix: &str) -> Subscriber {
+        Self::start_as(port, prefix, None)
+    }
+
+    fn start_as(port: u16, prefix: &str, login: Option<(&str, &str)>) -> Subscriber {
         let mut o = MqttOptions::new(format!("sub-{prefix}"), "127.0.0.1", port);
+        if let Some((user, password)) = login {
+            o.set_credentials(user, password);
+        }
         o.set_clean_session(false);
         o.set_keep_alive(Duration::from_secs(5));
         o.set_max_packet_size(1 << 20, 1 << 20);
@@ -505,5 +522,193 @@ fn two_listeners_and_a_bridge_feed_one_broker_each_record_once() {
     for l in [&mut a, &mut b, &mut c] {
         sigterm(l);
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A credentials file (mode 600) for the listener.
+fn credentials(dir: &Path, name: &str, user: &str, password: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let p = dir.join(name);
+    std::fs::write(&p, format!("username={user}\npassword={password}\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p
+}
+
+#[test]
+fn a_broker_that_refuses_gets_nothing_acknowledged_until_it_accepts() {
+    if !have_mosquitto() {
+        return;
+    }
+    let dir = temp_dir("refused");
+    let passwd = dir.join("passwd");
+    let made = Command::new("mosquitto_passwd")
+        .args(["-b", "-c"])
+        .arg(&passwd)
+        .args(["site", "s3cret"])
+        .status()
+        .expect("mosquitto_passwd runs");
+    assert!(made.success());
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&passwd, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let port = free_port();
+    let _broker = Mosquitto::start(&dir, port);
+    let sub = Subscriber::start_as(port, "site-d", Some(("site", "s3cret")));
+    let state = dir.join("state");
+    let sink = |cred: &Path| {
+        format!(
+            "mqtt://127.0.0.1:{port}/site-d?state={}&credentials={}",
+            state.display(),
+            cred.display()
+        )
+    };
+    let wrong = sink(&credentials(&dir, "wrong", "site", "guess"));
+    let mut l = Logged::start(
+        &["listen", "tcp://127.0.0.1:0", "--sink", &wrong],
+        Stdio::null(),
+    );
+    let addr = l.addr();
+    let line = l.wait_for("Records are not acknowledged", Duration::from_secs(10));
+    assert!(
+        line.contains("refused the username or password") || line.contains("not authorised"),
+        "{line}"
+    );
+    assert!(!line.contains("guess"), "no password in the log: {line}");
+    let endpoint = format!("tcp://{addr}");
+    let records = 300;
+    let mut s = sim(&endpoint, 1, records, 14, 1);
+    // Refused for two seconds: nothing acknowledged, so the device is still at it.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(s.0.try_wait().unwrap().is_none(), "the device waits");
+    assert_eq!(sub.distinct(), 0);
+    sigterm(&mut l);
+    let right = sink(&credentials(&dir, "right", "site", "s3cret"));
+    let mut l = Logged::start(&["listen", &endpoint, "--sink", &right], Stdio::null());
+    l.wait_for("connected as tether-", Duration::from_secs(10));
+    finished_ok(&mut s, "tether sim", Duration::from_secs(60));
+    let seen = settle(&sub, records as usize);
+    assert_all_seen(&seen, &sim_devices(14, 1), records);
+    assert_eq!(seen.duplicates(), 0);
+    drop(seen);
+    sigterm(&mut l);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A device: a `Link` over a blocking socket, whose input can be ignored (so that the
+/// acknowledgements of what it sent never reach it, as when the listener dies first).
+struct TestDevice {
+    link: tether_core::link::Link<tether_core::link::LinkStorage<16, 4, 128>>,
+    start: Instant,
+    sock: Option<std::net::TcpStream>,
+    out: Vec<u8>,
+}
+
+impl TestDevice {
+    fn new(session: u32) -> TestDevice {
+        use tether_core::link::{Config, Link, LinkStorage, Role};
+        let link = Link::new(Config::new(Role::Client, session), LinkStorage::new()).unwrap();
+        let out = vec![0u8; link.transmit_len()];
+        TestDevice {
+            link,
+            start: Instant::now(),
+            sock: None,
+            out,
+        }
+    }
+
+    fn now(&self) -> tether_core::link::Instant {
+        tether_core::link::Instant::from_millis(self.start.elapsed().as_millis() as u64)
+    }
+
+    fn connect(&mut self, addr: std::net::SocketAddr) {
+        let s = std::net::TcpStream::connect(addr).expect("connects");
+        s.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
+        self.sock = Some(s);
+        let now = self.now();
+        self.link.connect(now);
+    }
+
+    /// Runs the link for up to `time`: transmits, and (if `listen`) takes input in; stops
+    /// early once `until` holds.
+    fn run(&mut self, time: Duration, listen: bool, until: impl Fn(&Self) -> bool) {
+        use std::io::{Read, Write};
+        let end = Instant::now() + time;
+        let mut buf = [0u8; 4096];
+        while Instant::now() < end && !until(self) {
+            let now = self.now();
+            let Some(sock) = self.sock.as_mut() else {
+                return;
+            };
+            while let Some(n) = self.link.poll_transmit(now, &mut self.out) {
+                if sock.write_all(&self.out[..n]).is_err() {
+                    break;
+                }
+            }
+            match sock.read(&mut buf) {
+                Ok(0) => {
+                    self.sock = None;
+                    return;
+                }
+                Ok(n) if listen => self.link.handle_input(now, &buf[..n]),
+                _ => {}
+            }
+            self.link.handle_timeout(self.now());
+            while self.link.poll_event().is_some() {}
+        }
+    }
+}
+
+/// The state file at work: records the broker acknowledged, whose acknowledgement never
+/// reached the device before the listener died, are sent again by the device to the new
+/// listener, which skips them instead of publishing them twice.
+#[test]
+fn what_the_broker_acknowledged_is_not_published_again_after_a_listener_crash() {
+    if !have_mosquitto() {
+        return;
+    }
+    let dir = temp_dir("skip");
+    let port = free_port();
+    let _broker = Mosquitto::start(&dir, port);
+    let sub = Subscriber::start(port, "site-e");
+    let state = dir.join("state");
+    let mut l = listen(port, "site-e", &state, &[]);
+    let addr = l.addr();
+    l.wait_for("connected as tether-", Duration::from_secs(10));
+    let id = 0xD0D0_0001;
+    let mut d = TestDevice::new(id);
+    d.connect(addr);
+    d.run(Duration::from_millis(300), true, |_| false);
+    for i in 0..10 {
+        d.link
+            .send(format!("rec,{i}").as_bytes())
+            .expect("a free slot");
+    }
+    // Published and acknowledged by the broker; the device hears nothing of it.
+    d.run(Duration::from_secs(10), false, |_| sub.distinct() == 10);
+    assert_eq!(sub.distinct(), 10);
+    l.wait_for(
+        &format!("device {id:08x} connected"),
+        Duration::from_secs(1),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(d.link.unacked(), 10, "the device still holds them");
+    let _ = Command::new("kill")
+        .args(["-9", &l.child.id().to_string()])
+        .status();
+    let _ = l.child.0.wait();
+    let endpoint = format!("tcp://{addr}");
+    let sink = format!("mqtt://127.0.0.1:{port}/site-e?state={}", state.display());
+    let mut l = Logged::start(&["listen", &endpoint, "--sink", &sink], Stdio::null());
+    l.wait_for("connected as tether-", Duration::from_secs(10));
+    d.connect(addr);
+    d.run(Duration::from_secs(10), true, |d| d.link.unacked() == 0);
+    assert_eq!(d.link.unacked(), 0, "acknowledged by the new listener");
+    let line = l.wait_for("sent again are already", Duration::from_secs(1));
+    assert!(line.contains("records 0 to 9"), "{line}");
+    std::thread::sleep(Duration::from_millis(300));
+    let seen = sub.seen.lock().unwrap();
+    assert_eq!(seen.keys.len(), 10);
+    assert_eq!(seen.duplicates(), 0, "none published twice");
+    drop(seen);
+    sigterm(&mut l);
     std::fs::remove_dir_all(&dir).unwrap();
 }
