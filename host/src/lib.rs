@@ -11,7 +11,8 @@
 //! - [`session`]: the session engine listen and bridge share (HELLO → session → link:
 //!   admission, `--max-devices`, eviction, the per-connection pump);
 //! - [`http`]: the dashboard (`--http`): the devices, a live plot, commands, the log,
-//!   `/metrics` and a JSON API, served by the process itself;
+//!   `/metrics` and a JSON API, served by the process itself; [`top`]: the same in a
+//!   terminal (`tether top`);
 //! - [`endpoint`], [`transport`] (TCP and, with the `bluetooth` feature, RFCOMM as one
 //!   stream type), [`bluetooth`] (BlueZ and its errors), [`sink`], [`storage`], [`clock`]: the
 //!   pieces they share;
@@ -40,6 +41,7 @@ pub mod session;
 pub mod sim;
 pub mod sink;
 pub mod storage;
+pub mod top;
 pub mod transport;
 
 /// A session identity for this process: random enough that a restarted program is told

@@ -397,7 +397,7 @@ impl Logger {
             let time = SystemTime::now();
             for r in s.link.received() {
                 // Sent again after a listener restart, and already in the CSV: released unwritten.
-                if s.resume.already_written(r.seq) {
+                if s.resume.already_written(r.seq) && batch.holds(device, r.seq, r.payload) {
                     skipped += 1;
                 } else {
                     batch.write(time, device, r.seq, r.payload)?;

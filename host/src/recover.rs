@@ -56,6 +56,14 @@ pub enum RecoverError {
         /// What the system said.
         source: io::Error,
     },
+    /// The database could not be read.
+    #[error("recovering from {sink}: {error}")]
+    Database {
+        /// The sink ([`Sink::describe`]).
+        sink: String,
+        /// What the database said.
+        error: String,
+    },
 }
 
 /// What [`recover`] found in an existing CSV.
@@ -69,6 +77,9 @@ pub struct Recovered {
     pub truncated: u64,
     /// The text that was cut, shortened, for the log.
     pub torn: Option<String>,
+    /// The record kinds declared (`PROTOCOL.md` 10.5), in the order they were written: each
+    /// device's declaration records.
+    pub declarations: Vec<(u32, Vec<u8>)>,
 }
 
 /// Reads the CSV of `sink` (opened, so locked and known to be Tether's: see
@@ -105,6 +116,9 @@ pub fn recover(sink: &mut CsvSink) -> Result<Recovered, RecoverError> {
         }
         if let Some((_, Some((device, seq)))) = last {
             found.last_seq.insert(device, seq);
+        }
+        if let Some(d) = declaration_row(&row) {
+            found.declarations.push(d);
         }
         if !first {
             found.rows += 1;
@@ -143,6 +157,28 @@ pub fn recover(sink: &mut CsvSink) -> Result<Recovered, RecoverError> {
 
 /// Where a row starts, and its device and seq.
 type LastRow = (u64, Option<(u32, u32)>);
+
+/// The device and declaration of a row that holds a declaration: `<declared kind …>` and
+/// `<declaration HEX>` as its fields (a text field never begins with a single `<`, so no text
+/// record looks like one).
+fn declaration_row(row: &csv::ByteRecord) -> Option<(u32, Vec<u8>)> {
+    let (device, _) = parse_row(row)?;
+    if !row.get(3)?.starts_with(b"<declared kind ") {
+        return None;
+    }
+    let hex = row
+        .get(4)?
+        .strip_prefix(b"<declaration ")?
+        .strip_suffix(b">")?;
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    let bytes = hex
+        .chunks(2)
+        .map(|p| u8::from_str_radix(std::str::from_utf8(p).ok()?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    Some((device, bytes))
+}
 
 /// The device and seq of a record row (`None` for the header, marker rows and rows of
 /// `--raw`, whose device is a peer address).

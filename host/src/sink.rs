@@ -82,6 +82,13 @@ use tracing::{debug, info, warn};
 /// The columns every row starts with; the header's first line begins with them.
 pub const FIXED_COLUMNS: &str = "host_time,device,seq";
 
+pub mod csv_dir;
+pub mod kinds;
+pub mod postgres;
+
+pub use csv_dir::CsvDirSink;
+pub use postgres::{PgSink, PgUrl};
+
 /// What a sink does: batches of records and marker rows, durable at commit, all or nothing.
 pub trait Sink: Send + std::fmt::Debug {
     /// Writes record `seq` of `device`, received at `time`, in the open batch (opened by
@@ -123,6 +130,16 @@ pub trait Sink: Send + std::fmt::Debug {
     /// For people: what it writes to ("CSV file readings.csv").
     fn describe(&self) -> String;
 
+    /// Whether record `seq` of `device`, one that recovery says may have been written
+    /// before a restart (at or before its last record found), is held already: then it is
+    /// released unwritten. One position a device answers that with its last record alone
+    /// (the default); a sink of several files answers for the file the record belongs to
+    /// (see [`CsvDirSink`]).
+    fn holds(&self, device: u32, seq: u32, payload: &[u8]) -> bool {
+        let _ = (device, seq, payload);
+        true
+    }
+
     /// A sink whose records become durable after they were handed over (a broker's
     /// acknowledgements: see [`crate::deferred`]); then the listener submits records to it
     /// and releases them as it reports them durable, instead of batches and commits.
@@ -136,20 +153,38 @@ pub trait Sink: Send + std::fmt::Debug {
 pub enum Destination {
     /// A CSV file (`--csv FILE`, `tether bridge … csv:FILE`).
     Csv(PathBuf),
+    /// A directory of CSV files, one per record kind (`--csv-dir DIR`, `csv-dir:DIR`; see
+    /// [`CsvDirSink`]).
+    CsvDir(PathBuf),
     /// An MQTT broker (`--sink mqtt://HOST:PORT/PREFIX`, see [`crate::mqtt`]).
     Mqtt(crate::mqtt::MqttUrl),
+    /// A PostgreSQL database (`--sink postgres://USER@HOST:PORT/DB`, see [`postgres`]).
+    Postgres(PgUrl),
 }
 
 impl std::str::FromStr for Destination {
     type Err = String;
 
-    /// `csv:FILE` or `mqtt://HOST:PORT/PREFIX[?OPTIONS]`.
+    /// `csv:FILE`, `csv-dir:DIR`, `mqtt://HOST:PORT/PREFIX[?OPTIONS]` or
+    /// `postgres://USER@HOST:PORT/DB[?OPTIONS]`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if let Some(path) = s.strip_prefix("csv:") {
             if path.is_empty() {
                 return Err("csv:FILE names a file".into());
             }
             return Ok(Destination::Csv(PathBuf::from(path)));
+        }
+        if let Some(path) = s.strip_prefix("csv-dir:") {
+            if path.is_empty() {
+                return Err("csv-dir:DIR names a directory".into());
+            }
+            return Ok(Destination::CsvDir(PathBuf::from(path)));
+        }
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            return s
+                .parse()
+                .map(Destination::Postgres)
+                .map_err(|e: postgres::PgError| e.to_string());
         }
         if s.starts_with("mqtt://") || s.starts_with("mqtts://") {
             return s
@@ -158,7 +193,8 @@ impl std::str::FromStr for Destination {
                 .map_err(|e: crate::mqtt::UrlError| e.to_string());
         }
         Err(format!(
-            "{s}: a sink is csv:FILE or mqtt://HOST:PORT/PREFIX"
+            "{s}: a sink is csv:FILE, csv-dir:DIR, mqtt://HOST:PORT/PREFIX or \
+             postgres://USER@HOST:PORT/DB"
         ))
     }
 }
@@ -167,7 +203,9 @@ impl std::fmt::Display for Destination {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Destination::Csv(path) => write!(f, "{}", path.display()),
+            Destination::CsvDir(path) => write!(f, "{}/", path.display()),
             Destination::Mqtt(url) => write!(f, "{url}"),
+            Destination::Postgres(url) => write!(f, "{url}"),
         }
     }
 }
@@ -177,7 +215,10 @@ impl std::fmt::Display for Destination {
 pub fn open(destination: &Destination, fsync: bool) -> Result<Box<dyn Sink>, SinkError> {
     match destination {
         Destination::Csv(path) => Ok(Box::new(CsvSink::open(path, fsync)?)),
+        Destination::CsvDir(dir) => Ok(Box::new(CsvDirSink::open(dir, fsync)?)),
         Destination::Mqtt(url) => Ok(Box::new(crate::mqtt::MqttSink::open(url, fsync)?)),
+        // A commit is a transaction: durable once it returns, whatever `fsync` says.
+        Destination::Postgres(url) => Ok(Box::new(PgSink::open(url)?)),
     }
 }
 
@@ -223,6 +264,11 @@ impl<'a, S: Sink + ?Sized> Batch<'a, S> {
         payload: &[u8],
     ) -> Result<(), SinkError> {
         self.run(|s| s.write(time, device, seq, payload))
+    }
+
+    /// Whether the sink holds record `seq` of `device` already (see [`Sink::holds`]).
+    pub fn holds(&self, device: u32, seq: u32, payload: &[u8]) -> bool {
+        self.sink.holds(device, seq, payload)
     }
 
     /// Writes one raw chunk (the tutorial's protocol): time, peer, chunk number, and the
@@ -303,6 +349,14 @@ pub enum SinkError {
     /// The MQTT sink could not start (its credentials, its state file).
     #[error(transparent)]
     Mqtt(#[from] crate::mqtt::MqttError),
+    /// The PostgreSQL sink could not connect, or its database refused or failed.
+    #[error("PostgreSQL {url}: {source}")]
+    Postgres {
+        /// The database (its URL: it holds no password).
+        url: String,
+        /// What went wrong.
+        source: postgres::PgError,
+    },
     /// A write to a batch that had already failed (and was rolled back).
     #[error("{sink}: this batch failed and was rolled back; nothing more is written to it")]
     RolledBack {
@@ -357,6 +411,10 @@ pub struct CsvSink {
     /// Since when writing fails, for one log line an episode rather than one a retry.
     failing: Option<Failing>,
     fields: Vec<String>,
+    /// The kinds each device declared (`PROTOCOL.md` 10.5), to read its records of them.
+    kinds: kinds::Kinds,
+    /// Whether the log said once that declared kinds are named in `--csv-dir`, not here.
+    told_kinds: bool,
     /// The last time formatted, and its text: a batch of records shares one time.
     time: Option<(SystemTime, String)>,
     /// The last device written, and its column text: a batch comes from one device.
@@ -427,6 +485,8 @@ impl CsvSink {
             rows: 0,
             failing: None,
             fields: Vec::new(),
+            kinds: kinds::Kinds::default(),
+            told_kinds: false,
             time: None,
             device: None,
         })
@@ -535,6 +595,7 @@ impl CsvSink {
         self.rows += self.batch_rows;
         self.batch_rows = 0;
         self.notes.clear();
+        self.kinds.commit();
         self.open = false;
         // An empty batch proves nothing about the disk.
         if let Some(f) = self.failing.take_if(|_| wrote) {
@@ -555,6 +616,7 @@ impl CsvSink {
         self.buf.clear();
         self.batch_bytes = 0;
         self.batch_rows = 0;
+        self.kinds.rollback();
         self.open = false;
         if self.past_committed {
             match self.file.set_len(self.committed) {
@@ -638,9 +700,23 @@ impl Sink for CsvSink {
     ) -> Result<(), SinkError> {
         self.ready()?;
         let s = self;
+        // A declaration, or a record of a kind: the kind's texts (one file has no room for
+        // several kinds' names: `--csv-dir` has).
+        let declared = match payload {
+            [tether_core::record::TYPED, b, ..]
+                if *b == tether_core::record::kind::DECLARATION
+                    || *b >= tether_core::record::kind::KIND =>
+            {
+                Some(s.kind_texts(device, payload))
+            }
+            _ => None,
+        };
         if s.header_pending {
             s.fields.clear();
-            render_fields(payload, &mut s.fields);
+            match &declared {
+                Some(texts) => s.fields.extend(texts.iter().cloned()),
+                None => render_fields(payload, &mut s.fields),
+            }
             s.header(s.fields.len());
         }
         let time = match &s.time {
@@ -670,7 +746,15 @@ impl Sink for CsvSink {
         buf.extend_from_slice(&device);
         buf.push(b',');
         buf.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
-        write_fields(payload, buf);
+        match declared {
+            Some(texts) => {
+                for t in texts {
+                    buf.push(b',');
+                    csv_field(buf, b"", t.as_bytes());
+                }
+            }
+            None => write_fields(payload, buf),
+        }
         buf.push(b'\n');
         s.batch_rows += 1;
         s.spill().map_err(|e| s.fail(e))
@@ -725,11 +809,44 @@ impl Sink for CsvSink {
     }
 
     fn recover(&mut self) -> Result<crate::recover::Recovered, crate::recover::RecoverError> {
-        crate::recover::recover(self)
+        let found = crate::recover::recover(self)?;
+        for (device, declaration) in &found.declarations {
+            if let Ok(schema) = kinds::Schema::parse(declaration) {
+                self.kinds.restore(*device, schema);
+            }
+        }
+        Ok(found)
     }
 
     fn describe(&self) -> String {
         format!("CSV file {}", self.path.display())
+    }
+}
+
+impl CsvSink {
+    /// The texts of a declaration or a record of a kind of `device`: a declaration is
+    /// `<declared kind ID NAME: FIELDS>` and `<declaration HEX>` (what recovery reads back);
+    /// a record of a declared kind its values; what cannot be read says why.
+    fn kind_texts(&mut self, device: u32, payload: &[u8]) -> Vec<String> {
+        match self.kinds.classify(device, payload) {
+            kinds::Classified::Declaration(schema) => {
+                if !std::mem::replace(&mut self.told_kinds, true) {
+                    info!(
+                        "CSV file {}: device {device:08x} declares its record kinds ({}); one                          file has their values under field_1, field_2, …: --csv-dir DIR names                          the columns, a file per kind",
+                        self.path.display(),
+                        schema.describe()
+                    );
+                }
+                let texts = vec![
+                    format!("<declared kind {} {}>", schema.id, schema.describe()),
+                    format!("<declaration {}>", kinds::hex(&schema.declaration)),
+                ];
+                self.kinds.see(device, schema);
+                texts
+            }
+            kinds::Classified::Kind(_, values) => values.iter().map(kinds::text).collect(),
+            kinds::Classified::Other(o) => o.texts(payload),
+        }
     }
 }
 
@@ -1565,6 +1682,62 @@ mod tests {
         );
         drop(first);
         CsvSink::open(&path, false).unwrap();
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// One file: a declaration is a row (read back at start), records of the kind their
+    /// values under `field_N`, records that cannot be read say why.
+    #[test]
+    fn one_file_writes_a_kinds_values_and_reads_its_declaration_back() {
+        use tether_core::record::kind::{FieldDef, Kind, KindWriter, Type};
+        const K: Kind = Kind {
+            id: 1,
+            name: "env",
+            fields: &[
+                FieldDef::new("t", Type::F32).unit("°C"),
+                FieldDef::new("n", Type::U8),
+            ],
+        };
+        const D: [u8; K.declaration_len()] = K.declaration();
+        let reading = |t: f32, n: u8| {
+            let mut buf = [0u8; 16];
+            let mut w = KindWriter::new(&K, &mut buf);
+            w.f32(t).unwrap().u8(n).unwrap();
+            w.finish().unwrap().to_vec()
+        };
+        let d = dir("kinds");
+        let path = d.join("out.csv");
+        {
+            let mut s = CsvSink::open(&path, false).unwrap();
+            let mut b = s.batch();
+            b.write(t0(), 7, 0, &reading(1.0, 1)).unwrap();
+            b.write(t0(), 7, 1, &D).unwrap();
+            b.write(t0(), 7, 2, &reading(21.5, 2)).unwrap();
+            b.commit().unwrap();
+        }
+        let mut s = CsvSink::open(&path, false).unwrap();
+        let r = s.recover().unwrap();
+        assert_eq!(r.declarations, [(7, D.to_vec())]);
+        let mut b = s.batch();
+        b.write(t0(), 7, 3, &reading(-2.0, 3)).unwrap();
+        b.write(t0(), 7, 4, &reading(-2.0, 3)[..4]).unwrap();
+        b.write(t0(), 8, 0, &reading(0.5, 9)).unwrap();
+        b.commit().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "host_time,device,seq,field_1");
+        let rows: Vec<&str> = lines[1..].iter().map(|l| &l[28..]).collect();
+        assert_eq!(
+            rows,
+            [
+                "00000007,0,<record of undeclared kind 1: 1e810000803f01>",
+                "00000007,1,\"<declared kind 1 env: t f32 °C, n u8>\",<declaration 1e0e0103656e768a017403c2b04302016e>",
+                "00000007,2,21.5,2",
+                "00000007,3,-2,3",
+                "00000007,4,<record of kind env: record ends inside the value at byte 2>",
+                "00000008,0,<record of undeclared kind 1: 1e810000003f09>",
+            ]
+        );
         std::fs::remove_dir_all(&d).unwrap();
     }
 

@@ -1,7 +1,8 @@
 //! The dashboard's HTTP side through the real `tether` binary: `/metrics` read by a
 //! Prometheus text-format parser with its counters moving as records arrive, the JSON API
-//! and a command through it, the event stream, the bridge's dashboard, and the safety rules
-//! (a token off loopback, refused without it; loopback answers loopback names only).
+//! and a command through it, the event stream, the bridge's dashboard, `tether top` over
+//! it, and the safety rules (a token off loopback, refused without it; loopback answers
+//! loopback names only).
 
 mod common;
 mod dashboard;
@@ -235,6 +236,26 @@ fn the_api_lists_devices_streams_readings_and_a_command_reaches_the_device() {
     eventually(Duration::from_secs(5), "no command pending", || {
         (get(http, "/api/devices/00d00001", &[]).json()["commands_pending"] == 0).then_some(())
     });
+    // `tether top` over the same API: the table and the first device's fields.
+    let top = top(http, &["--once"]);
+    assert!(
+        top.status.success(),
+        "{}",
+        String::from_utf8_lossy(&top.stderr)
+    );
+    let frame = String::from_utf8_lossy(&top.stdout);
+    for id in ["00d00001", "00d00002"] {
+        let row = frame
+            .lines()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_else(|| panic!("{frame}"));
+        assert!(
+            row.contains("● established") && row.contains("tcp 127.0.0.1:"),
+            "{row}"
+        );
+    }
+    assert!(frame.contains("00d00001's readings"), "{frame}");
+    assert!(frame.lines().any(|l| l.starts_with("field_5 ")), "{frame}");
     let (code, out) = demo.interrupt(Duration::from_secs(20));
     assert_eq!(code, Some(0), "{out}");
     // The demo's own commands had not come yet: the one obeyed is the one sent here.
@@ -242,6 +263,16 @@ fn the_api_lists_devices_streams_readings_and_a_command_reaches_the_device() {
         out.contains("commands acted on by the devices: 1\n"),
         "{out}"
     );
+}
+
+/// `tether top http://ADDR ARGS`.
+fn top(addr: SocketAddr, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["top", &format!("http://{addr}")])
+        .args(args)
+        .env("COLUMNS", "150")
+        .output()
+        .expect("tether top runs")
 }
 
 /// Reads `path` as an event stream for `for_how_long`: (event, data) pairs.
@@ -354,6 +385,18 @@ fn off_loopback_the_dashboard_needs_a_token_and_the_api_refuses_without_it() {
     assert_eq!(request(http, "POST", &command, &[&good], body).status, 202);
     let (_, metrics) = scrape(http, &[&good]);
     assert_eq!(metrics["tether_records_total"], 50.0);
+    // `tether top` without the token is told why (exit 2), and with it shows the device.
+    let refused = top(http, &["--once"]);
+    assert_eq!(refused.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("401") && err.contains("token"), "{err}");
+    let shown = top(http, &["--once", "--token-file", &token_file]);
+    assert!(
+        shown.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    assert!(String::from_utf8_lossy(&shown.stdout).contains(&id));
     // Where a header cannot be set (EventSource), the token goes in the query.
     let q = sse(
         http,

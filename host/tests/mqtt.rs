@@ -712,3 +712,177 @@ fn what_the_broker_acknowledged_is_not_published_again_after_a_listener_crash() 
     sigterm(&mut l);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A three-node NATS cluster with JetStream and its MQTT interface (Debian's nats-server),
+/// the MQTT streams replicated on all three (`stream_replicas: 3`); each node killed when
+/// dropped.
+struct Nats {
+    nodes: Vec<Option<Process>>,
+    confs: Vec<PathBuf>,
+    mqtt: Vec<u16>,
+    http: Vec<u16>,
+}
+
+impl Nats {
+    fn start(dir: &Path) -> Nats {
+        let ports: Vec<[u16; 4]> = (0..3)
+            .map(|_| [free_port(), free_port(), free_port(), free_port()])
+            .collect();
+        let routes: Vec<String> = ports
+            .iter()
+            .map(|p| format!("nats-route://127.0.0.1:{}", p[1]))
+            .collect();
+        let mut n = Nats {
+            nodes: Vec::new(),
+            confs: Vec::new(),
+            mqtt: ports.iter().map(|p| p[2]).collect(),
+            http: ports.iter().map(|p| p[3]).collect(),
+        };
+        for (i, p) in ports.iter().enumerate() {
+            let conf = dir.join(format!("n{i}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "server_name: n{i}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\n\
+                     cluster {{ name: tether, listen: 127.0.0.1:{}, routes: [{}] }}\n\
+                     jetstream {{ store_dir: \"{}\" }}\n\
+                     mqtt {{ listen: 127.0.0.1:{}, stream_replicas: 3 }}\n",
+                    p[0],
+                    p[3],
+                    p[1],
+                    routes.join(", "),
+                    dir.join(format!("n{i}")).display(),
+                    p[2]
+                ),
+            )
+            .unwrap();
+            n.confs.push(conf);
+            n.nodes.push(None);
+            n.run(i);
+        }
+        n
+    }
+
+    fn run(&mut self, i: usize) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.confs[i].with_extension("log"))
+            .unwrap();
+        self.nodes[i] = Some(Process(
+            Command::new("nats-server")
+                .arg("-c")
+                .arg(&self.confs[i])
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("nats-server starts"),
+        ));
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut p) = self.nodes[i].take() {
+            let _ = p.0.kill();
+            let _ = p.0.wait();
+        }
+    }
+
+    /// The monitoring page `path` of node `i`.
+    fn get(&self, i: usize, path: &str) -> String {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.http[i])) else {
+            return String::new();
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    }
+}
+
+fn have_nats() -> bool {
+    let found = Command::new("nats-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    assert!(
+        found || std::env::var_os("CI").is_none(),
+        "CI: nats-server must be installed (scripts/setup.sh)"
+    );
+    if !found {
+        eprintln!("skipped: nats-server is not installed (scripts/setup.sh installs it)");
+    }
+    found
+}
+
+/// The leader of the `$MQTT_msgs` stream and its replicas, from node `i`'s monitoring page.
+fn msgs_stream(nats: &Nats, i: usize) -> Option<(String, u64)> {
+    let page = nats.get(i, "/jsz?accounts=true&streams=true&config=true");
+    let body = page.split("\r\n\r\n").nth(1)?;
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    for a in v["account_details"].as_array()? {
+        for st in a["stream_detail"].as_array().into_iter().flatten() {
+            if st["name"] == "$MQTT_msgs" {
+                let leader = st["cluster"]["leader"].as_str()?.to_owned();
+                return Some((leader, st["config"]["num_replicas"].as_u64()?));
+            }
+        }
+    }
+    None
+}
+
+/// A clustered broker losing a node mid-stream: the leader of the replicated stream that
+/// holds QoS 1 messages is killed while records flow, and started again; the listener
+/// publishes to one of the other nodes, the subscriber reads from the third. NATS 2.9
+/// acknowledges a QoS 1 PUBLISH only once JetStream has stored it in that stream
+/// (`stream_replicas: 3`), so every record acknowledged to a device is there, and reaches
+/// the subscriber whose consumer holds it.
+#[test]
+fn a_nats_cluster_losing_its_stream_leader_mid_stream_keeps_every_acknowledged_record() {
+    if !have_nats() || !have_mosquitto() {
+        return;
+    }
+    let dir = temp_dir("nats");
+    let mut nats = Nats::start(&dir);
+    // The MQTT streams are made at the first MQTT connection, once the cluster has a
+    // JetStream leader: connect until it works, then find the stream's leader.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let leader = loop {
+        let _ = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &nats.mqtt[0].to_string()])
+            .args(["-q", "1", "-t", "farm/probe", "-m", "{}"])
+            .stderr(Stdio::null())
+            .status();
+        if let Some((leader, replicas)) = msgs_stream(&nats, 0) {
+            assert_eq!(replicas, 3, "the stream on all three nodes");
+            break leader;
+        }
+        assert!(Instant::now() < deadline, "no MQTT stream in the cluster");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let l_node: usize = leader.trim_start_matches('n').parse().unwrap();
+    let sub = Subscriber::start(nats.mqtt[(l_node + 2) % 3], "farm");
+    let mut l = listen(nats.mqtt[(l_node + 1) % 3], "farm", &dir.join("state"), &[]);
+    let endpoint = format!("tcp://{}", l.addr());
+    l.wait_for("connected as tether-", Duration::from_secs(20));
+    let (devices, records) = (2, 400);
+    let mut s = sim(&endpoint, devices, records, 15, 2);
+    sub.wait_for(200, Duration::from_secs(30));
+    nats.kill(l_node);
+    std::thread::sleep(Duration::from_secs(1));
+    nats.run(l_node);
+    finished_ok(&mut s, "tether sim", Duration::from_secs(90));
+    let seen = settle(&sub, devices * records as usize);
+    assert_all_seen(&seen, &sim_devices(15, devices), records);
+    eprintln!(
+        "NATS, stream leader {leader} killed: {} records, {} duplicates",
+        seen.keys.len(),
+        seen.duplicates()
+    );
+    drop(seen);
+    sigterm(&mut l);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

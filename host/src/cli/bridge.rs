@@ -53,7 +53,9 @@ pub(super) async fn bridge(args: BridgeArgs) -> Result<ExitCode, CliError> {
             return listen(ListenArgs {
                 endpoints: vec![args.from],
                 csv,
+                csv_dir: None,
                 sink,
+                password_file: None,
                 fsync: args.fsync,
                 serve: args.serve,
                 raw: false,

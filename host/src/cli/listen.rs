@@ -21,14 +21,27 @@ pub(super) struct ListenArgs {
     #[arg(required = true)]
     pub(super) endpoints: Vec<Endpoint>,
     /// The CSV file to append records to (created if missing).
-    #[arg(long, required_unless_present = "sink")]
+    #[arg(long, required_unless_present_any = ["sink", "csv_dir"])]
     pub(super) csv: Option<PathBuf>,
+    /// A directory of CSV files instead (created if missing): one file per record kind a
+    /// device declares, its columns named (env.csv: host_time,device,session,seq,
+    /// temperature (°C),…), tether-kinds.csv the declarations, tether-records.csv the
+    /// rest and the marker rows.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["csv", "sink"])]
+    pub(super) csv_dir: Option<PathBuf>,
     /// Where records go instead: csv:FILE (as --csv), or an MQTT broker,
     /// mqtt://HOST:PORT/PREFIX (each record one PUBLISH at QoS 1 on PREFIX/DEVICE/record,
     /// acknowledged once the broker acknowledged it; options after ?: state=FILE,
-    /// client_id=ID, inflight=N, credentials=FILE; README: "Many sites into one broker").
+    /// client_id=ID, inflight=N, credentials=FILE; README: "Many sites into one broker"),
+    /// or a PostgreSQL database, postgres://USER@HOST:PORT/DB (a table per record kind,
+    /// acknowledged once committed; the password from PGPASSWORD, --password-file, or
+    /// PGPASSFILE / ~/.pgpass, never in the URL).
     #[arg(long, value_name = "URL", conflicts_with = "csv")]
     pub(super) sink: Option<tether_host::sink::Destination>,
+    /// The database's password, in a file of mode 600 (its first line), for --sink
+    /// postgres://…
+    #[arg(long, value_name = "FILE", requires = "sink")]
+    pub(super) password_file: Option<PathBuf>,
     /// Acknowledge records only once they are on disk (fsync per batch).
     #[arg(long)]
     pub(super) fsync: bool,
@@ -49,10 +62,20 @@ pub(super) struct ListenArgs {
 pub(super) async fn listen(args: ListenArgs) -> Result<ExitCode, CliError> {
     let shutdown = shutdown_signal();
     use tether_host::sink::Destination;
-    let (csv, sink) = match (args.csv, args.sink) {
-        (_, Some(Destination::Csv(path))) => (path, None),
-        (csv, sink) => (csv.unwrap_or_default(), sink),
+    let (csv, mut sink) = match (args.csv, args.sink, args.csv_dir) {
+        (_, _, Some(dir)) => (PathBuf::new(), Some(Destination::CsvDir(dir))),
+        (_, Some(Destination::Csv(path)), _) => (path, None),
+        (csv, sink, _) => (csv.unwrap_or_default(), sink),
     };
+    match (&mut sink, args.password_file) {
+        (Some(Destination::Postgres(url)), Some(file)) => url.password_file = Some(file),
+        (_, Some(_)) => {
+            return Err(CliError::Listen(tether_host::listen::ListenError::Options(
+                "--password-file is the password of --sink postgres://…".into(),
+            )))
+        }
+        _ => {}
+    }
     let target = sink
         .as_ref()
         .map_or_else(|| csv.display().to_string(), ToString::to_string);

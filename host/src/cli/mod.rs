@@ -20,6 +20,7 @@ mod http;
 mod listen;
 mod send;
 mod sim;
+mod top;
 
 use bridge::BridgeArgs;
 use demo::DemoArgs;
@@ -27,6 +28,7 @@ use frames::{DecodeArgs, EncodeArgs};
 use listen::ListenArgs;
 use send::SendArgs;
 use sim::SimArgs;
+use top::TopArgs;
 
 /// Stream data between microcontrollers and Linux hosts, reliably.
 #[derive(Debug, Parser)]
@@ -116,6 +118,16 @@ enum Command {
     ///
     /// Example: tether decode capture.bin
     Decode(DecodeArgs),
+    /// Show a running listener's or bridge's dashboard in the terminal.
+    ///
+    /// The device table (records, records/s, retransmissions, corrupt and dropped frames,
+    /// reconnects, last seen, commands pending) with each device's records/s as a sparkline,
+    /// and a sparkline a field of one device's readings, redrawn every second from the
+    /// dashboard's JSON API and event stream (`tether listen … --http`). Ctrl-C quits.
+    /// When standard output is not a terminal (or with --once) it prints one frame.
+    ///
+    /// Example: tether top http://127.0.0.1:8080
+    Top(TopArgs),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +154,8 @@ pub(super) enum CliError {
     Bridge(#[from] tether_host::bridge::BridgeError),
     #[error(transparent)]
     Http(#[from] tether_host::http::HttpError),
+    #[error(transparent)]
+    Top(#[from] tether_host::top::TopError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] io::Error),
     #[error("internal error: {0}")]
@@ -169,6 +183,7 @@ pub fn main() -> ExitCode {
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo::demo(args))),
         Command::Sim(args) => runtime().and_then(|rt| rt.block_on(sim::sim(args))),
         Command::Bridge(args) => runtime().and_then(|rt| rt.block_on(bridge::bridge(args))),
+        Command::Top(args) => runtime().and_then(|rt| rt.block_on(top::top(args))),
     };
     result.unwrap_or_else(|e| {
         eprintln!("tether: {e}");
