@@ -3,7 +3,8 @@
 # Installs what the build needs and nothing else (`setup.sh build`, idempotently), builds
 # `tether` in release mode, and runs
 # `tether demo`: a listener on 127.0.0.1 and simulated devices streaming readings to it,
-# writing tether-demo.csv in the current directory (or --csv PATH), checked at the end.
+# writing tether-demo/ in the current directory (a CSV file per record kind, columns named;
+# or --csv FILE for one file), checked at the end.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 "$repo/scripts/setup.sh" build

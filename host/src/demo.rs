@@ -26,12 +26,31 @@ pub struct DemoOptions {
     pub devices: usize,
     /// How long they stream (infinite: until [`run_until`]'s stop).
     pub seconds: f64,
-    /// Where the CSV goes (replaced if it exists: it is a demo).
-    pub csv: PathBuf,
+    /// Where the records go (replaced if it exists: it is a demo).
+    pub output: DemoOutput,
     /// Milliseconds between a device's readings.
     pub period_ms: u32,
     /// Serve the dashboard (`crate::http`) of the demo's listener.
     pub http: Option<crate::http::HttpOptions>,
+}
+
+/// Where the demo writes.
+#[derive(Debug, Clone)]
+pub enum DemoOutput {
+    /// A directory of CSV files, one per record kind, columns named (`--csv-dir`): the
+    /// devices declare their kinds (`PROTOCOL.md` 10.5).
+    Dir(PathBuf),
+    /// One CSV file (`--csv`): the devices declare nothing, columns `field_1`, ….
+    File(PathBuf),
+}
+
+impl DemoOutput {
+    /// The file or directory.
+    pub fn path(&self) -> &std::path::Path {
+        match self {
+            DemoOutput::Dir(p) | DemoOutput::File(p) => p,
+        }
+    }
 }
 
 /// What happened.
@@ -76,11 +95,13 @@ async fn run_device(
     index: usize,
     addr: std::net::SocketAddr,
     period_ms: u32,
+    declare_kinds: bool,
     stop: Arc<AtomicBool>,
 ) -> Result<DeviceRun, String> {
     let session = demo_session(index);
     let mut cfg = DeviceConfig::new(session, index as u64 + 1);
     cfg.period_ms = period_ms;
+    cfg.declare_kinds = declare_kinds;
     let mut device = DemoDevice::new(cfg, LinkStorage::new())
         .map_err(|e| format!("device {session:08x} cannot start: {e}"))?;
     let clock = Clock::new();
@@ -124,10 +145,11 @@ async fn run_device(
         debug!("device {session:08x} lost its connection");
     }
     let stats = device.stats();
+    // Declarations, readings and replies are records of one numbering from 0.
+    let sent = stats.records();
     Ok(DeviceRun {
         session,
-        // Readings and replies are records of one numbering from 0.
-        acknowledged: u64::from(stats.readings + stats.replies - device.link().unacked()),
+        acknowledged: u64::from(sent.wrapping_sub(device.link().unacked())),
         stats,
         retransmissions: device.link().stats().retransmissions,
     })
@@ -157,20 +179,29 @@ pub async fn run_until(
     opts: &DemoOptions,
     stop_early: impl std::future::Future<Output = ()>,
 ) -> Result<DemoSummary, DemoError> {
-    match std::fs::remove_file(&opts.csv) {
+    let path = opts.output.path();
+    let gone = match &opts.output {
+        DemoOutput::File(p) => std::fs::remove_file(p),
+        DemoOutput::Dir(p) => std::fs::remove_dir_all(p),
+    };
+    match gone {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => {
             return Err(DemoError::Io(format!(
                 "cannot replace {}: {e}",
-                opts.csv.display()
+                path.display()
             )))
         }
     }
     let endpoint = Endpoint::Tcp(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
-    let listener = Listener::bind(ListenOptions::new(vec![endpoint], opts.csv.clone())).await?;
+    let mut listen = ListenOptions::new(vec![endpoint], path.to_owned());
+    if let DemoOutput::Dir(dir) = &opts.output {
+        listen.sink = Some(crate::sink::Destination::CsvDir(dir.clone()));
+    }
+    let listener = Listener::bind(listen).await?;
     let addr = listener.local_addrs()[0];
-    info!("listener on tcp://{addr}, writing {}", opts.csv.display());
+    info!("listener on tcp://{addr}, writing {}", path.display());
     let dashboard = match &opts.http {
         Some(http) => {
             let title = format!("tether demo: {} simulated devices", opts.devices);
@@ -187,7 +218,10 @@ pub async fn run_until(
     }));
     let stop = Arc::new(AtomicBool::new(false));
     let devices: Vec<_> = (0..opts.devices)
-        .map(|i| tokio::spawn(run_device(i, addr, opts.period_ms, stop.clone())))
+        .map(|i| {
+            let declare = matches!(opts.output, DemoOutput::Dir(_));
+            tokio::spawn(run_device(i, addr, opts.period_ms, declare, stop.clone()))
+        })
         .collect();
     info!(
         "{} simulated devices streaming a reading every {} ms",
@@ -247,7 +281,10 @@ pub async fn run_until(
         device_retransmissions += u64::from(run.retransmissions);
         acknowledged.insert(format!("{:08x}", run.session), run.acknowledged);
     }
-    let rows_per_device = check_csv(&opts.csv)?;
+    let rows_per_device = match &opts.output {
+        DemoOutput::File(p) => check_rows(std::slice::from_ref(p))?,
+        DemoOutput::Dir(dir) => check_rows(&csv_files(dir)?)?,
+    };
     // Every device's acknowledged records are exactly its rows: none missing, none extra,
     // and no device without rows.
     for (device, acked) in &acknowledged {
@@ -278,32 +315,78 @@ pub async fn run_until(
     })
 }
 
-/// Checks that every device's rows have sequence numbers 0, 1, 2… with no gap and no
-/// repeat; returns the rows per device.
-fn check_csv(path: &std::path::Path) -> Result<Vec<(String, u64)>, DemoError> {
-    let mut reader = csv::ReaderBuilder::new()
-        .flexible(true)
-        .from_path(path)
-        .map_err(|e| DemoError::Check(format!("cannot read {}: {e}", path.display())))?;
-    let mut next: HashMap<String, u64> = HashMap::new();
-    for (i, row) in reader.records().enumerate() {
-        let row = row.map_err(|e| DemoError::Check(format!("row {}: {e}", i + 2)))?;
-        let (Some(device), Some(seq)) = (row.get(1), row.get(2)) else {
-            return Err(DemoError::Check(format!("row {} is short", i + 2)));
+/// The CSV files of a `--csv-dir` directory.
+fn csv_files(dir: &std::path::Path) -> Result<Vec<PathBuf>, DemoError> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| DemoError::Check(format!("cannot read {}: {e}", dir.display())))?;
+    let mut files = Vec::new();
+    for entry in entries {
+        let path = entry
+            .map_err(|e| DemoError::Check(format!("cannot read {}: {e}", dir.display())))?
+            .path();
+        if path.extension().is_some_and(|e| e == "csv") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Checks that every device's rows, across `files`, have the sequence numbers 0, 1, 2…
+/// each once, with no gap (a device's records of different kinds are in different files);
+/// returns the rows per device. A file's `device` and `seq` columns are found by its
+/// header; marker rows (an empty `seq`) are not records.
+fn check_rows(files: &[PathBuf]) -> Result<Vec<(String, u64)>, DemoError> {
+    let mut seqs: HashMap<String, Vec<u64>> = HashMap::new();
+    for path in files {
+        let at = |row: usize| format!("{} row {row}", path.display());
+        let mut reader = csv::ReaderBuilder::new()
+            .flexible(true)
+            .from_path(path)
+            .map_err(|e| DemoError::Check(format!("cannot read {}: {e}", path.display())))?;
+        let headers = reader
+            .headers()
+            .map_err(|e| DemoError::Check(format!("{}: {e}", at(1))))?
+            .clone();
+        if headers.is_empty() {
+            continue; // a kind no record of which came
+        }
+        let column = |name: &str| {
+            headers
+                .iter()
+                .position(|h| h == name)
+                .ok_or_else(|| DemoError::Check(format!("{} has no column {name}", path.display())))
         };
-        let seq: u64 = seq
-            .parse()
-            .map_err(|_| DemoError::Check(format!("row {}: bad seq {seq}", i + 2)))?;
-        let expected = next.entry(device.to_owned()).or_insert(0);
-        if seq != *expected {
+        let (device_at, seq_at) = (column("device")?, column("seq")?);
+        for (i, row) in reader.records().enumerate() {
+            let row = row.map_err(|e| DemoError::Check(format!("{}: {e}", at(i + 2))))?;
+            let (Some(device), Some(seq)) = (row.get(device_at), row.get(seq_at)) else {
+                return Err(DemoError::Check(format!("{} is short", at(i + 2))));
+            };
+            if seq.is_empty() {
+                continue; // a marker row
+            }
+            let seq: u64 = seq
+                .parse()
+                .map_err(|_| DemoError::Check(format!("{}: bad seq {seq}", at(i + 2))))?;
+            seqs.entry(device.to_owned()).or_default().push(seq);
+        }
+    }
+    let mut rows = Vec::with_capacity(seqs.len());
+    for (device, mut seqs) in seqs {
+        seqs.sort_unstable();
+        if let Some((i, &seq)) = seqs.iter().enumerate().find(|&(i, &s)| s != i as u64) {
+            let what = if i > 0 && seqs[i - 1] == seq {
+                "twice"
+            } else {
+                "after a gap"
+            };
             return Err(DemoError::Check(format!(
-                "device {device}: seq {seq} where {expected} was due (row {})",
-                i + 2
+                "device {device}: record {seq} is in the CSV {what} (record {i} was due)"
             )));
         }
-        *expected += 1;
+        rows.push((device, seqs.len() as u64));
     }
-    let mut rows: Vec<(String, u64)> = next.into_iter().collect();
     rows.sort();
     Ok(rows)
 }

@@ -14,9 +14,15 @@ pub(super) struct DemoArgs {
     /// Seconds the devices stream (default 5; with --http, until Ctrl-C).
     #[arg(long)]
     seconds: Option<f64>,
-    /// The CSV file to write (replaced if it exists).
-    #[arg(long, default_value = "tether-demo.csv")]
-    csv: PathBuf,
+    /// The directory to write (replaced if it exists): one CSV file per record kind the
+    /// devices declare, its columns named (env.csv: host_time,device,session,seq,counter,
+    /// time (ms),temperature (°C),pressure (Pa),status), as `tether listen --csv-dir`.
+    #[arg(long, value_name = "DIR", default_value = "tether-demo")]
+    csv_dir: PathBuf,
+    /// One CSV file instead (replaced if it exists), as `tether listen --csv`: the devices
+    /// declare no kinds, the columns are field_1, field_2, ….
+    #[arg(long, value_name = "FILE", conflicts_with = "csv_dir")]
+    csv: Option<PathBuf>,
     /// Milliseconds between a device's readings.
     #[arg(long, default_value_t = 1)]
     period_ms: u32,
@@ -31,7 +37,10 @@ pub(super) async fn demo(args: DemoArgs) -> Result<ExitCode, CliError> {
     let opts = tether_host::demo::DemoOptions {
         devices: args.devices,
         seconds: args.seconds.unwrap_or(default_seconds),
-        csv: args.csv,
+        output: match args.csv {
+            Some(file) => tether_host::demo::DemoOutput::File(file),
+            None => tether_host::demo::DemoOutput::Dir(args.csv_dir),
+        },
         period_ms: args.period_ms.max(1),
         http,
     };
@@ -57,6 +66,11 @@ pub(super) async fn demo(args: DemoArgs) -> Result<ExitCode, CliError> {
         "  retransmissions: {} by the devices, {} by the listener",
         s.device_retransmissions, s.listener.retransmissions
     );
-    println!("  CSV: {}", opts.csv.display());
+    match &opts.output {
+        tether_host::demo::DemoOutput::File(file) => println!("  CSV: {}", file.display()),
+        tether_host::demo::DemoOutput::Dir(dir) => {
+            println!("  CSV files, one per record kind: {}/", dir.display())
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
