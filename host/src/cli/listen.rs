@@ -36,7 +36,7 @@ pub(super) struct ListenArgs {
     /// or a PostgreSQL database, postgres://USER@HOST:PORT/DB (a table per record kind,
     /// acknowledged once committed; the password from PGPASSWORD, --password-file, or
     /// PGPASSFILE / ~/.pgpass, never in the URL).
-    #[arg(long, value_name = "URL", conflicts_with = "csv")]
+    #[arg(long, value_name = "URL", conflicts_with = "csv", value_parser = SinkUrl)]
     pub(super) sink: Option<tether_host::sink::Destination>,
     /// The database's password, in a file of mode 600 (its first line), for --sink
     /// postgres://…
@@ -57,6 +57,30 @@ pub(super) struct ListenArgs {
     pub(super) keys: Option<PathBuf>,
     #[command(flatten)]
     pub(super) http: HttpArgs,
+}
+
+/// `--sink`'s parser: its error says what is wrong without repeating the value, which may
+/// hold a password (clap's own would print it, into a terminal or a journal).
+#[derive(Debug, Clone, Copy)]
+struct SinkUrl;
+
+impl clap::builder::TypedValueParser for SinkUrl {
+    type Value = tether_host::sink::Destination;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Self::Value, clap::Error> {
+        use clap::error::ErrorKind;
+        let text = value.to_str().ok_or_else(|| {
+            clap::Error::raw(ErrorKind::InvalidUtf8, "--sink: the URL is not UTF-8\n").with_cmd(cmd)
+        })?;
+        text.parse().map_err(|e: String| {
+            clap::Error::raw(ErrorKind::ValueValidation, format!("--sink: {e}\n")).with_cmd(cmd)
+        })
+    }
 }
 
 pub(super) async fn listen(args: ListenArgs) -> Result<ExitCode, CliError> {

@@ -198,6 +198,12 @@ impl PgUrl {
             c.host("localhost");
         }
         c.application_name("tether listen");
+        // The server's notices ("relation … already exists, skipping") are not for the log.
+        let options = match c.get_options() {
+            Some(o) => format!("{o} -c client_min_messages=warning"),
+            None => "-c client_min_messages=warning".to_owned(),
+        };
+        c.options(&options);
         c.connect_timeout(Duration::from_secs(10));
         if let Some(p) = &self.password_file {
             c.password(read_password_file(p)?);
@@ -867,7 +873,7 @@ async fn timed<T>(
 ) -> Result<T, String> {
     match tokio::time::timeout(STATEMENT_TIMEOUT, f).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(words(&e)),
+        Ok(Err(e)) => Err(format!("{what}: {}", words(&e))),
         Err(_) => Err(format!(
             "{what}: {STUCK} {} s (the database is stuck or overloaded)",
             STATEMENT_TIMEOUT.as_secs()
@@ -967,17 +973,17 @@ impl Db {
         }
         if self.client.is_none() {
             if Instant::now() < self.retry_at {
-                return Err(format!(
-                    "{} (reconnecting in {:.1} s)",
-                    self.last_error,
-                    self.retry_at
-                        .saturating_duration_since(Instant::now())
-                        .as_secs_f64()
-                ));
+                // The same words while waiting, so that the sink logs a failure once.
+                return Err(self.last_error.clone());
             }
             if let Err(e) = self.connect().await {
                 self.last_error = e.to_string();
                 self.retry_at = Instant::now() + self.backoff;
+                warn!(
+                    "PostgreSQL {}: cannot connect: {e}; trying again in {:.1} s",
+                    self.name,
+                    self.backoff.as_secs_f64()
+                );
                 self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
                 return Err(self.last_error.clone());
             }
@@ -988,12 +994,14 @@ impl Db {
 
     /// A failure: a broken connection is dropped (and retried after the backoff).
     fn failed(&mut self, e: String) -> String {
+        // Only a connection that just broke starts a wait: a failure to connect scheduled
+        // its own retry, and a batch refused while waiting must not push it further.
+        let Some(c) = &self.client else {
+            return e;
+        };
         // A statement that timed out may still run: the connection is given up, and with it
         // its transaction (unless a COMMIT was on its way: then `doubt` says so).
-        if e.contains(STUCK) {
-            self.client = None;
-        }
-        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+        if e.contains(STUCK) || c.is_closed() {
             self.client = None;
             self.last_error = e.clone();
             self.retry_at = Instant::now() + self.backoff;
