@@ -76,8 +76,13 @@ command -v socat >/dev/null || apt_need+=(socat)
 command -v mosquitto >/dev/null || [[ -x /usr/sbin/mosquitto ]] || apt_need+=(mosquitto)
 command -v mosquitto_pub >/dev/null || apt_need+=(mosquitto-clients)
 command -v nats-server >/dev/null || [[ -x /usr/sbin/nats-server ]] || apt_need+=(nats-server)
+# PostgreSQL for the PostgreSQL sink's tests (host/tests/postgres.rs) and scripts/pg-bench.sh:
+# Debian's server programs (/usr/lib/postgresql/VERSION/bin: initdb, postgres, pg_ctl, psql).
+# The tests make a cluster of their own in a temporary directory on a free loopback port, run
+# as the package's postgres user; the package's own cluster (port 5432) is not used.
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || apt_need+=(postgresql)
 if ((${#apt_need[@]})); then
-  log "installing ${apt_need[*]} (Bluetooth build, BlueZ VM, serial and MQTT tests)"
+  log "installing ${apt_need[*]} (Bluetooth build, BlueZ VM, serial, MQTT and PostgreSQL tests)"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_need[@]}" >/dev/null
 fi
 
