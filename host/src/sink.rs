@@ -832,7 +832,9 @@ impl CsvSink {
             kinds::Classified::Declaration(schema) => {
                 if !std::mem::replace(&mut self.told_kinds, true) {
                     info!(
-                        "CSV file {}: device {device:08x} declares its record kinds ({}); one                          file has their values under field_1, field_2, …: --csv-dir DIR names                          the columns, a file per kind",
+                        "CSV file {}: device {device:08x} declares its record kinds ({}); one \
+                         file has their values under field_1, field_2, …: --csv-dir DIR names \
+                         the columns, a file per kind",
                         self.path.display(),
                         schema.describe()
                     );

@@ -222,6 +222,8 @@ pub const READING_SLOT_MS: u64 = 250;
 #[derive(Debug, Default)]
 pub struct Readings {
     fields: Vec<VecDeque<f64>>,
+    /// The fields' names, as the latest sample gave them (`names`: declared, or field_N).
+    names: Vec<String>,
     slot: Option<u64>,
 }
 
@@ -231,6 +233,12 @@ impl Readings {
         let Some(v) = sample["v"].as_array() else {
             return;
         };
+        if let Some(names) = sample["names"].as_array() {
+            self.names = names
+                .iter()
+                .map(|n| n.as_str().unwrap_or_default().to_owned())
+                .collect();
+        }
         let slot = sample["t"].as_u64().map(|t| t / READING_SLOT_MS);
         let same_slot = slot.is_some() && slot == self.slot;
         self.slot = slot;
@@ -388,7 +396,11 @@ pub fn render(
         );
         for (i, h) in readings.fields.iter().enumerate() {
             let last = h.back().copied().unwrap_or(f64::NAN);
-            let label = format!("field_{:<3} {:>12}  ", i + 1, short(last));
+            let name = match readings.names.get(i) {
+                Some(n) if !n.is_empty() => clip(n, 20),
+                _ => format!("field_{}", i + 1),
+            };
+            let label = format!("{name:<20} {:>12}  ", short(last));
             let w = width.saturating_sub(label.chars().count()).max(8);
             let _ = writeln!(out, "{label}{}", sparkline(h, w));
         }
@@ -473,9 +485,21 @@ mod tests {
         let row = frame.lines().find(|l| l.starts_with("00d00001")).unwrap();
         assert!(row.contains("● established") && row.contains("tcp 127.0.0.1:4000"));
         assert!(row.contains("12,345") && row.contains("1,000"), "{row}");
-        let field = |i: usize, last: &str, line: &str| format!("field_{i:<3} {last:>12}  {line}\n");
-        assert!(frame.contains(&field(1, "2", "▁▅█")), "{frame}");
-        assert!(frame.contains(&field(2, "21.500", "▄▄▄")), "{frame}");
+        let field = |name: &str, last: &str, line: &str| format!("{name:<20} {last:>12}  {line}\n");
+        assert!(frame.contains(&field("field_1", "2", "▁▅█")), "{frame}");
+        assert!(
+            frame.contains(&field("field_2", "21.500", "▄▄▄")),
+            "{frame}"
+        );
+        // A declared kind's fields by their names and units.
+        readings.add(&serde_json::json!({"v": [[3, 0, 0], [21.5, 0, 0]],
+            "names": ["counter", "temperature (°C)"]}));
+        let frame = render(&api, &rates, Some(("00d00001", &readings)), 120);
+        assert!(frame.contains(&field("counter", "3", "▁▃▆█")), "{frame}");
+        assert!(
+            frame.contains(&field("temperature (°C)", "21.500", "▄▄▄▄")),
+            "{frame}"
+        );
         assert_eq!(group(1_234_567), "1,234,567");
         assert_eq!(group(12), "12");
     }

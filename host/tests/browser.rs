@@ -180,15 +180,15 @@ impl Cdp {
 #[test]
 fn the_page_shows_the_devices_plots_their_readings_and_sends_a_typed_command() {
     let dir = Scratch::new("browser");
-    let csv = dir.path("demo.csv");
+    let out = dir.path("demo");
     let mut demo = Tether::start(&[
         "demo",
         "--devices",
         "3",
         "--seconds",
         "120",
-        "--csv",
-        &csv,
+        "--csv-dir",
+        &out,
         "--http",
         "127.0.0.1:0",
     ]);
@@ -254,6 +254,17 @@ fn the_page_shows_the_devices_plots_their_readings_and_sends_a_typed_command() {
         5,
         "the demo's readings have five fields"
     );
+    assert_eq!(
+        page.eval("[...document.querySelectorAll('#legend label')].map(l => l.textContent.split(' ')[0]).join('|')"),
+        "counter|time|temperature|pressure|output",
+        "named as the devices declared them"
+    );
+    assert!(
+        page.eval("document.getElementById('legend').textContent")
+            .as_str()
+            .is_some_and(|t| t.contains("temperature (°C)")),
+        "with their units"
+    );
 
     // Commands typed into the box, each acknowledged, and obeyed: the device's status reply
     // carries the period `rate 7` set (the demo itself never sends `rate`), and its readings'
@@ -280,7 +291,7 @@ fn the_page_shows_the_devices_plots_their_readings_and_sends_a_typed_command() {
         Duration::from_secs(15),
         "the device's reply in the log",
         "[...document.querySelectorAll('#log .line')].some(l => \
-           l.textContent.includes('device 00d00001 replied: status, 7,'))",
+           l.textContent.includes('device 00d00001 replied: status: period 7, output false,'))",
     );
     page.type_line("#command", "output on");
     page.until(

@@ -141,16 +141,17 @@ fn metrics_parse_as_prometheus_text_and_count_what_arrived() {
 #[test]
 fn the_api_lists_devices_streams_readings_and_a_command_reaches_the_device() {
     let dir = Scratch::new("http-api");
-    let csv = dir.path("demo.csv");
-    // The demo's own commands come 10 s in; this test is done before.
+    let out = dir.path("demo");
+    // The demo's own commands come 10 s in; this test is done before. Its devices declare
+    // their kinds: the readings' fields have names.
     let mut demo = Tether::start(&[
         "demo",
         "--devices",
         "2",
         "--seconds",
         "60",
-        "--csv",
-        &csv,
+        "--csv-dir",
+        &out,
         "--http",
         "127.0.0.1:0",
     ]);
@@ -192,6 +193,18 @@ fn the_api_lists_devices_streams_readings_and_a_command_reaches_the_device() {
         .windows(2)
         .all(|w| w[1]["seq"].as_u64() > w[0]["seq"].as_u64()));
     assert_eq!(samples[0]["v"].as_array().unwrap().len(), 5, "five fields");
+    // Named by the device's declaration of its readings' kind (PROTOCOL.md 10.5).
+    assert!(samples.iter().all(|s| s["kind"] == "env"), "{samples:?}");
+    assert_eq!(
+        samples[0]["names"],
+        serde_json::json!([
+            "counter",
+            "time (ms)",
+            "temperature (°C)",
+            "pressure (hPa)",
+            "output"
+        ])
+    );
     // At 1 kHz a sample stands for several records: the stream is decimated.
     let records: u64 = samples.iter().map(|s| s["n"].as_u64().unwrap()).sum();
     assert!(
@@ -255,7 +268,10 @@ fn the_api_lists_devices_streams_readings_and_a_command_reaches_the_device() {
         );
     }
     assert!(frame.contains("00d00001's readings"), "{frame}");
-    assert!(frame.lines().any(|l| l.starts_with("field_5 ")), "{frame}");
+    assert!(
+        frame.lines().any(|l| l.starts_with("temperature (°C) ")),
+        "{frame}"
+    );
     let (code, out) = demo.interrupt(Duration::from_secs(20));
     assert_eq!(code, Some(0), "{out}");
     // The demo's own commands had not come yet: the one obeyed is the one sent here.

@@ -506,11 +506,14 @@ impl Events {
                 u = self.updates.recv() => match u {
                     Ok(Update::Sample(s)) if Some(s.device) == watched => {
                         let v: Vec<[f64; 3]> = s.fields.iter().map(|f| [f.last, f.min, f.max]).collect();
+                        let names: Vec<String> = (0..v.len()).map(|i| s.field_name(i)).collect();
                         return Some(json_event("sample", &serde_json::json!({
                             "device": format!("{:08x}", s.device),
                             "t": s.time_ms,
                             "seq": s.seq,
                             "n": s.records,
+                            "kind": s.kind.as_ref().map(|k| k.name.as_str()),
+                            "names": names,
                             "v": v,
                         })));
                     }

@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use super::table::{Refused, Session, Table};
-use super::tap::{Dropped, Sampler, Tap};
+use super::tap::{Dropped, Tap};
 use super::{hello, lock, reject_text, Hello, Server};
 use crate::clock::{Clock, Timer};
 use crate::storage::HeapStorage;
@@ -243,7 +243,6 @@ impl<S: Server> Engine<S> {
         let mut out = Vec::with_capacity(S::READ_BUFFER);
         let mut frame = Vec::new();
         let mut timer = Timer::new();
-        let mut sampler = Sampler::new();
         loop {
             let (deadline, finished) = {
                 let mut entry = session.lock();
@@ -253,7 +252,7 @@ impl<S: Server> Engine<S> {
                 }
                 // Before the server takes the records: onlookers' samples (one atomic load
                 // when nobody watches the device).
-                sampler.take(&self.tap, device, S::link(&mut entry), &self.clock);
+                entry.sample(&self.tap, device, &self.clock, S::link);
                 let drained = self.server.step(device, &mut entry, stopping);
                 while let Some(e) = S::link(&mut entry).poll_event() {
                     self.event(device, &mut entry, e);

@@ -34,6 +34,7 @@ impl<S> Session<S> {
                 idle_since: now,
                 peer: None,
                 heard: None,
+                sampler: super::tap::Sampler::new(),
             }),
             wake: Notify::new(),
         }
@@ -75,6 +76,9 @@ pub struct Entry<S> {
     peer: Option<Arc<str>>,
     /// When bytes last came from the device (the link's clock).
     heard: Option<tether_core::link::Instant>,
+    /// Onlookers' samples of the session's records, and the kinds it declared (kept with
+    /// the session: a declaration comes once a session, whatever its connections).
+    sampler: super::tap::Sampler,
 }
 
 impl<S> Entry<S> {
@@ -125,6 +129,18 @@ impl<S> Entry<S> {
     /// Notes that bytes came from the device at `now` (the link's clock).
     pub fn heard(&mut self, now: tether_core::link::Instant) {
         self.heard = Some(now);
+    }
+
+    /// Samples for onlookers what the link (`link` of the state) received since the last
+    /// turn: before the server takes the records.
+    pub fn sample(
+        &mut self,
+        tap: &super::tap::Tap,
+        device: u32,
+        clock: &crate::clock::Clock,
+        link: impl FnOnce(&mut S) -> &mut tether_core::link::Link<crate::storage::HeapStorage>,
+    ) {
+        self.sampler.take(tap, device, link(&mut self.state), clock);
     }
 
     /// When bytes last came from the device (the link's clock), if ever.

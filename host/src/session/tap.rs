@@ -24,11 +24,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tether_core::link::{Link, LinkStats};
-use tether_core::record::{Field, Fields};
+use tether_core::record::{Field, Fields, Record};
 use tokio::sync::broadcast;
 
 use super::lock;
 use crate::clock::Clock;
+use crate::sink::kinds::Schema;
 use crate::storage::HeapStorage;
 
 /// Updates a subscriber may fall behind before it loses the oldest: at 50 samples a second
@@ -102,6 +103,29 @@ pub struct Sample {
     pub records: u32,
     /// Field by field (field 1 first).
     pub fields: Vec<FieldStat>,
+    /// The declared kind its records are of (`PROTOCOL.md` 10.5), which names the fields;
+    /// `None`: records without a declaration (`field_1`, `field_2`, …).
+    pub kind: Option<Arc<Schema>>,
+}
+
+impl Sample {
+    /// The name of field `i` (from 0): the declared field's column header (`temperature
+    /// (°C)`), or `field_N`.
+    pub fn field_name(&self, i: usize) -> String {
+        field_name(self.kind.as_deref(), i)
+    }
+}
+
+/// The name of field `i` (from 0) of a record of `kind`: its column header (`temperature
+/// (°C)`), or `field_N` without a declaration.
+pub fn field_name(kind: Option<&Schema>, i: usize) -> String {
+    match kind.and_then(|k| k.columns.get(i).map(|c| (c, k))) {
+        Some((c, _)) => match &c.unit {
+            Some(u) => format!("{} ({u})", c.name),
+            None => c.name.clone(),
+        },
+        None => format!("field_{}", i + 1),
+    }
 }
 
 /// What the tap publishes.
@@ -397,6 +421,16 @@ pub struct Sampler {
     last_seq: u32,
     /// When the last sample went out (the link's clock), milliseconds.
     sent_at: Option<u64>,
+    /// The kinds the device declared in this session, by id: kept watched or not, since a
+    /// declaration comes once a session (10.7), long before anyone may watch.
+    kinds: Vec<Arc<Schema>>,
+    /// The kind plotted (the one most records were of since the watch began), and per kind
+    /// id the records seen of it: records of another kind are replies.
+    plotted: Option<u8>,
+    counts: Vec<(u8, u64)>,
+    /// The link's peer restarts when last looked: a restarted device numbers its records
+    /// afresh and declares its kinds again.
+    restarts: u32,
 }
 
 impl Default for Sampler {
@@ -416,6 +450,10 @@ impl Sampler {
             records: 0,
             last_seq: 0,
             sent_at: None,
+            kinds: Vec::new(),
+            plotted: None,
+            counts: Vec::new(),
+            restarts: 0,
         }
     }
 
@@ -426,24 +464,54 @@ impl Sampler {
         if version != self.version {
             self.version = version;
             self.watched = tap.is_watched(device);
+            // Records still held are looked at again (a declaration seen twice changes
+            // nothing).
             self.next = None;
             self.fields.clear();
             self.records = 0;
+            self.plotted = None;
+            self.counts.clear();
         }
-        if self.watched {
-            self.sample(tap, device, link, clock);
-        }
+        self.sample(tap, device, link, clock);
     }
 
+    /// Looks at the records received since the last turn: declarations always, the rest
+    /// only while `device` is watched.
     fn sample(&mut self, tap: &Tap, device: u32, link: &mut Link<HeapStorage>, clock: &Clock) {
+        let restarts = link.stats().peer_restarts;
+        if restarts != self.restarts {
+            self.restarts = restarts;
+            self.next = None;
+            self.kinds.clear();
+            self.plotted = None;
+            self.counts.clear();
+            self.fields.clear();
+            self.records = 0;
+        }
         for r in link.received() {
             if let Some(next) = self.next {
-                // Already sampled (serial number arithmetic: the numbering wraps).
+                // Already seen (serial number arithmetic: the numbering wraps).
                 if (r.seq.wrapping_sub(next) as i32) < 0 {
                     continue;
                 }
             }
             self.next = Some(r.seq.wrapping_add(1));
+            if let [tether_core::record::TYPED, tether_core::record::kind::DECLARATION, ..] =
+                r.payload
+            {
+                if let Ok(schema) = Schema::parse(r.payload) {
+                    self.kinds.retain(|k| k.id != schema.id);
+                    self.kinds.push(Arc::new(schema));
+                }
+                continue;
+            }
+            if !self.watched {
+                continue;
+            }
+            if let Record::Kind { id, record } = Record::parse(r.payload) {
+                self.add_kind(tap, device, r.seq, id, record);
+                continue;
+            }
             if let Some(text) = reply_text(r.payload) {
                 tap.publish(Update::Reply {
                     device,
@@ -452,6 +520,9 @@ impl Sampler {
                 continue;
             }
             self.add(r.seq, r.payload);
+        }
+        if !self.watched {
+            return;
         }
         let now = clock.now().millis();
         let due = self
@@ -468,60 +539,111 @@ impl Sampler {
                 seq: self.last_seq,
                 records: self.records,
                 fields: std::mem::take(&mut self.fields),
+                kind: self
+                    .plotted
+                    .and_then(|id| self.kinds.iter().find(|k| k.id == id).cloned()),
             };
             self.records = 0;
             tap.publish(Update::Sample(Arc::new(sample)));
         }
     }
 
-    /// Folds one reading into the sample being made.
-    fn add(&mut self, seq: u32, payload: &[u8]) {
-        let mut i = 0;
-        let mut put = |v: f64| {
-            if i >= MAX_FIELDS {
-                return;
-            }
-            match self.fields.get_mut(i) {
-                None => self.fields.push(FieldStat {
-                    last: v,
-                    min: v,
-                    max: v,
-                }),
-                Some(f) => {
-                    f.last = v;
-                    // A number replaces a NaN bound (which no comparison favours).
-                    if !v.is_nan() {
-                        if f.min.is_nan() || v < f.min {
-                            f.min = v;
-                        }
-                        if f.max.is_nan() || v > f.max {
-                            f.max = v;
-                        }
-                    }
-                }
-            }
-            i += 1;
+    /// A record of declared kind `id`: a reading of the kind plotted, or a reply. The kind
+    /// plotted is the one most records were of since the watch began (a device's readings,
+    /// not its replies to commands); when another overtakes it, the plot starts afresh.
+    fn add_kind(&mut self, tap: &Tap, device: u32, seq: u32, id: u8, record: &[u8]) {
+        let Some(schema) = self.kinds.iter().find(|k| k.id == id).cloned() else {
+            return; // undeclared: nothing to read it by
         };
-        match Fields::new(payload) {
-            Some(fields) => {
-                for f in fields {
-                    match f {
-                        Ok(f) => put(number(&f)),
-                        Err(_) => break,
-                    }
-                }
+        let count = match self.counts.iter_mut().find(|(k, _)| *k == id) {
+            Some((_, n)) => {
+                *n += 1;
+                *n
             }
             None => {
-                // A text record: comma-separated, each field that reads as a number plotted.
-                let text = String::from_utf8_lossy(payload);
-                for part in text.trim_end_matches(['\r', '\n']).split(',') {
-                    put(part.trim().parse().unwrap_or(f64::NAN));
+                self.counts.push((id, 1));
+                1
+            }
+        };
+        let plotted = self
+            .plotted
+            .and_then(|p| self.counts.iter().find(|(k, _)| *k == p))
+            .map_or(0, |(_, n)| *n);
+        if self.plotted != Some(id) && count > plotted {
+            self.plotted = Some(id);
+            self.fields.clear();
+            self.records = 0;
+        }
+        if self.plotted == Some(id) {
+            let numbers: Vec<f64> = schema
+                .values(record)
+                .map_while(Result::ok)
+                .map(|f| number(&f))
+                .collect();
+            self.put_all(seq, &numbers);
+        } else {
+            let mut text = String::from(schema.name.as_str());
+            for (i, v) in schema.values(record).map_while(Result::ok).enumerate() {
+                let sep = if i == 0 { ": " } else { ", " };
+                let name = schema.columns.get(i).map_or("", |c| c.name.as_str());
+                let _ = write!(text, "{sep}{name} {}", crate::sink::kinds::text(&v));
+            }
+            tap.publish(Update::Reply {
+                device,
+                text: text.into(),
+            });
+        }
+    }
+
+    /// Folds one reading's numbers into the sample being made.
+    fn put_all(&mut self, seq: u32, numbers: &[f64]) {
+        for (i, &v) in numbers.iter().enumerate().take(MAX_FIELDS) {
+            self.put(i, v);
+        }
+        self.records += 1;
+        self.last_seq = seq;
+    }
+
+    /// Field `i`'s value `v` into the sample being made.
+    fn put(&mut self, i: usize, v: f64) {
+        match self.fields.get_mut(i) {
+            None => self.fields.push(FieldStat {
+                last: v,
+                min: v,
+                max: v,
+            }),
+            Some(f) => {
+                f.last = v;
+                // A number replaces a NaN bound (which no comparison favours).
+                if !v.is_nan() {
+                    if f.min.is_nan() || v < f.min {
+                        f.min = v;
+                    }
+                    if f.max.is_nan() || v > f.max {
+                        f.max = v;
+                    }
                 }
             }
         }
+    }
+
+    /// Folds one reading (fields or text, no declared kind) into the sample being made.
+    fn add(&mut self, seq: u32, payload: &[u8]) {
+        let mut numbers = Vec::new();
+        match Fields::new(payload) {
+            Some(fields) => numbers.extend(fields.map_while(Result::ok).map(|f| number(&f))),
+            None => {
+                // A text record: comma-separated, each field that reads as a number plotted.
+                let text = String::from_utf8_lossy(payload);
+                numbers.extend(
+                    text.trim_end_matches(['\r', '\n'])
+                        .split(',')
+                        .map(|part| part.trim().parse().unwrap_or(f64::NAN)),
+                );
+            }
+        }
         // Fields this record did not have keep their values from the records before.
-        self.records += 1;
-        self.last_seq = seq;
+        self.put_all(seq, &numbers);
     }
 }
 
@@ -669,8 +791,14 @@ mod tests {
         assert_eq!(reply_text(b"status,1"), None);
     }
 
-    /// A server link holding `n` records from a client link.
+    /// A server link holding `n` readings from a client link.
     fn link_with_records(n: u32) -> Link<HeapStorage> {
+        let readings: Vec<Vec<u8>> = (0..n).map(|i| reading(i as f32, false)).collect();
+        link_with(&readings)
+    }
+
+    /// A server link holding `records` from a client link.
+    fn link_with(records: &[Vec<u8>]) -> Link<HeapStorage> {
         let mut server = Link::new(Config::new(Role::Server, 1), HeapStorage::new(8, 64, 128))
             .expect("server link");
         let mut client = Link::new(Config::new(Role::Client, 2), HeapStorage::new(64, 8, 128))
@@ -688,13 +816,73 @@ mod tests {
             pump(&mut client, &mut server);
             pump(&mut server, &mut client);
         }
-        for i in 0..n {
-            client
-                .send(&reading(i as f32, false))
-                .expect("room to send");
+        for r in records {
+            client.send(r).expect("room to send");
         }
         pump(&mut client, &mut server);
         server
+    }
+
+    #[test]
+    fn declared_kinds_name_the_fields_and_another_kind_is_a_reply() {
+        use tether_core::record::kind::{FieldDef, Kind, KindWriter, Type};
+        const ENV: Kind<'static> = Kind {
+            id: 0,
+            name: "env",
+            fields: &[
+                FieldDef::new("t", Type::F32).unit("°C"),
+                FieldDef::new("n", Type::U32),
+            ],
+        };
+        const STATUS: Kind<'static> = Kind {
+            id: 1,
+            name: "status",
+            fields: &[FieldDef::new("period", Type::U32).unit("ms")],
+        };
+        let env: [u8; ENV.declaration_len()] = ENV.declaration();
+        let status: [u8; STATUS.declaration_len()] = STATUS.declaration();
+        let mut records = vec![env.to_vec(), status.to_vec()];
+        for i in 0..3u32 {
+            let mut buf = [0u8; 32];
+            let mut w = KindWriter::new(&ENV, &mut buf);
+            records.push(
+                w.f32(20.0 + i as f32)
+                    .unwrap()
+                    .u32(i)
+                    .unwrap()
+                    .finish()
+                    .unwrap()
+                    .to_vec(),
+            );
+        }
+        let mut buf = [0u8; 32];
+        let mut w = KindWriter::new(&STATUS, &mut buf);
+        records.push(w.u32(1000).unwrap().finish().unwrap().to_vec());
+        let tap = Arc::new(Tap::new());
+        let mut rx = tap.subscribe();
+        let clock = Clock::new();
+        let mut link = link_with(&records);
+        let mut sampler = Sampler::new();
+        // Nobody watches while the declarations pass: they are kept all the same.
+        sampler.take(&tap, 7, &mut link, &clock);
+        assert!(rx.try_recv().is_err());
+        let _watch = tap.watch(7);
+        sampler.take(&tap, 7, &mut link, &clock);
+        let Ok(Update::Reply { text, .. }) = rx.try_recv() else {
+            panic!("the status record is a reply")
+        };
+        assert_eq!(&*text, "status: period 1000");
+        let Ok(Update::Sample(s)) = rx.try_recv() else {
+            panic!("a sample of the readings")
+        };
+        assert_eq!(s.kind.as_ref().map(|k| k.name.as_str()), Some("env"));
+        assert_eq!((s.records, s.seq), (3, 4));
+        assert_eq!(
+            (s.field_name(0), s.field_name(1)),
+            ("t (°C)".into(), "n".into())
+        );
+        assert_eq!(s.field_name(2), "field_3");
+        assert_eq!((s.fields[0].min, s.fields[0].max), (20.0, 22.0));
     }
 
     #[test]

@@ -18,6 +18,7 @@ const state = {
   times: [],             // sample times, ms (server clock)
   values: [],            // per sample: [[last, min, max], …] per field
   fields: 0,             // fields seen in the selected device's readings
+  names: null,           // the selected device's field names, as the last legend showed them
   hidden: new Set(),     // field indexes not drawn
   samples: 0,            // samples received for the selected device
   lastSample: null,      // the latest sample received
@@ -145,6 +146,7 @@ function select(id) {
   state.times = [];
   state.values = [];
   state.fields = 0;
+  state.names = null;
   state.samples = 0;
   state.lastSample = null;
   state.zoom = null;
@@ -195,8 +197,10 @@ function onSample(s) {
   state.values.push(s.v);
   state.samples++;
   state.lastSample = s;
-  if (s.v.length > state.fields) {
-    state.fields = Math.min(s.v.length, COLORS.length);
+  const names = (s.names || []).join('\n');
+  if (s.v.length > state.fields || names !== state.names) {
+    state.fields = Math.max(state.fields, Math.min(s.v.length, COLORS.length));
+    state.names = names;
     renderLegend();
   }
   // Keep the longest window (a little more, so that panning back has something), cutting
@@ -211,7 +215,11 @@ function onSample(s) {
 
 // ---- the plot --------------------------------------------------------------------------
 
-function fieldName(i) { return 'field_' + (i + 1); }
+// The declared field's name and unit (the sample says), else field_N.
+function fieldName(i) {
+  const names = state.lastSample && state.lastSample.names;
+  return (names && names[i]) || 'field_' + (i + 1);
+}
 
 function renderLegend() {
   const legend = $('legend');
