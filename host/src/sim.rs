@@ -90,6 +90,9 @@ pub struct SimOptions {
     pub period_ms: u32,
     /// Give up if the run takes longer.
     pub timeout: Duration,
+    /// The devices declare their record kinds (`env`, `status`, `error`: `PROTOCOL.md`
+    /// 10.5) before their readings, which are then records of kind `env`, named fields.
+    pub kinds: bool,
 }
 
 /// What the devices did.
@@ -140,6 +143,7 @@ async fn run_device(
     let mut cfg = DeviceConfig::new(session, sensor_seed);
     cfg.period_ms = opts.period_ms;
     cfg.record_limit = Some(opts.records);
+    cfg.declare_kinds = opts.kinds;
     let mut device = SimDevice::new(cfg, LinkStorage::new()).map_err(|e| e.to_string())?;
     let fault = |salt: u64| {
         let mut f =
@@ -200,8 +204,12 @@ async fn run_device(
                 rest = &rest[n..];
             }
             out.clear();
+            // Readings acknowledged, for the progress line: records acknowledged less the
+            // declarations and replies (which come first, or are few).
+            let st = device.stats();
+            let records = st.records().saturating_sub(device.link().unacked());
             acked.store(
-                u64::from(device.stats().readings - device.link().unacked()),
+                u64::from(records.saturating_sub(st.declarations + st.replies)),
                 Ordering::Relaxed,
             );
             if failed || done(&device) {

@@ -184,21 +184,24 @@ impl Subscriber {
                         continue;
                     }
                 };
-                let v: serde_json::Value = serde_json::from_slice(&p.payload)
+                let mut v: serde_json::Value = serde_json::from_slice(&p.payload)
                     .unwrap_or_else(|e| panic!("{}: not JSON ({e}): {:?}", p.topic, p.payload));
                 let rest = p.topic.strip_prefix(&topic_prefix).unwrap_or_default();
                 let mut s = s.lock().unwrap();
-                if rest.ends_with("/record") {
+                // A record: DEVICE/record, DEVICE/record/KIND, or a declaration,
+                // DEVICE/kind/NAME.
+                let levels: Vec<&str> = rest.split('/').collect();
+                if matches!(
+                    levels[..],
+                    [_, "record"] | [_, "record", _] | [_, "kind", _]
+                ) {
                     let key = (
                         v["device"].as_str().unwrap_or_default().to_owned(),
                         v["session"].as_u64().unwrap_or(u64::MAX),
                         v["seq"].as_u64().unwrap_or(u64::MAX),
                     );
-                    assert_eq!(
-                        format!("{}/record", key.0),
-                        rest,
-                        "the topic names the device"
-                    );
+                    assert_eq!(key.0, levels[0], "the topic names the device");
+                    v["_topic"] = rest.into();
                     *s.keys.entry(key).or_default() += 1;
                     s.records.push(v);
                     if s.raw.len() < 100 {
@@ -249,9 +252,22 @@ impl Subscriber {
 
 /// `tether sim` devices against `endpoint`: their identities and the process.
 fn sim(endpoint: &str, devices: usize, records: u32, seed: u64, period_ms: u32) -> Process {
+    sim_with(endpoint, devices, records, seed, period_ms, &[])
+}
+
+/// `tether sim` devices against `endpoint`, with more options.
+fn sim_with(
+    endpoint: &str,
+    devices: usize,
+    records: u32,
+    seed: u64,
+    period_ms: u32,
+    extra: &[&str],
+) -> Process {
     Process(
         Command::new(TETHER)
             .args(["sim", endpoint])
+            .args(extra)
             .args(["--devices", &devices.to_string()])
             .args(["--records", &records.to_string()])
             .args(["--seed", &seed.to_string()])
@@ -476,6 +492,108 @@ fn kill_9_of_the_listener_mid_stream_loses_nothing_and_duplicates_are_bounded() 
     // The restarted listener read its state: what the broker acknowledged is not sent again.
     let log = l.wait_for("rows from before", Duration::from_secs(1));
     assert!(log.contains(&format!("{devices} devices")), "{log}");
+    sigterm(&mut l);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn records_of_declared_kinds_have_named_fields_also_after_a_listener_killed_and_restarted() {
+    if !have_mosquitto() {
+        return;
+    }
+    let dir = temp_dir("kinds");
+    let port = free_port();
+    let _broker = Mosquitto::start(&dir, port);
+    let sub = Subscriber::start(port, "site-k");
+    let state = dir.join("state");
+    let mut l = listen(port, "site-k", &state, &[]);
+    let endpoint = format!("tcp://{}", l.addr());
+    l.wait_for("connected as tether-", Duration::from_secs(10));
+    // Three declarations (env, status, error), then the readings, of kind env.
+    let (devices, readings) = (3, 3_000);
+    let records = readings + 3;
+    let mut s = sim_with(&endpoint, devices, readings, 14, 1, &["--kinds"]);
+    // Killed after the declarations went: the restarted listener has them from its kinds
+    // file only (a device never sends an acknowledged declaration again).
+    sub.wait_for(1_500, Duration::from_secs(30));
+    let _ = Command::new("kill")
+        .args(["-9", &l.child.id().to_string()])
+        .status();
+    let _ = l.child.0.wait();
+    let sink = format!("mqtt://127.0.0.1:{port}/site-k?state={}", state.display());
+    l = Logged::start(&["listen", &endpoint, "--sink", &sink], Stdio::null());
+    l.wait_for("connected as tether-", Duration::from_secs(10));
+    finished_ok(&mut s, "tether sim", Duration::from_secs(60));
+    let seen = settle(&sub, devices * records as usize);
+    assert_all_seen(&seen, &sim_devices(14, devices), records);
+    for v in &seen.records {
+        let topic = v["_topic"].as_str().unwrap();
+        let device = v["device"].as_str().unwrap();
+        match v["seq"].as_u64().unwrap() {
+            0 => {
+                assert_eq!(topic, format!("{device}/kind/env"), "{v}");
+                assert_eq!(v["name"], "env");
+                assert_eq!(v["kind"], 0);
+                assert_eq!(
+                    v["fields"][2],
+                    serde_json::json!({"name": "temperature", "type": "f32", "unit": "°C"}),
+                    "{v}"
+                );
+            }
+            1 | 2 => assert!(topic.starts_with(&format!("{device}/kind/")), "{v}"),
+            _ => {
+                assert_eq!(topic, format!("{device}/record/env"), "{v}");
+                assert_eq!(v["kind"], "env", "{v}");
+                assert!(v["counter"].is_u64(), "{v}");
+                assert!(
+                    v["temperature"].is_f64() || v["temperature"].is_u64(),
+                    "{v}"
+                );
+                assert!(v["pressure"].is_u64(), "{v}");
+                assert!(v["output"].is_boolean(), "{v}");
+                assert!(v.get("field_1").is_none(), "{v}");
+            }
+        }
+    }
+    // The key first, then the kind, then the fields in their declared order.
+    let raw = seen
+        .raw
+        .iter()
+        .find(|r| r.contains("\"kind\":\"env\""))
+        .expect("a reading's payload");
+    let at = |k: &str| raw.find(&format!("\"{k}\":")).unwrap_or(usize::MAX);
+    let order = [
+        "device",
+        "session",
+        "seq",
+        "host_time",
+        "kind",
+        "counter",
+        "time",
+        "temperature",
+        "pressure",
+        "output",
+    ]
+    .map(at);
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]),
+        "the keys in order: {raw}"
+    );
+    drop(seen);
+    // The declarations are retained: a consumer that comes later learns the fields.
+    let late = Subscriber::start(port, "site-k");
+    let d = &sim_devices(14, 1)[0];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !late
+        .seen
+        .lock()
+        .unwrap()
+        .keys
+        .contains_key(&(d.clone(), 0, 0))
+    {
+        assert!(Instant::now() < deadline, "no retained declaration of {d}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     sigterm(&mut l);
     std::fs::remove_dir_all(&dir).unwrap();
 }

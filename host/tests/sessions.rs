@@ -67,6 +67,7 @@ fn devices(name: &str, devices: usize, records: u32, seed: u64, faults: Faults) 
         seed,
         period_ms: 1,
         timeout: Duration::from_secs(120),
+        kinds: false,
     }
 }
 

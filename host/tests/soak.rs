@@ -44,6 +44,7 @@ async fn hostile_link_soak_loses_duplicates_reorders_and_corrupts_nothing() {
             seed,
             period_ms: 1,
             timeout: Duration::from_secs(120),
+            kinds: false,
         };
         let s = run(&opts)
             .await

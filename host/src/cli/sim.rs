@@ -33,6 +33,11 @@ pub(super) struct SimArgs {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
+    /// The devices declare their record kinds first (env: counter, time ms, temperature °C,
+    /// pressure hPa, output; status; error), so that a sink names their fields
+    /// (--csv-dir, MQTT, PostgreSQL); --verify checks a --csv file of devices without.
+    #[arg(long, conflicts_with = "verify")]
+    kinds: bool,
 }
 
 pub(super) async fn sim(args: SimArgs) -> Result<ExitCode, CliError> {
@@ -44,6 +49,7 @@ pub(super) async fn sim(args: SimArgs) -> Result<ExitCode, CliError> {
         seed: args.seed,
         period_ms: args.period_ms.max(1),
         timeout: Duration::from_secs(args.timeout),
+        kinds: args.kinds,
     };
     opts.endpoint
         .check_dialable()

@@ -4,6 +4,8 @@ use std::time::SystemTime;
 
 use tether_core::record::{Field, Fields};
 
+use crate::sink::kinds::Schema;
+
 /// Appends the payload of record `seq` of `device` (numbering `session`) to `out`.
 pub(super) fn record(
     out: &mut Vec<u8>,
@@ -13,13 +15,7 @@ pub(super) fn record(
     seq: u32,
     payload: &[u8],
 ) {
-    out.extend_from_slice(b"{\"device\":\"");
-    out.extend_from_slice(format!("{device:08x}").as_bytes());
-    out.extend_from_slice(b"\",\"session\":");
-    out.extend_from_slice(itoa::Buffer::new().format(session).as_bytes());
-    out.extend_from_slice(b",\"seq\":");
-    out.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
-    time_key(out, "host_time", time);
+    head(out, time, device, session, seq);
     let mut texts = Vec::new();
     crate::sink::render_fields(payload, &mut texts);
     // Which of the CSV's fields are typed numbers or booleans: those are JSON values.
@@ -55,6 +51,117 @@ pub(super) fn record(
         }
     }
     out.push(b'}');
+}
+
+/// The fixed keys of every record's payload: `{"device":…,"session":…,"seq":…,"host_time":…`.
+fn head(out: &mut Vec<u8>, time: SystemTime, device: u32, session: u32, seq: u32) {
+    out.extend_from_slice(b"{\"device\":\"");
+    out.extend_from_slice(format!("{device:08x}").as_bytes());
+    out.extend_from_slice(b"\",\"session\":");
+    out.extend_from_slice(itoa::Buffer::new().format(session).as_bytes());
+    out.extend_from_slice(b",\"seq\":");
+    out.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
+    time_key(out, "host_time", time);
+}
+
+/// A record of a declared kind: the fixed keys, `"kind":NAME`, then each field under its
+/// declared name (`_` appended to one that is a fixed key's or an earlier field's): numbers
+/// and booleans as JSON values (a NaN or infinite float as `"NaN"`, `"inf"`, `"-inf"`),
+/// strings as they are, bytes in lowercase hex.
+pub(super) fn kind_record(
+    out: &mut Vec<u8>,
+    time: SystemTime,
+    (device, session, seq): (u32, u32, u32),
+    schema: &Schema,
+    values: &[Field<'_>],
+) {
+    head(out, time, device, session, seq);
+    out.extend_from_slice(b",\"kind\":");
+    string(out, &schema.name);
+    for (c, v) in schema.columns.iter().zip(values) {
+        out.push(b',');
+        string(out, &c.column);
+        out.push(b':');
+        value(out, v);
+    }
+    out.push(b'}');
+}
+
+/// A declaration (published retained on `PREFIX/D/kind/NAME`): the fixed keys, then
+/// `"kind":ID,"name":NAME,"fields":[{"name":…,"type":…,"unit":…}, …]` (`unit` only if
+/// declared).
+pub(super) fn declaration(
+    out: &mut Vec<u8>,
+    time: SystemTime,
+    (device, session, seq): (u32, u32, u32),
+    schema: &Schema,
+) {
+    head(out, time, device, session, seq);
+    out.extend_from_slice(b",\"kind\":");
+    out.extend_from_slice(itoa::Buffer::new().format(schema.id).as_bytes());
+    out.extend_from_slice(b",\"name\":");
+    string(out, &schema.name);
+    out.extend_from_slice(b",\"fields\":[");
+    for (i, c) in schema.columns.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"name\":");
+        string(out, &c.column);
+        out.extend_from_slice(b",\"type\":");
+        string(out, &c.ty.to_string());
+        if let Some(u) = &c.unit {
+            out.extend_from_slice(b",\"unit\":");
+            string(out, u);
+        }
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]}");
+}
+
+/// A record that cannot be read by a declaration (an undeclared kind, a mismatch, a
+/// malformed declaration): the fixed keys, then its texts as `field_1`, … strings, as the
+/// CSV writes them.
+pub(super) fn texts(
+    out: &mut Vec<u8>,
+    time: SystemTime,
+    (device, session, seq): (u32, u32, u32),
+    texts: &[String],
+) {
+    head(out, time, device, session, seq);
+    for (i, t) in texts.iter().enumerate() {
+        out.extend_from_slice(b",\"field_");
+        out.extend_from_slice(itoa::Buffer::new().format(i + 1).as_bytes());
+        out.extend_from_slice(b"\":");
+        string(out, t);
+    }
+    out.push(b'}');
+}
+
+/// One typed value as JSON.
+fn value(out: &mut Vec<u8>, v: &Field<'_>) {
+    let float = |out: &mut Vec<u8>, x: f64, text: String| {
+        if x.is_finite() {
+            out.extend_from_slice(text.as_bytes());
+        } else {
+            string(out, &text);
+        }
+    };
+    match *v {
+        Field::Bool(b) => out.extend_from_slice(if b { b"true" } else { b"false" }),
+        Field::U8(x) => out.extend_from_slice(itoa::Buffer::new().format(x).as_bytes()),
+        Field::U16(x) => out.extend_from_slice(itoa::Buffer::new().format(x).as_bytes()),
+        Field::U32(x) => out.extend_from_slice(itoa::Buffer::new().format(x).as_bytes()),
+        Field::U64(x) => out.extend_from_slice(itoa::Buffer::new().format(x).as_bytes()),
+        Field::I8(x) => out.extend_from_slice(itoa::Buffer::new().format(x).as_bytes()),
+        Field::I16(x) => out.extend_from_slice(itoa::Buffer::new().format(x).as_bytes()),
+        Field::I32(x) => out.extend_from_slice(itoa::Buffer::new().format(x).as_bytes()),
+        Field::I64(x) => out.extend_from_slice(itoa::Buffer::new().format(x).as_bytes()),
+        Field::F32(x) => float(out, f64::from(x), crate::sink::kinds::text(v)),
+        Field::F64(x) => float(out, x, crate::sink::kinds::text(v)),
+        Field::Str(s) => string(out, s),
+        Field::Bytes(b) => string(out, &crate::sink::kinds::hex(b)),
+    }
 }
 
 /// `,"KEY":"TIME"` (RFC 3339, UTC, microseconds).

@@ -14,16 +14,21 @@
 //!
 //! # Topics and payloads
 //!
-//! A record of device `D` (8 hex digits, the CSV's `device`) is published on
-//! `PREFIX/D/KIND` (`KIND`: `record`), retained no, QoS 1, with a JSON object whose keys
-//! come in this order: `device` (the same 8 hex digits), `session` (the device's
-//! numbering: 0, one more each time the device started its numbering afresh under the same
-//! id), `seq` (its sequence number), `host_time` (RFC 3339, UTC, microseconds, when the
-//! listener received it), then the record's fields `field_1`, `field_2`, … as the CSV's
-//! columns have them: typed numbers and booleans as JSON numbers and booleans (a NaN or
-//! infinite float as the string `"NaN"`, `"inf"`, `"-inf"`), everything else as strings
-//! (the CSV's text, its `<` rule included). (`device`, `session`, `seq`) is the record's
-//! key: a consumer that keeps the keys it saw drops every duplicate.
+//! A record of device `D` (8 hex digits, the CSV's `device`) is published at QoS 1 on
+//! `PREFIX/D/record/KIND` if it is of a kind `KIND` the device declared (`PROTOCOL.md`
+//! 10.5), on `PREFIX/D/record` otherwise, and a declaration, retained, on
+//! `PREFIX/D/kind/NAME`. Its payload is a JSON object whose keys come in this order:
+//! `device` (the same 8 hex digits), `session` (the device's numbering: 0, one more each
+//! time the device started its numbering afresh under the same id), `seq` (its sequence
+//! number), `host_time` (RFC 3339, UTC, microseconds, when the listener received it), then:
+//! a record of a declared kind, `kind` (its name) and each field under its declared name,
+//! numbers and booleans as JSON values, strings as they are, bytes in hex; a declaration,
+//! `kind` (its id), `name` and `fields` (`[{"name", "type", "unit"}]`); any other record,
+//! its fields `field_1`, `field_2`, … as the CSV's columns have them (typed numbers and
+//! booleans as JSON numbers and booleans, everything else as the CSV's text). A NaN or
+//! infinite float is the string `"NaN"`, `"inf"`, `"-inf"`. (`device`, `session`, `seq`)
+//! is the record's key: a consumer that keeps the keys it saw drops every duplicate. The
+//! declarations are kept in the kinds file beside the state file ([`state::KindsFile`]).
 //!
 //! Tether's own messages: `PREFIX/D/status` (retained: the device's link state),
 //! `PREFIX/D/marker` (a discontinuity, the CSV's marker row), and
@@ -296,7 +301,8 @@ impl MqttSink {
     pub fn open(url: &MqttUrl, fsync: bool) -> Result<MqttSink, MqttError> {
         let creds = credentials(url.credentials.as_deref())?;
         let (state, recovered) = state::StateFile::open(&url.state, fsync)?;
-        let publisher = Publisher::start(url.clone(), creds, state)?;
+        let kinds = state::KindsFile::open(&url.state, fsync)?;
+        let publisher = Publisher::start(url.clone(), creds, state, kinds)?;
         Ok(MqttSink {
             publisher: Arc::new(publisher),
             recovered: Some(recovered),

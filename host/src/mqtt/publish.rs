@@ -33,10 +33,11 @@ use rumqttc::{
 };
 use tracing::{debug, info, warn};
 
-use super::state::{Mark, StateFile};
+use super::state::{KindsFile, Mark, StateFile};
 use super::{json, Credentials, MqttError, MqttUrl};
 use crate::deferred::{Deferred, LinkState};
 use crate::session::lock;
+use crate::sink::kinds::{Classified, Kinds, Other, Schema};
 use crate::sink::SinkError;
 
 /// A device's link state as published on `PREFIX/D/status`.
@@ -123,6 +124,9 @@ struct Inner {
     state: StateFile,
     marks: HashMap<u32, Mark>,
     state_failing: bool,
+    /// What each device declared, to name its records' fields, and where it is kept.
+    kinds: Kinds,
+    kinds_file: KindsFile,
     // Counters for the summary.
     acked_records: u64,
     republished: u64,
@@ -134,7 +138,12 @@ impl Publisher {
         url: MqttUrl,
         creds: Option<Credentials>,
         state: StateFile,
+        (kinds_file, declared): (KindsFile, Vec<(u32, Schema)>),
     ) -> Result<Publisher, MqttError> {
+        let mut kinds = Kinds::default();
+        for (device, schema) in declared {
+            kinds.restore(device, schema);
+        }
         let client_id = url
             .client_id
             .clone()
@@ -174,6 +183,8 @@ impl Publisher {
                 state,
                 marks,
                 state_failing: false,
+                kinds,
+                kinds_file,
                 acked_records: 0,
                 republished: 0,
             }),
@@ -564,6 +575,15 @@ impl Deferred for Publisher {
         payload: &[u8],
     ) -> Result<(), SinkError> {
         let mut inner = lock(&self.shared.inner);
+        // What the record is: a declaration is kept (on disk first) before it is published,
+        // so that the records after it are read by it, after a restart too.
+        let class = inner.kinds.classify(device, payload);
+        if let Classified::Declaration(schema) = &class {
+            inner
+                .kinds_file
+                .append(device, schema)
+                .map_err(|e| SinkError::Mqtt(MqttError::State(e)))?;
+        }
         let d = inner.dev(device);
         if d.last_seq.is_some_and(|l| at_or_before(seq, l)) {
             d.session = d.session.wrapping_add(1);
@@ -588,14 +608,38 @@ impl Deferred for Publisher {
         d.records += 1;
         d.last_record = Some(time);
         let mut p = Vec::with_capacity(96 + payload.len() * 2);
-        json::record(&mut p, time, device, mark.session, seq, payload);
-        let topic = format!("{}/{device:08x}/record", self.shared.prefix);
+        let key = (device, mark.session, seq);
+        let prefix = &self.shared.prefix;
+        let (topic, retain) = match class {
+            Classified::Declaration(schema) => {
+                json::declaration(&mut p, time, key, &schema);
+                let topic = format!("{prefix}/{device:08x}/kind/{}", schema.name);
+                inner.kinds.see(device, schema);
+                inner.kinds.commit();
+                (topic, true)
+            }
+            Classified::Kind(schema, values) => {
+                json::kind_record(&mut p, time, key, &schema, &values);
+                (
+                    format!("{prefix}/{device:08x}/record/{}", schema.name),
+                    false,
+                )
+            }
+            Classified::Other(Other::Plain) => {
+                json::record(&mut p, time, device, mark.session, seq, payload);
+                (format!("{prefix}/{device:08x}/record"), false)
+            }
+            Classified::Other(other) => {
+                json::texts(&mut p, time, key, &other.texts(payload));
+                (format!("{prefix}/{device:08x}/record"), false)
+            }
+        };
         inner.enqueue(
             &self.shared.client,
             Msg {
                 topic,
                 payload: p,
-                retain: false,
+                retain,
                 record: Some((device, serial)),
             },
         );

@@ -267,9 +267,160 @@ impl StateFile {
     }
 }
 
+/// The kinds devices declared (`PROTOCOL.md` 10.5), kept beside the state file (its name
+/// and `.kinds`), so that a restarted listener still names the fields of records whose
+/// declarations came before it stopped (a device never sends an acknowledged declaration
+/// again, 10.7). One line a declaration, `DEVICE DECLARATION` in hex, appended before the
+/// declaration's PUBLISH (with `--fsync`, synced); at open, a later line for the same device
+/// and kind id replaces an earlier one, and a line cut short by a crash is cut off.
+#[derive(Debug)]
+pub struct KindsFile {
+    file: File,
+    path: PathBuf,
+    fsync: bool,
+}
+
+impl KindsFile {
+    /// The kinds file of the state file `state`.
+    pub fn path_of(state: &Path) -> PathBuf {
+        let mut name = state.as_os_str().to_owned();
+        name.push(".kinds");
+        PathBuf::from(name)
+    }
+
+    /// Opens (creating) the kinds file of the state file `state`, and reads what it holds:
+    /// each device's declarations, in the order written.
+    pub fn open(
+        state: &Path,
+        fsync: bool,
+    ) -> Result<(KindsFile, Vec<(u32, crate::sink::kinds::Schema)>), StateError> {
+        use std::io::{Read as _, Seek as _};
+        let path = Self::path_of(state);
+        let io = |source| StateError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&path)
+            .map_err(io)?;
+        let mut text = Vec::new();
+        file.read_to_end(&mut text).map_err(io)?;
+        let whole = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        if whole < text.len() {
+            warn!(
+                "MQTT kinds file {}: its last line was cut short (a crash while writing it): \
+                 cut off; the device declares that kind again",
+                path.display()
+            );
+            file.set_len(whole as u64).map_err(io)?;
+            file.seek(io::SeekFrom::End(0)).map_err(io)?;
+        }
+        let mut kinds = Vec::new();
+        for (n, line) in text[..whole].split(|&b| b == b'\n').enumerate() {
+            if line.is_empty() {
+                continue;
+            }
+            let parsed = std::str::from_utf8(line).ok().and_then(|l| {
+                let (device, decl) = l.split_once(' ')?;
+                let device = u32::from_str_radix(device, 16).ok()?;
+                let decl = unhex(decl)?;
+                crate::sink::kinds::Schema::parse(&decl)
+                    .ok()
+                    .map(|s| (device, s))
+            });
+            match parsed {
+                Some(k) => kinds.push(k),
+                None => warn!(
+                    "MQTT kinds file {} line {}: not a device and a declaration: skipped",
+                    path.display(),
+                    n + 1
+                ),
+            }
+        }
+        Ok((KindsFile { file, path, fsync }, kinds))
+    }
+
+    /// Appends `device`'s declaration `schema` (synced with `--fsync`).
+    pub fn append(
+        &mut self,
+        device: u32,
+        schema: &crate::sink::kinds::Schema,
+    ) -> Result<(), StateError> {
+        use std::io::Write as _;
+        let line = format!(
+            "{device:08x} {}\n",
+            crate::sink::kinds::hex(&schema.declaration)
+        );
+        let io = |source| StateError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        self.file.write_all(line.as_bytes()).map_err(io)?;
+        if self.fsync {
+            self.file.sync_data().map_err(io)?;
+        }
+        Ok(())
+    }
+}
+
+/// Bytes from lowercase or uppercase hex, `None` if it is not hex.
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn declared_kinds_survive_a_reopen_and_a_torn_line_is_cut_off() {
+        use tether_core::record::kind::{FieldDef, Kind, Type};
+        const ENV: Kind<'static> = Kind {
+            id: 0,
+            name: "env",
+            fields: &[FieldDef::new("t", Type::F32).unit("°C")],
+        };
+        let decl: [u8; ENV.declaration_len()] = ENV.declaration();
+        let schema = crate::sink::kinds::Schema::parse(&decl).unwrap();
+        let d = std::env::temp_dir().join(format!("tether-mqtt-kinds-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let state = d.join("s");
+        let path = KindsFile::path_of(&state);
+        let _ = std::fs::remove_file(&path);
+        let (mut k, none) = KindsFile::open(&state, true).unwrap();
+        assert!(none.is_empty());
+        k.append(0xA, &schema).unwrap();
+        k.append(0xB, &schema).unwrap();
+        drop(k);
+        // A crash in the middle of a third line.
+        let whole = std::fs::read(&path).unwrap();
+        let mut torn = whole.clone();
+        torn.extend_from_slice(b"0000000c 1e0e");
+        std::fs::write(&path, &torn).unwrap();
+        let (mut k, kinds) = KindsFile::open(&state, true).unwrap();
+        assert_eq!(kinds.len(), 2);
+        assert_eq!((kinds[0].0, kinds[1].0), (0xA, 0xB));
+        assert_eq!(kinds[1].1, schema);
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            whole,
+            "the torn line cut off"
+        );
+        k.append(0xC, &schema).unwrap();
+        drop(k);
+        let (_, kinds) = KindsFile::open(&state, false).unwrap();
+        assert_eq!(kinds.len(), 3);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
 
     #[test]
     fn marks_survive_a_reopen_and_a_torn_slot_is_skipped() {
