@@ -62,6 +62,11 @@ struct Mosquitto {
 
 impl Mosquitto {
     fn start(dir: &Path, port: u16) -> Mosquitto {
+        Self::start_with(dir, port, "")
+    }
+
+    /// With `extra` in its configuration (another listener, say).
+    fn start_with(dir: &Path, port: u16, extra: &str) -> Mosquitto {
         let conf = dir.join("mosquitto.conf");
         // A password file there (see `with_password`) makes it refuse anonymous clients.
         let passwd = dir.join("passwd");
@@ -76,8 +81,9 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\n{auth}persistence true\n\
-                 persistence_location {}/\nmax_queued_messages 0\nlog_dest stderr\n",
+                "per_listener_settings false\n{auth}persistence true\n\
+                 persistence_location {}/\nmax_queued_messages 0\nlog_dest stderr\n\
+                 listener {port} 127.0.0.1\n{extra}",
                 dir.display()
             ),
         )
@@ -595,6 +601,173 @@ fn records_of_declared_kinds_have_named_fields_also_after_a_listener_killed_and_
         std::thread::sleep(Duration::from_millis(20));
     }
     sigterm(&mut l);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Runs openssl with `args` in `dir`.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A certificate authority `name` in `dir` (`name.pem`, `name.key`).
+fn make_ca(dir: &Path, name: &str) {
+    let (key, pem, subj) = (
+        format!("{name}.key"),
+        format!("{name}.pem"),
+        format!("/CN=tether test {name}"),
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-subj",
+            &subj,
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+}
+
+#[test]
+fn over_tls_every_record_arrives_and_a_broker_of_another_ca_is_refused_clearly() {
+    if !have_mosquitto() {
+        return;
+    }
+    let dir = temp_dir("tls");
+    // A CA, a server certificate for localhost signed by it, and a CA that signed nothing.
+    make_ca(&dir, "ca");
+    make_ca(&dir, "other-ca");
+    openssl(
+        &dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+    );
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    openssl(
+        &dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ],
+    );
+    // mosquitto, started as root, reads its key as its own user: a test key, readable.
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(dir.join("server.key"), std::fs::Permissions::from_mode(0o644))
+        .unwrap();
+    let (port, tls_port) = (free_port(), free_port());
+    let d = dir.display();
+    let _broker = Mosquitto::start_with(&dir, port, &format!(
+        "listener {tls_port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n"
+    ));
+    let sub = Subscriber::start(port, "site-t");
+    let url = |prefix: &str, ca: &str, state: &str| {
+        format!("mqtts://localhost:{tls_port}/{prefix}?ca={d}/{ca}&state={d}/{state}")
+    };
+    let mut l = Logged::start(
+        &[
+            "listen",
+            "tcp://127.0.0.1:0",
+            "--sink",
+            &url("site-t", "ca.pem", "state"),
+        ],
+        Stdio::null(),
+    );
+    let endpoint = format!("tcp://{}", l.addr());
+    l.wait_for("connected as tether-", Duration::from_secs(10));
+    let (devices, records) = (2, 1_000);
+    let mut s = sim(&endpoint, devices, records, 15, 1);
+    finished_ok(&mut s, "tether sim", Duration::from_secs(60));
+    let seen = settle(&sub, devices * records as usize);
+    assert_all_seen(&seen, &sim_devices(15, devices), records);
+    assert_eq!(seen.duplicates(), 0);
+    drop(seen);
+    sigterm(&mut l);
+    // A broker whose certificate this listener's CA did not sign: refused, said so, and
+    // nothing acknowledged.
+    let mut wrong = Logged::start(
+        &[
+            "listen",
+            "tcp://127.0.0.1:0",
+            "--sink",
+            &url("site-u", "other-ca.pem", "state-u"),
+        ],
+        Stdio::null(),
+    );
+    let log = wrong.wait_for("TLS failure", Duration::from_secs(10));
+    assert!(
+        log.contains("UnknownIssuer") && log.contains("ca=FILE"),
+        "{log}"
+    );
+    let endpoint = format!("tcp://{}", wrong.addr());
+    let mut s = sim(&endpoint, 1, 10, 16, 1);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        s.0.try_wait().unwrap().is_none(),
+        "the device is held back, not finished"
+    );
+    assert!(
+        !sub.seen
+            .lock()
+            .unwrap()
+            .keys
+            .keys()
+            .any(|k| sim_devices(16, 1).contains(&k.0)),
+        "nothing published"
+    );
+    drop(s);
+    sigterm(&mut wrong);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -56,6 +56,19 @@ pub use publish::{DeviceStatus, Publisher};
 
 /// The default port of `mqtt://`.
 pub const DEFAULT_PORT: u16 = 1883;
+/// The default port of `mqtts://`.
+pub const DEFAULT_TLS_PORT: u16 = 8883;
+
+/// How `mqtts://` checks the broker and shows itself.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Tls {
+    /// The certificates (PEM) the broker's must chain to; `None`: the system's roots.
+    pub ca: Option<PathBuf>,
+    /// A client certificate chain and its private key (PEM), if the broker wants one.
+    pub cert: Option<PathBuf>,
+    /// The client certificate's key.
+    pub key: Option<PathBuf>,
+}
 
 /// Where and how records are published: `mqtt://HOST[:PORT]/PREFIX[?OPTION=VALUE&…]`.
 ///
@@ -63,11 +76,16 @@ pub const DEFAULT_PORT: u16 = 1883;
 /// directory), `client_id=ID` (default `tether-` and the state file's random id),
 /// `inflight=N` (PUBLISHes awaiting their PUBACK at once, 1 to 65,535; default 1,000),
 /// `credentials=FILE` (a file of mode 600 with `username=…` and `password=…` lines; or
-/// the environment's `TETHER_MQTT_USERNAME` and `TETHER_MQTT_PASSWORD`).
+/// the environment's `TETHER_MQTT_USERNAME` and `TETHER_MQTT_PASSWORD`). `mqtts://` is
+/// MQTT over TLS (port 8883 by default): the broker's certificate is checked against
+/// `ca=FILE` (PEM) or else the system's roots, for the URL's host name; `cert=FILE` and
+/// `key=FILE` (PEM) give a client certificate where the broker asks for one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MqttUrl {
     /// The broker's host (an address or a name).
     pub host: String,
+    /// TLS (`mqtts://`), and how.
+    pub tls: Option<Tls>,
     /// Its port.
     pub port: u16,
     /// The topic prefix (one or more levels, no wildcard).
@@ -98,15 +116,14 @@ impl FromStr for MqttUrl {
             url: url.to_owned(),
             why: why.to_owned(),
         };
-        let rest = if let Some(r) = url.strip_prefix("mqtt://") {
-            r
-        } else if url.starts_with("mqtts://") {
-            return Err(err(
-                "mqtts:// (TLS) is not supported yet; use mqtt:// on a trusted network or \
-                 through a TLS tunnel (stunnel, spiped)",
-            ));
+        let (rest, mut tls) = if let Some(r) = url.strip_prefix("mqtt://") {
+            (r, None)
+        } else if let Some(r) = url.strip_prefix("mqtts://") {
+            (r, Some(Tls::default()))
         } else {
-            return Err(err("an MQTT sink is mqtt://HOST:PORT/PREFIX"));
+            return Err(err(
+                "an MQTT sink is mqtt://HOST:PORT/PREFIX (or mqtts:// for TLS)",
+            ));
         };
         let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
         let (authority, prefix) = rest
@@ -129,6 +146,7 @@ impl FromStr for MqttUrl {
                     .ok_or_else(|| err("the port must be a number from 1 to 65535"))?;
                 (h, port)
             }
+            _ if tls.is_some() => (authority, DEFAULT_TLS_PORT),
             _ => (authority, DEFAULT_PORT),
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -148,6 +166,7 @@ impl FromStr for MqttUrl {
         }
         let mut out = MqttUrl {
             host: host.to_owned(),
+            tls: None,
             port,
             prefix: prefix.to_owned(),
             state: PathBuf::from("tether-mqtt.state"),
@@ -161,6 +180,19 @@ impl FromStr for MqttUrl {
                 return Err(err(&format!("option {k} needs a value ({k}=…)")));
             }
             match k {
+                "ca" | "cert" | "key" => {
+                    let Some(t) = tls.as_mut() else {
+                        return Err(err(&format!(
+                            "{k}=FILE is for TLS: mqtts://HOST:PORT/PREFIX?{k}=…"
+                        )));
+                    };
+                    let f = Some(PathBuf::from(v));
+                    match k {
+                        "ca" => t.ca = f,
+                        "cert" => t.cert = f,
+                        _ => t.key = f,
+                    }
+                }
                 "state" => out.state = PathBuf::from(v),
                 "client_id" => out.client_id = Some(v.to_owned()),
                 "credentials" => out.credentials = Some(PathBuf::from(v)),
@@ -179,22 +211,99 @@ impl FromStr for MqttUrl {
                 }
                 _ => {
                     return Err(err(&format!(
-                        "unknown option {k} (state, client_id, inflight, credentials)"
+                        "unknown option {k} (state, client_id, inflight, credentials; with \
+                         mqtts:// ca, cert, key)"
                     )))
                 }
             }
         }
+        if let Some(t) = &tls {
+            if t.cert.is_some() != t.key.is_some() {
+                return Err(err(
+                    "cert=FILE and key=FILE go together (a client certificate)",
+                ));
+            }
+        }
+        out.tls = tls;
         Ok(out)
     }
 }
 
 impl fmt::Display for MqttUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls.is_some() { "mqtts" } else { "mqtt" };
         if self.host.contains(':') {
-            write!(f, "mqtt://[{}]:{}/{}", self.host, self.port, self.prefix)
+            write!(
+                f,
+                "{scheme}://[{}]:{}/{}",
+                self.host, self.port, self.prefix
+            )
         } else {
-            write!(f, "mqtt://{}:{}/{}", self.host, self.port, self.prefix)
+            write!(f, "{scheme}://{}:{}/{}", self.host, self.port, self.prefix)
         }
+    }
+}
+
+/// The TLS client configuration of `tls`, with ring as its crypto.
+pub fn tls_config(tls: &Tls) -> Result<rustls::ClientConfig, MqttError> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |path: &Path, why: String| MqttError::Tls {
+        what: path.display().to_string(),
+        why,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    match &tls.ca {
+        Some(ca) => {
+            let certs = CertificateDer::pem_file_iter(ca)
+                .map_err(|e| bad(ca, e.to_string()))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad(ca, e.to_string()))?;
+            if certs.is_empty() {
+                return Err(bad(
+                    ca,
+                    "no certificate in it (PEM: BEGIN CERTIFICATE)".into(),
+                ));
+            }
+            for c in certs {
+                roots.add(c).map_err(|e| bad(ca, e.to_string()))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for c in found.certs {
+                let _ = roots.add(c);
+            }
+            if roots.is_empty() {
+                return Err(MqttError::Tls {
+                    what: "the system's certificates".into(),
+                    why: "none found (install ca-certificates, or name the broker's CA: \
+                          ca=FILE)"
+                        .into(),
+                });
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| MqttError::Tls {
+            what: "TLS".into(),
+            why: e.to_string(),
+        })?
+        .with_root_certificates(roots);
+    match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| bad(cert, e.to_string()))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad(cert, e.to_string()))?;
+            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, e.to_string()))?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| bad(cert, e.to_string()))
+        }
+        _ => Ok(builder.with_no_client_auth()),
     }
 }
 
@@ -234,6 +343,14 @@ pub enum MqttError {
     #[error(transparent)]
     State(#[from] state::StateError),
     /// The publisher's thread could not start.
+    /// TLS could not be set up (a CA, certificate or key file).
+    #[error("MQTT TLS: {what}: {why}")]
+    Tls {
+        /// The file, or what.
+        what: String,
+        /// What is wrong.
+        why: String,
+    },
     #[error("MQTT sink: cannot start its thread: {0}")]
     Thread(std::io::Error),
 }
@@ -384,11 +501,22 @@ mod tests {
             ("mqtt://h:0/p", "port"),
             ("mqtt://h:1883/p?inflight=0", "inflight"),
             ("mqtt://h:1883/p?colour=red", "unknown option colour"),
-            ("mqtts://h:8883/p", "not supported yet"),
+            ("mqtt://h:1883/p?ca=x.pem", "ca=FILE is for TLS"),
+            ("mqtts://h/p?cert=c.pem", "go together"),
+            ("http://h/p", "mqtts://"),
         ] {
             let e = bad.parse::<MqttUrl>().unwrap_err().to_string();
             assert!(e.contains(says), "{bad}: {e}");
         }
+        let u: MqttUrl = "mqtts://broker.example/site?ca=/etc/ca.pem"
+            .parse()
+            .unwrap();
+        assert_eq!(u.port, DEFAULT_TLS_PORT);
+        assert_eq!(
+            u.tls.as_ref().and_then(|t| t.ca.as_deref()),
+            Some(Path::new("/etc/ca.pem"))
+        );
+        assert_eq!(u.to_string(), "mqtts://broker.example:8883/site");
     }
 
     #[test]

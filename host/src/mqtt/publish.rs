@@ -157,6 +157,12 @@ impl Publisher {
         if let Some(c) = creds {
             o.set_credentials(c.username, c.password);
         }
+        if let Some(tls) = &url.tls {
+            let config = super::tls_config(tls)?;
+            o.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(Arc::new(config)),
+            ));
+        }
         let listener_topic = format!("{}/listener/{client_id}", url.prefix);
         o.set_last_will(LastWill::new(
             listener_topic,
@@ -455,6 +461,11 @@ fn reason(e: &ConnectionError, client_id: &str) -> String {
             ConnectReturnCode::Success => "the broker refused the connection".into(),
         },
         ConnectionError::Io(e) => format!("cannot reach the broker: {e}"),
+        ConnectionError::Tls(e) => format!(
+            "TLS failure: {} (the broker's certificate must chain to ca=FILE, or the \
+             system's roots, and name the URL's host)",
+            tls_reason(e)
+        ),
         ConnectionError::MqttState(StateError::Io(e)) => format!("connection lost: {e}"),
         ConnectionError::MqttState(StateError::ConnectionAborted) => {
             "the broker closed the connection".into()
@@ -467,6 +478,16 @@ fn reason(e: &ConnectionError, client_id: &str) -> String {
         ConnectionError::NotConnAck(_) => "the broker did not answer CONNECT with CONNACK".into(),
         other => format!("connection lost: {other}"),
     }
+}
+
+/// The innermost cause of a TLS failure (rustls' own words: `invalid peer certificate:
+/// UnknownIssuer`).
+fn tls_reason(e: &rumqttc::TlsError) -> String {
+    let mut source: &dyn std::error::Error = e;
+    while let Some(inner) = source.source() {
+        source = inner;
+    }
+    source.to_string()
 }
 
 /// The publisher's thread: drives rumqttc's event loop until the listener closes.
