@@ -50,12 +50,21 @@ pub struct BenchOptions {
     pub devices: usize,
     /// Run the tutorial's Python server and client if python3 is available.
     pub tutorial: bool,
+    /// Readings each of the dashboard measurement's 200 devices sends (0 skips it).
+    pub dashboard_readings: u32,
     /// Only these measurements (names in [`SECTIONS`]); all when empty.
     pub only: Vec<String>,
 }
 
 /// The measurements, by name, for [`BenchOptions::only`].
-pub const SECTIONS: [&str; 5] = ["bulk", "small", "stop-and-wait", "round-trip", "memory"];
+pub const SECTIONS: [&str; 6] = [
+    "bulk",
+    "small",
+    "stop-and-wait",
+    "round-trip",
+    "memory",
+    "dashboard",
+];
 
 impl BenchOptions {
     /// Full-size defaults.
@@ -70,6 +79,7 @@ impl BenchOptions {
             round_trips: 5_000,
             devices: 1_000,
             tutorial: true,
+            dashboard_readings: 4_000,
             only: Vec::new(),
         }
     }
@@ -80,6 +90,7 @@ impl BenchOptions {
         self.small_records /= 10;
         self.stop_and_wait_records /= 10;
         self.round_trips /= 10;
+        self.dashboard_readings /= 10;
         self
     }
 }
@@ -304,7 +315,166 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Row>, BenchError> {
             ),
         });
     }
+    if opts.dashboard_readings > 0 && want("dashboard") {
+        eprintln!("bench: {DASHBOARD_DEVICES} devices at 1 kHz, the dashboard's page open or not");
+        let [(shut, shut_cpu), (open, open_cpu)] = dashboard_cost(opts)?;
+        rows.push(Row {
+            name: format!("{DASHBOARD_DEVICES} devices at 1 kHz, the dashboard's page open"),
+            value: open,
+            unit: "records/s",
+            baseline: Some(("the page closed".into(), shut)),
+            ratio: Some(open / shut),
+            target: Some(("≥ 95 % of the page closed".into(), open >= 0.95 * shut)),
+            note: format!(
+                "the listener's CPU: {:.2} µs a record with the page, {:.2} without; the page: \
+                 the event stream watching one device, /api/devices every second",
+                open_cpu * 1e6,
+                shut_cpu * 1e6
+            ),
+        });
+    }
     Ok(rows)
+}
+
+/// Devices of the dashboard measurement.
+const DASHBOARD_DEVICES: usize = 200;
+
+/// [`DASHBOARD_DEVICES`] `tether sim` devices, a reading every millisecond each, stream
+/// `opts.dashboard_readings` readings each into a `tether listen --http`, once with nobody
+/// on the dashboard and once with what its page does open (the event stream watching the
+/// first device, `/api/devices` every second), twice each, alternating. Returns, page
+/// closed then open: the listener's records/s (all records over the devices' run) and
+/// its CPU seconds a record.
+fn dashboard_cost(opts: &BenchOptions) -> Result<[(f64, f64); 2], BenchError> {
+    let mut sums = [(0u64, 0.0f64, 0.0f64); 2]; // records, seconds, CPU seconds
+    for turn in 0..4 {
+        let open = turn % 2 == 1;
+        let http = local(&loopback()?)?;
+        let csv = opts.dir.join("dashboard.csv");
+        let max = (DASHBOARD_DEVICES * 2).to_string();
+        let (listener, addr) = start_listener(
+            opts,
+            &csv,
+            &[
+                "--http",
+                &http.to_string(),
+                "--max-devices",
+                &max,
+                "--max-connections",
+                &max,
+            ],
+        )?;
+        let pid = listener.0.id();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let page = open.then(|| {
+            let stop = stop.clone();
+            // The sim's first device (tether_host::sim::device_identity(1, 0)).
+            let first = format!("{:08x}", tether_host::sim::device_identity(1, 0).0);
+            std::thread::spawn(move || page_open(http, &first, &stop))
+        });
+        let cpu0 = cpu_seconds(pid)?;
+        let t0 = StdInstant::now();
+        let status = Command::new(&opts.exe)
+            .arg("sim")
+            .arg(format!("tcp://{addr}"))
+            .args(["--devices", &DASHBOARD_DEVICES.to_string()])
+            .args(["--records", &opts.dashboard_readings.to_string()])
+            .args(["--period-ms", "1", "--seed", "1", "--timeout", "300"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(io("running tether sim"))?;
+        let secs = t0.elapsed().as_secs_f64();
+        let cpu = cpu_seconds(pid)? - cpu0;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let seen = match page {
+            Some(p) => p
+                .join()
+                .map_err(|_| BenchError::Failed("the page's thread panicked".into()))??,
+            None => 1,
+        };
+        drop(listener);
+        if !status.success() {
+            return Err(BenchError::Failed(format!("tether sim: {status}")));
+        }
+        if seen == 0 {
+            return Err(BenchError::Failed(
+                "the page saw no sample of the device it watched".into(),
+            ));
+        }
+        let records = DASHBOARD_DEVICES as u64 * u64::from(opts.dashboard_readings);
+        let s = &mut sums[usize::from(open)];
+        *s = (s.0 + records, s.1 + secs, s.2 + cpu);
+    }
+    Ok(sums.map(|(n, secs, cpu)| (n as f64 / secs, cpu / n as f64)))
+}
+
+/// What the dashboard's page does to the listener at `http`, until `stop`: reads the event
+/// stream watching `device` on one connection, and asks for `/api/devices` every second on
+/// another. Returns the samples the stream brought.
+fn page_open(
+    http: SocketAddr,
+    device: &str,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<u64, BenchError> {
+    use std::io::{Read as _, Write as _};
+    use std::sync::atomic::Ordering;
+    let connect = || {
+        let deadline = StdInstant::now() + Duration::from_secs(10);
+        loop {
+            match std::net::TcpStream::connect(http) {
+                Ok(s) => return Ok(s),
+                Err(e) if StdInstant::now() > deadline => {
+                    return Err(BenchError::Failed(format!("the dashboard at {http}: {e}")))
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    };
+    let mut events = connect()?;
+    events
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .map_err(io("the event stream"))?;
+    write!(
+        events,
+        "GET /api/events?watch={device} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .map_err(io("the event stream"))?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let (mut samples, mut polled) = (0u64, StdInstant::now() - Duration::from_secs(1));
+    while !stop.load(Ordering::Relaxed) {
+        if polled.elapsed() >= Duration::from_secs(1) {
+            polled = StdInstant::now();
+            let mut api = connect()?;
+            write!(api, "GET /api/devices HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+                .map_err(io("/api/devices"))?;
+            let mut body = Vec::new();
+            api.read_to_end(&mut body).map_err(io("/api/devices"))?;
+            if !body.starts_with(b"HTTP/1.1 200") && !body.starts_with(b"HTTP/1.0 200") {
+                return Err(BenchError::Failed(format!(
+                    "/api/devices: {}",
+                    String::from_utf8_lossy(&body[..body.len().min(80)])
+                )));
+            }
+        }
+        match events.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                samples += buf[..n]
+                    .windows(13)
+                    .filter(|w| w == b"event: sample")
+                    .count() as u64
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => return Err(BenchError::Failed(format!("the event stream: {e}"))),
+        }
+    }
+    Ok(samples)
 }
 
 /// The results as a table for a terminal (and a README).

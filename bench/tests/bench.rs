@@ -14,6 +14,7 @@ fn every_measurement_runs_and_checks_its_results() {
     opts.stop_and_wait_records = 300;
     opts.round_trips = 200;
     opts.devices = 50;
+    opts.dashboard_readings = 100;
     opts.tutorial = false;
     let rows = bench::run(&opts).expect("every measurement completes and checks out");
     let _ = std::fs::remove_dir_all(&dir);
@@ -24,6 +25,7 @@ fn every_measurement_runs_and_checks_its_results() {
         "stop-and-wait",
         "round trip",
         "memory",
+        "page open",
     ] {
         assert!(
             names.iter().any(|n| n.contains(want)),
