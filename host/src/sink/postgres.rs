@@ -64,6 +64,8 @@ const STUCK: &str = "no answer within";
 /// Reconnection backoff.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How long a listener waits for the lock before saying another one holds it.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
 /// The advisory lock a listener holds on its database (`'tether'` as a number).
 const LOCK_KEY: i64 = 0x7465_7468_6572;
 
@@ -97,9 +99,9 @@ pub enum PgError {
     Database(String),
     /// Another listener holds the database's lock.
     #[error(
-        "another tether listener is writing this database (it holds its advisory lock, or \
-         held it on a connection the database has not yet noticed is gone): a second one \
-         would mix its records into the first one's. Stop that one, or use another database"
+        "another tether listener is writing this database (it has held its advisory lock for \
+         10 s): a second one would mix its records into the first one's. Stop that one, or \
+         use another database"
     )]
     InUse,
 }
@@ -794,6 +796,10 @@ struct Db {
     tables: HashMap<Vec<u8>, String>,
     /// The outcome of the last COMMIT is unknown (the connection broke with it in flight).
     doubt: bool,
+    /// When the last COMMIT was sent (for the log's timings).
+    commit_started: Instant,
+    /// The open transaction's BEGIN is not sent yet: it goes with the first COPY.
+    begin_pending: bool,
 }
 
 fn worker(
@@ -821,6 +827,8 @@ fn worker(
         last_error: String::new(),
         tables: HashMap::new(),
         doubt: false,
+        commit_started: Instant::now(),
+        begin_pending: false,
     };
     let first = rt.block_on(async {
         db.connect().await?;
@@ -919,6 +927,13 @@ impl Db {
     async fn connect(&mut self) -> Result<(), PgError> {
         let (client, connection) = match self.config.connect(NoTls).await {
             Ok(c) => c,
+            Err(e) if words(&e).contains("password missing") => {
+                return Err(PgError::Database(
+                    "the server asks for a password and none was given: set PGPASSWORD, or \
+                     use --password-file FILE or PGPASSFILE / ~/.pgpass"
+                        .into(),
+                ))
+            }
             Err(e) => return Err(PgError::Database(words(&e))),
         };
         tokio::spawn(async move {
@@ -926,14 +941,33 @@ impl Db {
                 debug!("PostgreSQL connection ended: {e}");
             }
         });
-        let locked = timed(
-            "taking the lock",
-            client.query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_KEY]),
-        )
-        .await
-        .map_err(PgError::Database)?;
-        if !locked.get::<_, bool>(0) {
-            return Err(PgError::InUse);
+        // A listener killed a moment ago holds the lock until the server notices its
+        // connection is gone (at once if it was idle, after its statement if not): wait a
+        // little before saying another one is writing.
+        let waiting = Instant::now();
+        let mut said = false;
+        loop {
+            let locked = timed(
+                "taking the lock",
+                client.query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_KEY]),
+            )
+            .await
+            .map_err(PgError::Database)?;
+            if locked.try_get::<_, bool>(0).unwrap_or(false) {
+                break;
+            }
+            if waiting.elapsed() >= LOCK_WAIT {
+                return Err(PgError::InUse);
+            }
+            if !std::mem::replace(&mut said, true) {
+                info!(
+                    "PostgreSQL {}: another connection holds the database's lock; waiting up \
+                     to {} s for it (a listener that just stopped, or one still running)",
+                    self.name,
+                    LOCK_WAIT.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
         timed("creating Tether's tables", client.batch_execute(SCHEMA))
             .await
@@ -1049,7 +1083,17 @@ impl Db {
     }
 
     async fn commit(&mut self, job: Job) -> Result<(), String> {
+        let rows =
+            job.records.keys.len() + job.kinds.values().map(|k| k.1.keys.len()).sum::<usize>();
+        let started = Instant::now();
         let r = self.transaction(job).await;
+        debug!(
+            "PostgreSQL {}: a batch of {rows} rows {} in {:.2} ms (COMMIT {:.2} ms)",
+            self.name,
+            if r.is_ok() { "committed" } else { "failed" },
+            started.elapsed().as_secs_f64() * 1e3,
+            self.commit_started.elapsed().as_secs_f64() * 1e3
+        );
         r.map_err(|e| self.failed(e))
     }
 
@@ -1145,34 +1189,62 @@ impl Db {
     }
 
     async fn transaction(&mut self, mut job: Job) -> Result<(), String> {
+        // Round trips are what a batch waits for: BEGIN goes with the first COPY when
+        // nothing is to be read or created before it, and the devices' positions with the
+        // COMMIT.
+        let known = job
+            .kinds
+            .keys()
+            .map(Vec::as_slice)
+            .chain(job.declarations.iter().map(|d| d.4.shape()))
+            .all(|shape| self.tables.contains_key(shape));
+        let pipelined = known && !self.doubt;
         {
             let c = self.client().await?;
-            timed("BEGIN", c.batch_execute("BEGIN")).await?;
+            if !pipelined {
+                timed("BEGIN", c.batch_execute("BEGIN")).await?;
+            }
         }
+        self.begin_pending = pipelined;
         let r = self.inside(&mut job).await;
         let c = self.client.as_ref().ok_or("the connection broke")?;
+        self.commit_started = Instant::now();
         match r {
-            Ok(new_tables) => match timed("COMMIT", c.batch_execute("COMMIT")).await {
-                Ok(()) => {
-                    self.doubt = false;
-                    self.tables.extend(new_tables);
-                    Ok(())
+            Ok((new_tables, positions)) => {
+                match timed("COMMIT", c.batch_execute(&format!("{positions}COMMIT"))).await {
+                    Ok(()) => {
+                        self.doubt = false;
+                        self.tables.extend(new_tables);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        // The server may have committed before the connection broke.
+                        self.doubt = true;
+                        Err(e)
+                    }
                 }
-                Err(e) => {
-                    // The server may have committed before the connection broke.
-                    self.doubt = true;
-                    Err(e)
-                }
-            },
+            }
             Err(e) => {
-                let _ = timed("ROLLBACK", c.batch_execute("ROLLBACK")).await;
+                if !self.begin_pending {
+                    let _ = timed("ROLLBACK", c.batch_execute("ROLLBACK")).await;
+                }
                 Err(e)
             }
         }
     }
 
-    /// The statements of a transaction; returns the tables it created or found.
-    async fn inside(&mut self, job: &mut Job) -> Result<Vec<(Vec<u8>, String)>, String> {
+    /// Sends the BEGIN not sent yet, if any (before a statement that is not a COPY).
+    async fn begin(&mut self) -> Result<(), String> {
+        if std::mem::take(&mut self.begin_pending) {
+            let c = self.client.as_ref().ok_or("not connected")?;
+            timed("BEGIN", c.batch_execute("BEGIN")).await?;
+        }
+        Ok(())
+    }
+
+    /// The statements of a transaction; returns the tables it created or found, and the
+    /// statement that writes the devices' positions (sent with the COMMIT).
+    async fn inside(&mut self, job: &mut Job) -> Result<(Vec<(Vec<u8>, String)>, String), String> {
         // After a COMMIT of unknown outcome, what the devices have committed decides what
         // is left out.
         let mut done: HashMap<u32, (u32, u32)> = HashMap::new();
@@ -1242,6 +1314,7 @@ impl Db {
                     cols.join(", ")
                 ),
                 body,
+                &mut self.begin_pending,
             )
             .await?;
         }
@@ -1255,9 +1328,12 @@ impl Db {
                 c,
                 "COPY tether_records (host_time, device, session, seq, fields) FROM STDIN (FORMAT binary)",
                 body,
+                &mut self.begin_pending,
             )
             .await?;
         }
+        self.begin().await?;
+        let c = self.client.as_ref().ok_or("not connected")?;
         for (time, device, session, seq, s) in &job.declarations {
             if is_done(*device, *session, *seq) {
                 continue;
@@ -1292,33 +1368,27 @@ impl Db {
             )
             .await?;
         }
-        if !job.devices.is_empty() {
-            let mut names = Vec::new();
-            let mut sessions = Vec::new();
-            let mut lasts = Vec::new();
-            for (d, (s, l)) in &job.devices {
-                names.push(format!("{d:08x}"));
-                sessions.push(*s as i32);
-                lasts.push(i64::from(*l));
-            }
-            timed(
-                "writing the devices' positions",
-                c.execute(
-                    "INSERT INTO tether_devices (device, session, last_seq, updated) \
-                     SELECT d, s, l, now() FROM unnest($1::text[], $2::integer[], $3::bigint[]) AS u(d, s, l) \
-                     ON CONFLICT (device) DO UPDATE SET session = EXCLUDED.session, \
-                     last_seq = EXCLUDED.last_seq, updated = EXCLUDED.updated",
-                    &[&names, &sessions, &lasts],
-                ),
-            )
-            .await?;
+        // The positions as literals (hex ids and numbers): one statement with the COMMIT.
+        let mut positions = String::new();
+        for (d, (session, last)) in &job.devices {
+            positions += if positions.is_empty() {
+                "INSERT INTO tether_devices (device, session, last_seq, updated) VALUES "
+            } else {
+                ", "
+            };
+            positions += &format!("('{d:08x}', {}, {}, now())", *session as i32, last);
         }
-        Ok(created)
+        if !positions.is_empty() {
+            positions += " ON CONFLICT (device) DO UPDATE SET session = EXCLUDED.session, \
+                          last_seq = EXCLUDED.last_seq, updated = EXCLUDED.updated; ";
+        }
+        Ok((created, positions))
     }
 }
 
 /// `COPY … FROM STDIN (FORMAT binary)` of `rows` (encoded rows, without header or trailer).
-async fn copy(c: &Client, sql: &str, rows: Vec<u8>) -> Result<(), String> {
+/// If `begin`, the transaction's BEGIN is sent first, in the same round trip.
+async fn copy(c: &Client, sql: &str, rows: Vec<u8>, begin: &mut bool) -> Result<(), String> {
     if rows.is_empty() {
         return Ok(());
     }
@@ -1334,6 +1404,14 @@ async fn copy(c: &Client, sql: &str, rows: Vec<u8>) -> Result<(), String> {
         sink.send(bytes::Bytes::from(data)).await?;
         sink.finish().await
     };
+    if std::mem::take(begin) {
+        let (b, r) = tokio::join!(
+            timed("BEGIN", c.batch_execute("BEGIN")),
+            timed("COPY", work)
+        );
+        b?;
+        return r.map(|_| ());
+    }
     timed("COPY", work).await.map(|_| ())
 }
 
