@@ -95,6 +95,8 @@ pub struct BridgeOptions {
     pub idle_timeout: Duration,
     /// The longest wait between upstream connection attempts. Default 5 s.
     pub max_backoff: Duration,
+    /// The highest protocol version spoken, to devices and upstream (`PROTOCOL.md` 11.2).
+    pub max_version: u8,
 }
 
 impl BridgeOptions {
@@ -112,6 +114,7 @@ impl BridgeOptions {
             handshake_timeout: d.handshake_timeout,
             idle_timeout: d.idle_timeout,
             max_backoff: Duration::from_secs(5),
+            max_version: d.max_version,
         }
     }
 }
@@ -333,6 +336,7 @@ impl Relay {
         cfg.continues_from = continues_from;
         cfg.window = self.opts.window.min(usize::from(u16::MAX)) as u16;
         cfg.dead_after_ms = crate::options::dead_after_ms(self.opts.idle_timeout);
+        cfg.max_version = self.opts.max_version;
         let slots = self.opts.window;
         let storage = HeapStorage::new(
             slots,
@@ -665,7 +669,10 @@ async fn drive_upstream(
             while let Some(e) = s.up.poll_event() {
                 match e {
                     Event::Connected { resumed } => {
-                        info!("device {id:08x}: upstream session established (resumed: {resumed})");
+                        info!(
+                            "device {id:08x}: upstream session established (resumed: {resumed}), protocol version {}",
+                            s.up.protocol_version()
+                        );
                         *delay = Duration::from_millis(100);
                     }
                     Event::PeerRestarted { in_doubt } => warn!(

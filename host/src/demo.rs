@@ -102,6 +102,7 @@ async fn run_device(
     let mut cfg = DeviceConfig::new(session, index as u64 + 1);
     cfg.period_ms = period_ms;
     cfg.declare_kinds = declare_kinds;
+    cfg.link.max_version = tether_core::link::MAX_PROTOCOL_VERSION;
     let mut device = DemoDevice::new(cfg, LinkStorage::new())
         .map_err(|e| format!("device {session:08x} cannot start: {e}"))?;
     let clock = Clock::new();

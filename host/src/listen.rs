@@ -49,6 +49,9 @@ pub struct ListenOptions {
     pub idle_timeout: Duration,
     /// Records each device may have in flight: its receive window. Default 64.
     pub window: usize,
+    /// The highest protocol version accepted from a device (`PROTOCOL.md` 11.2): 2 by
+    /// default; a device that offers 1 is spoken to in version 1.
+    pub max_version: u8,
     /// The largest record accepted, bytes. Default 1024.
     pub max_record: usize,
     /// The largest command sent to devices, bytes. Default 64.
@@ -75,6 +78,7 @@ impl ListenOptions {
             handshake_timeout: d.handshake_timeout,
             idle_timeout: d.idle_timeout,
             window: d.window,
+            max_version: d.max_version,
             max_record: d.max_record,
             max_command: 64,
             raw: false,
@@ -364,6 +368,7 @@ impl Logger {
         let mut cfg = Config::new(Role::Server, crate::random_session());
         cfg.max_send = self.opts.max_command.min(record) as u16;
         cfg.dead_after_ms = crate::options::dead_after_ms(self.opts.idle_timeout);
+        cfg.max_version = self.opts.max_version;
         // Commands are few and short: 8 in flight is plenty (each slot is a record long).
         let storage = HeapStorage::new(
             self.opts.window.min(8),

@@ -34,6 +34,8 @@ pub struct Serving {
     pub handshake_timeout: Duration,
     /// `--idle-timeout-ms`.
     pub idle_timeout: Duration,
+    /// `--max-version`: the highest protocol version accepted (`PROTOCOL.md` 11.2).
+    pub max_version: u8,
 }
 
 /// The [`Serving`] values of a server's options (`ListenOptions`, `BridgeOptions`: both have
@@ -47,6 +49,7 @@ macro_rules! serving_of {
             max_devices: $opts.max_devices,
             handshake_timeout: $opts.handshake_timeout,
             idle_timeout: $opts.idle_timeout,
+            max_version: $opts.max_version,
         }
     };
 }
@@ -64,6 +67,7 @@ macro_rules! set_serving {
         $opts.max_devices = s.max_devices;
         $opts.handshake_timeout = s.handshake_timeout;
         $opts.idle_timeout = s.idle_timeout;
+        $opts.max_version = s.max_version;
     }};
 }
 
@@ -77,6 +81,7 @@ impl Serving {
         max_devices: 256,
         handshake_timeout: Duration::from_secs(5),
         idle_timeout: Duration::from_secs(10),
+        max_version: tether_core::link::MAX_PROTOCOL_VERSION,
     };
 }
 
@@ -84,6 +89,13 @@ impl Serving {
     /// Checks each value, and returns the limits the session engine enforces; the message
     /// names the option and its range.
     pub fn check(&self) -> Result<Limits, String> {
+        if !(1..=tether_core::link::MAX_PROTOCOL_VERSION).contains(&self.max_version) {
+            return Err(format!(
+                "--max-version must be 1 or {} (got {})",
+                tether_core::link::MAX_PROTOCOL_VERSION,
+                self.max_version
+            ));
+        }
         if !(1..=MAX_WINDOW).contains(&self.window) {
             return Err(format!(
                 "--window must be 1 to {MAX_WINDOW} records (got {})",
@@ -139,6 +151,7 @@ mod tests {
             max_devices: 256,
             handshake_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(10),
+            max_version: 2,
         }
     }
 
@@ -146,8 +159,22 @@ mod tests {
     fn the_defaults_pass_and_each_value_out_of_range_names_its_option() {
         let limits = ok().check().expect("the defaults pass");
         assert_eq!((limits.max_sessions, limits.max_connections), (256, 256));
-        let cases: [(Serving, &str); 8] = [
+        let cases: [(Serving, &str); 10] = [
             (Serving { window: 0, ..ok() }, "--window"),
+            (
+                Serving {
+                    max_version: 0,
+                    ..ok()
+                },
+                "--max-version",
+            ),
+            (
+                Serving {
+                    max_version: 3,
+                    ..ok()
+                },
+                "--max-version",
+            ),
             (
                 Serving {
                     window: 40_000,

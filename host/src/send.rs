@@ -65,6 +65,9 @@ pub struct SendOptions {
     /// Record progress in this state file and resume from it (see [`state`]). The input
     /// given to [`send`] must then start at the file's position.
     pub state: Option<Arc<state::Opened>>,
+    /// The highest protocol version offered (`PROTOCOL.md` 11.2); default 2. With a key the
+    /// link speaks version 1 whatever this says.
+    pub max_version: u8,
 }
 
 impl SendOptions {
@@ -87,6 +90,7 @@ impl SendOptions {
             key: None,
             skip_bad_lines: false,
             state: None,
+            max_version: tether_core::link::MAX_PROTOCOL_VERSION,
         }
     }
 }
@@ -501,6 +505,7 @@ fn new_link(
     cfg.window = opts.window;
     cfg.first_seq = first_seq;
     cfg.continues_from = listener;
+    cfg.max_version = opts.max_version;
     let storage = HeapStorage::new(usize::from(opts.window.max(1)), 8, frame_len);
     let options = |e: tether_core::link::ConfigError| SendError::Options(config_words(e));
     let mut link = Link::new(cfg, storage).map_err(options)?;
@@ -811,7 +816,10 @@ impl Run<'_> {
                         obs.progress(self.progress(true));
                     }
                     Event::Connected { resumed } => {
-                        debug!("session established (resumed: {resumed})");
+                        debug!(
+                            "session established (resumed: {resumed}), protocol version {}",
+                            self.link.protocol_version()
+                        );
                         self.connected_once = true;
                         if let Some(outcome) = self.on_connected(welcome.take())? {
                             return Ok(outcome);

@@ -93,6 +93,8 @@ pub struct SimOptions {
     /// The devices declare their record kinds (`env`, `status`, `error`: `PROTOCOL.md`
     /// 10.5) before their readings, which are then records of kind `env`, named fields.
     pub kinds: bool,
+    /// The highest protocol version the devices offer (`PROTOCOL.md` 11.2).
+    pub max_version: u8,
 }
 
 /// What the devices did.
@@ -144,6 +146,7 @@ async fn run_device(
     cfg.period_ms = opts.period_ms;
     cfg.record_limit = Some(opts.records);
     cfg.declare_kinds = opts.kinds;
+    cfg.link.max_version = opts.max_version;
     let mut device = SimDevice::new(cfg, LinkStorage::new()).map_err(|e| e.to_string())?;
     let fault = |salt: u64| {
         let mut f =

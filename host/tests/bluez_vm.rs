@@ -284,6 +284,7 @@ async fn c_the_rfcomm_link_cut_mid_stream_resumes_with_nothing_lost_or_duplicate
         period_ms: 1,
         timeout: Duration::from_secs(120),
         kinds: false,
+        max_version: tether_core::link::MAX_PROTOCOL_VERSION,
     };
     let s = tether_host::sim::run(&opts)
         .await

@@ -704,8 +704,11 @@ fn over_tls_every_record_arrives_and_a_broker_of_another_ca_is_refused_clearly()
     );
     // mosquitto, started as root, reads its key as its own user: a test key, readable.
     use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(dir.join("server.key"), std::fs::Permissions::from_mode(0o644))
-        .unwrap();
+    std::fs::set_permissions(
+        dir.join("server.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
     let (port, tls_port) = (free_port(), free_port());
     let d = dir.display();
     let _broker = Mosquitto::start_with(&dir, port, &format!(
@@ -1139,8 +1142,9 @@ fn a_nats_cluster_losing_its_stream_leader_mid_stream_keeps_every_acknowledged_r
     let dir = temp_dir("nats");
     let mut nats = Nats::start(&dir);
     // The MQTT streams are made at the first MQTT connection, once the cluster has a
-    // JetStream leader: connect until it works, then find the stream's leader.
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // JetStream leader: connect until it works, then find the stream's leader (two minutes:
+    // on a loaded 2-core machine the cluster took over one to elect its leaders).
+    let deadline = Instant::now() + Duration::from_secs(120);
     let leader = loop {
         let _ = Command::new("mosquitto_pub")
             .args(["-h", "127.0.0.1", "-p", &nats.mqtt[0].to_string()])

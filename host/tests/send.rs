@@ -370,9 +370,11 @@ fn kill_9_and_a_rerun_with_the_state_file_deliver_every_line_exactly_once() {
         a
     };
     for round in 0..2 {
+        // A small window keeps these senders slow enough to be caught mid-stream (with the
+        // default one, version 2 sent all 300,000 lines before the second sender started).
         let mut sender = Process(
             Command::new(tether())
-                .args(args(&[]))
+                .args(args(&["--window", "4"]))
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap(),

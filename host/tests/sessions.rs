@@ -68,6 +68,7 @@ fn devices(name: &str, devices: usize, records: u32, seed: u64, faults: Faults) 
         period_ms: 1,
         timeout: Duration::from_secs(120),
         kinds: false,
+        max_version: tether_core::link::MAX_PROTOCOL_VERSION,
     }
 }
 

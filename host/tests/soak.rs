@@ -45,6 +45,7 @@ async fn hostile_link_soak_loses_duplicates_reorders_and_corrupts_nothing() {
             period_ms: 1,
             timeout: Duration::from_secs(120),
             kinds: false,
+            max_version: tether_core::link::MAX_PROTOCOL_VERSION,
         };
         let s = run(&opts)
             .await

@@ -217,6 +217,11 @@ pub(super) struct ServeArgs {
     /// The largest record accepted, in bytes (a bridge's: at most its listener's).
     #[arg(long, default_value_t = Serving::DEFAULT.max_record)]
     max_record: usize,
+    /// The highest protocol version spoken (PROTOCOL.md 11.2): 2, compact frames and
+    /// selective acknowledgements, with a device that offers it; 1 with one that does not,
+    /// and with every device when set to 1.
+    #[arg(long, default_value_t = Serving::DEFAULT.max_version)]
+    max_version: u8,
 }
 
 impl ServeArgs {
@@ -229,6 +234,7 @@ impl ServeArgs {
             max_devices: self.max_devices,
             handshake_timeout: std::time::Duration::from_millis(self.handshake_timeout_ms),
             idle_timeout: std::time::Duration::from_millis(self.idle_timeout_ms),
+            max_version: self.max_version,
         }
     }
 }

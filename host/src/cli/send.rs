@@ -21,6 +21,11 @@ pub(super) struct SendArgs {
     /// Records in flight (1 to 32768).
     #[arg(long, default_value_t = SendOptions::DEFAULT_WINDOW)]
     window: u16,
+    /// The highest protocol version offered (PROTOCOL.md 11.2): 2, compact frames and
+    /// selective acknowledgements, if the listener takes it (else 1); 1 for version 1 only.
+    #[arg(long, default_value_t = tether_core::link::MAX_PROTOCOL_VERSION,
+          value_parser = clap::value_parser!(u8).range(1..=i64::from(tether_core::link::MAX_PROTOCOL_VERSION)))]
+    max_version: u8,
     /// The longest line, in bytes. A longer line, or one starting with the byte 0x1E (it
     /// marks a typed record), cannot be sent: the lines before it are delivered, then tether
     /// stops with exit 1 naming it (see --skip-bad-lines).
@@ -145,6 +150,7 @@ pub(super) async fn send(args: SendArgs) -> Result<ExitCode, CliError> {
     }
     let mut opts = SendOptions::new(args.endpoint);
     opts.window = args.window;
+    opts.max_version = args.max_version;
     opts.max_record = args.max_record;
     opts.skip_bad_lines = args.skip_bad_lines;
     if let Some(path) = &args.key_file {

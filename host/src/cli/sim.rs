@@ -38,6 +38,11 @@ pub(super) struct SimArgs {
     /// (--csv-dir, MQTT, PostgreSQL); --verify checks a --csv file of devices without.
     #[arg(long, conflicts_with = "verify")]
     kinds: bool,
+    /// The highest protocol version the devices offer (PROTOCOL.md 11.2): 2 by default, 1
+    /// for version 1 only.
+    #[arg(long, default_value_t = tether_core::link::MAX_PROTOCOL_VERSION,
+          value_parser = clap::value_parser!(u8).range(1..=i64::from(tether_core::link::MAX_PROTOCOL_VERSION)))]
+    max_version: u8,
 }
 
 pub(super) async fn sim(args: SimArgs) -> Result<ExitCode, CliError> {
@@ -50,6 +55,7 @@ pub(super) async fn sim(args: SimArgs) -> Result<ExitCode, CliError> {
         period_ms: args.period_ms.max(1),
         timeout: Duration::from_secs(args.timeout),
         kinds: args.kinds,
+        max_version: args.max_version,
     };
     opts.endpoint
         .check_dialable()

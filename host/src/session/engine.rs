@@ -391,9 +391,10 @@ impl<S: Server> Engine<S> {
     /// Logs an event of a device's link; a restart is the server's to report.
     fn event(&self, device: u32, state: &mut S::State, e: Event) {
         match e {
-            Event::Connected { resumed } => {
-                info!("device {device:08x}: session established (resumed: {resumed})")
-            }
+            Event::Connected { resumed } => info!(
+                "device {device:08x}: session established (resumed: {resumed}), protocol version {}",
+                S::link(state).protocol_version()
+            ),
             Event::PeerRestarted { in_doubt } => self.server.restarted(device, state, in_doubt),
             Event::Delivered { up_to } => info!(
                 "device {device:08x} acknowledged commands up to #{}",
