@@ -37,20 +37,7 @@ fn free_port() -> u16 {
 
 /// Whether mosquitto is here; if not, the test is skipped (a failure under CI).
 fn have_mosquitto() -> bool {
-    let found = Command::new("mosquitto")
-        .arg("-h")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    assert!(
-        found || std::env::var_os("CI").is_none(),
-        "CI: mosquitto must be installed (scripts/setup.sh)"
-    );
-    if !found {
-        eprintln!("skipped: mosquitto is not installed (scripts/setup.sh installs it)");
-    }
-    found
+    common::required(common::runs("mosquitto", "-h"), "mosquitto")
 }
 
 /// A mosquitto on 127.0.0.1:`port`, with persistence in `dir`, killed when dropped.
@@ -1096,20 +1083,7 @@ impl Nats {
 }
 
 fn have_nats() -> bool {
-    let found = Command::new("nats-server")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    assert!(
-        found || std::env::var_os("CI").is_none(),
-        "CI: nats-server must be installed (scripts/setup.sh)"
-    );
-    if !found {
-        eprintln!("skipped: nats-server is not installed (scripts/setup.sh installs it)");
-    }
-    found
+    common::required(common::runs("nats-server", "--version"), "nats-server")
 }
 
 /// The leader of the `$MQTT_msgs` stream and its replicas, from node `i`'s monitoring page.

@@ -17,14 +17,15 @@ use std::process::Stdio;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use common::logged::Logged as Tether;
 use devices::{Done, Fleet};
-use pg::{Pg, Tether, PASSWORD};
+use pg::{Pg, PASSWORD};
 
 fn listen(pg: &Pg, addr: &str, env: &[(&str, &str)], extra: &[&str], stdin: Stdio) -> Tether {
     let url = pg.url();
     let mut args = vec!["listen", addr, "--sink", &url];
     args.extend_from_slice(extra);
-    Tether::start(&args, env, stdin)
+    Tether::start_env(&args, env, stdin)
 }
 
 /// Variables of a `tether` process's environment.
@@ -398,7 +399,7 @@ fn the_password_comes_from_pgpassword_or_a_file_never_the_command_line() {
     pg::write_secret(&file, &format!("{PASSWORD}\n"));
     // A password in the URL is refused.
     let url = pg.url().replace("tether@", &format!("tether:{PASSWORD}@"));
-    let l = Tether::start(
+    let l = Tether::start_env(
         &["listen", "tcp://127.0.0.1:0", "--sink", &url],
         &[],
         Stdio::null(),

@@ -23,10 +23,19 @@ pub struct Logged {
 impl Logged {
     /// Starts `tether ARGS` (`RUST_LOG=info`) with `stdin`, standard output discarded.
     pub fn start(args: &[&str], stdin: Stdio) -> Logged {
+        Self::start_env(args, &[], stdin)
+    }
+
+    /// [`Logged::start`] with `env` added to its environment (and no PGPASSWORD or
+    /// PGPASSFILE from the test's own, unless `env` gives them).
+    pub fn start_env(args: &[&str], env: &[(&str, &str)], stdin: Stdio) -> Logged {
         let mut child = Process(
             Command::new(TETHER)
                 .args(args)
                 .env("RUST_LOG", "info")
+                .env_remove("PGPASSWORD")
+                .env_remove("PGPASSFILE")
+                .envs(env.iter().copied())
                 .stdin(stdin)
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
@@ -49,9 +58,18 @@ impl Logged {
 
     /// Waits for a line containing `needle`, within `limit`; the line.
     pub fn wait_for(&mut self, needle: &str, limit: Duration) -> String {
+        self.wait_for_after(0, needle, limit)
+    }
+
+    /// Waits for a line containing `needle` among those after the first `from` (a count
+    /// from [`Logged::lines`]), within `limit`; the line.
+    pub fn wait_for_after(&mut self, from: usize, needle: &str, limit: Duration) -> String {
         let deadline = Instant::now() + limit;
         loop {
-            if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
+            if let Some(l) = self.seen[from.min(self.seen.len())..]
+                .iter()
+                .find(|l| l.contains(needle))
+            {
                 return l.clone();
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -60,6 +78,38 @@ impl Logged {
                 Err(_) => panic!("no `{needle}` within {limit:?}:\n{}", self.seen.join("\n")),
             }
         }
+    }
+
+    fn pump(&mut self) {
+        while let Ok(l) = self.lines.try_recv() {
+            self.seen.push(l);
+        }
+    }
+
+    /// Lines written so far (after reading what is there).
+    pub fn lines(&mut self) -> usize {
+        self.pump();
+        self.seen.len()
+    }
+
+    /// Everything written so far.
+    pub fn text(&mut self) -> String {
+        self.pump();
+        self.seen.join("\n")
+    }
+
+    /// Its command line as the system shows it to every user (/proc/PID/cmdline).
+    pub fn cmdline(&self) -> String {
+        std::fs::read(format!("/proc/{}/cmdline", self.child.id()))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default()
+    }
+
+    /// `kill -9`, and waits for it; everything it wrote.
+    pub fn kill9(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.text()
     }
 
     /// The TCP address it logged it listens on.

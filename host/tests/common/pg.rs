@@ -8,12 +8,10 @@
 // Each test file is its own crate and uses a part of this.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// The database's role and password (the tests' own cluster, nothing else uses it).
@@ -41,15 +39,7 @@ pub fn bin_dir() -> Option<PathBuf> {
 
 /// Whether PostgreSQL is here; if not, the test is skipped (a failure under CI).
 pub fn have_postgres() -> bool {
-    let found = bin_dir().is_some();
-    assert!(
-        found || std::env::var_os("CI").is_none(),
-        "CI: PostgreSQL must be installed (scripts/setup.sh installs Debian's postgresql)"
-    );
-    if !found {
-        eprintln!("skipped: PostgreSQL is not installed (scripts/setup.sh installs it)");
-    }
-    found
+    crate::common::required(bin_dir().is_some(), "PostgreSQL (Debian's postgresql)")
 }
 
 fn free_port() -> u16 {
@@ -296,151 +286,6 @@ impl Drop for Pg {
         if std::env::var_os("TETHER_KEEP_PG").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
-    }
-}
-
-/// A `tether` process with an environment of the test's choosing (`RUST_LOG=info`, no
-/// PGPASSWORD unless given), standard output discarded, standard error read by lines;
-/// killed when dropped.
-pub struct Tether {
-    pub child: Child,
-    lines: mpsc::Receiver<String>,
-    pub seen: Vec<String>,
-}
-
-impl Tether {
-    pub fn start(args: &[&str], env: &[(&str, &str)], stdin: Stdio) -> Tether {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
-            .args(args)
-            .env("RUST_LOG", "info")
-            .env_remove("PGPASSWORD")
-            .env_remove("PGPASSFILE")
-            .envs(env.iter().copied())
-            .stdin(stdin)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("tether starts");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Tether {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    fn pump(&mut self) {
-        while let Ok(l) = self.lines.try_recv() {
-            self.seen.push(l);
-        }
-    }
-
-    /// Waits for a line containing `needle` (one not seen before `from`, a count of lines),
-    /// within `limit`; the line.
-    pub fn wait_for_after(&mut self, from: usize, needle: &str, limit: Duration) -> String {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(l) = self.seen[from.min(self.seen.len())..]
-                .iter()
-                .find(|l| l.contains(needle))
-            {
-                return l.clone();
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => self.seen.push(l),
-                Err(_) => panic!("no `{needle}` within {limit:?}:\n{}", self.seen.join("\n")),
-            }
-        }
-    }
-
-    pub fn wait_for(&mut self, needle: &str, limit: Duration) -> String {
-        self.wait_for_after(0, needle, limit)
-    }
-
-    /// Lines seen so far (after reading what is there).
-    pub fn lines(&mut self) -> usize {
-        self.pump();
-        self.seen.len()
-    }
-
-    /// Everything written so far.
-    pub fn text(&mut self) -> String {
-        self.pump();
-        self.seen.join("\n")
-    }
-
-    /// The TCP address it logged it listens on.
-    pub fn addr(&mut self) -> SocketAddr {
-        let line = self.wait_for("listening on tcp://", Duration::from_secs(20));
-        let rest = line
-            .split("listening on tcp://")
-            .nth(1)
-            .expect("an address");
-        rest.split([',', ' '])
-            .next()
-            .unwrap_or_default()
-            .parse()
-            .expect("IP:PORT")
-    }
-
-    /// Its command line as the system shows it to every user (/proc/PID/cmdline).
-    pub fn cmdline(&self) -> String {
-        std::fs::read(format!("/proc/{}/cmdline", self.child.id()))
-            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
-            .unwrap_or_default()
-    }
-
-    /// Waits up to `limit` for it to exit; its exit code and everything it wrote.
-    pub fn exit_within(mut self, limit: Duration) -> (Option<i32>, String) {
-        let deadline = Instant::now() + limit;
-        let status = loop {
-            if let Some(s) = self.child.try_wait().expect("wait") {
-                break s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "still running after {limit:?}:\n{}",
-                self.seen.join("\n")
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let drain = Instant::now() + Duration::from_secs(5);
-        while let Ok(l) = self
-            .lines
-            .recv_timeout(drain.saturating_duration_since(Instant::now()))
-        {
-            self.seen.push(l);
-        }
-        (status.code(), self.seen.join("\n"))
-    }
-
-    /// SIGINT (Ctrl-C), then its exit code and everything it wrote.
-    pub fn stop(self) -> (Option<i32>, String) {
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-        self.exit_within(Duration::from_secs(15))
-    }
-
-    /// `kill -9`, and waits for it.
-    pub fn kill9(mut self) -> String {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.text()
-    }
-}
-
-impl Drop for Tether {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
