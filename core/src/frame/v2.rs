@@ -528,7 +528,7 @@ pub const fn raw_len(covered: usize) -> usize {
 /// bytes.
 pub const fn max_encoded_len(covered: usize) -> usize {
     let raw = raw_len(covered);
-    raw + raw / 254 + 2
+    raw + super::div254(raw) + 2
 }
 
 /// Checks a raw version 2 frame's length and check (11.4, 11.5); its covered part.
@@ -636,7 +636,7 @@ pub(crate) fn write_data_head(
 /// Where to put a covered part of `covered` bytes in a transmit buffer so that
 /// [`seal`] can stuff it in place.
 pub(crate) const fn covered_offset(covered: usize) -> usize {
-    1 + raw_len(covered) / 254
+    1 + super::div254(raw_len(covered))
 }
 
 /// Completes a frame whose covered part (`covered` bytes) was written at

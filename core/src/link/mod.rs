@@ -46,6 +46,7 @@ mod v2;
 pub use self::auth::Key;
 
 pub use self::handshake::{Reject, RejectCode, PROTOCOL_VERSION, REJECT_TEXT_MAX};
+use self::seq::ring_add;
 pub use self::seq::{seq_diff, seq_lt, seq_lte};
 pub use self::storage::{LinkStorage, Parts, Storage};
 
@@ -144,12 +145,11 @@ impl HelloView {
 /// without a key). Returns the frame's length.
 pub fn reject_frame(code: RejectCode, text: &str, out: &mut [u8]) -> Option<usize> {
     let r = Reject::new(code, &[Text::Str(text)]);
-    let mut buf = [0u8; 2 + REJECT_TEXT_MAX];
     let h = Header {
         kind: Kind::Reject,
         ..Header::default()
     };
-    emit(out, &h, r.emit(&mut buf))
+    emit(out, &h, r.emit())
 }
 
 /// A point in time, in milliseconds from an epoch the caller chooses (boot, say).
@@ -171,6 +171,7 @@ impl Instant {
 
     /// `ms` milliseconds later (saturating).
     #[must_use]
+    #[inline(never)]
     pub const fn plus(self, ms: u32) -> Self {
         Instant(self.0.saturating_add(ms as u64))
     }
@@ -608,7 +609,7 @@ impl<S: Storage> Link<S> {
         let p = self.storage.parts();
         let (rx, rx_len) = (&*p.rx, &*p.rx_len);
         (0..st.held).map(move |k| {
-            let slot = (st.rx_head + k) % st.nrx;
+            let slot = ring_add(st.rx_head, k, st.nrx);
             let len = usize::from(rx_len[slot]);
             Record {
                 seq: st.held_seq(k),
@@ -892,6 +893,7 @@ impl State {
     }
 
     /// The largest record this side sends, as announced.
+    #[inline(never)]
     fn own_max_send(&self) -> usize {
         match self.cfg.max_send {
             0 => self.payload_cap(),
@@ -938,6 +940,7 @@ impl State {
 
     /// Credit granted: how far beyond `rx_released` the peer may send. None while records
     /// of a previous peer session are still held, so the two numberings never mix.
+    #[inline(never)]
     fn credit(&self) -> u16 {
         if self.held_old > 0 {
             return 0;
@@ -1497,7 +1500,7 @@ impl State {
             self.ack_pending = true;
             return;
         }
-        let slot = (self.rx_head + self.held) % self.nrx;
+        let slot = ring_add(self.rx_head, self.held, self.nrx);
         // The decoder's buffer is one slot long, so the payload fits a slot.
         let start = slot * self.slot;
         rx[start..start + payload.len()].copy_from_slice(payload);
@@ -1547,7 +1550,7 @@ impl State {
         if n == 0 {
             return;
         }
-        self.tx_head = (self.tx_head + n) % self.ntx;
+        self.tx_head = ring_add(self.tx_head, n, self.ntx);
         self.tx_base = rel;
         for seq in [&mut self.rcv_known, &mut self.snd_next] {
             if seq_lt(*seq, rel) {
@@ -1691,7 +1694,7 @@ impl State {
         if queued >= self.ntx {
             return Err(SendError::WouldBlock);
         }
-        let slot = (self.tx_head + queued) % self.ntx;
+        let slot = ring_add(self.tx_head, queued, self.ntx);
         let start = slot * self.slot;
         tx[start..start + payload.len()].copy_from_slice(payload);
         tx_len[slot] = payload.len() as u16;
@@ -1710,7 +1713,7 @@ impl State {
             } else {
                 self.rx_released = self.rx_released.wrapping_add(1);
             }
-            self.rx_head = (self.rx_head + 1) % self.nrx;
+            self.rx_head = ring_add(self.rx_head, 1, self.nrx);
             self.held -= 1;
         }
         if n > 0 {
@@ -1767,9 +1770,7 @@ impl State {
     ) -> Option<usize> {
         if self.reject_pending {
             self.reject_pending = false;
-            let mut buf = [0u8; 2 + REJECT_TEXT_MAX];
-            let r = self.reject.as_ref()?;
-            let payload = r.emit(&mut buf);
+            let payload = self.reject.as_ref()?.emit();
             return emit(
                 out,
                 &Header {
@@ -1870,7 +1871,7 @@ impl State {
         }
         let seq = self.snd_next;
         let k = seq.wrapping_sub(self.tx_base) as usize;
-        let slot = (self.tx_head + k) % self.ntx;
+        let slot = ring_add(self.tx_head, k, self.ntx);
         let start = slot * self.slot;
         let payload = &tx[start..start + usize::from(tx_len[slot])];
         let mut h = Header {

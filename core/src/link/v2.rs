@@ -5,7 +5,7 @@
 //! credit and release are shared, and what differs by version is how frames are read and
 //! built, in this module.
 
-use super::{seq_lt, seq_lte, Instant, Phase, State};
+use super::{ring_add, seq_lt, seq_lte, Instant, Phase, State};
 use crate::frame::v2::{self as wire, Ack, Data, Frame, Short};
 use crate::frame::{Header, Kind};
 
@@ -436,7 +436,7 @@ impl State {
             self.ack_pending = true;
             return false;
         }
-        let slot = (self.rx_head + k) % self.nrx;
+        let slot = ring_add(self.rx_head, k, self.nrx);
         let start = slot * self.slot;
         rx[start..start + payload.len()].copy_from_slice(payload);
         rx_len[slot] = payload.len() as u16;
@@ -593,13 +593,13 @@ impl State {
     /// The length of own record `seq` (queued).
     fn record_len(&self, seq: u32, tx_len: &[u16]) -> usize {
         let k = seq.wrapping_sub(self.tx_base) as usize;
-        usize::from(tx_len[(self.tx_head + k) % self.ntx])
+        usize::from(tx_len[ring_add(self.tx_head, k, self.ntx)])
     }
 
     /// The bytes of own record `seq` (queued).
     fn record<'t>(&self, seq: u32, tx: &'t [u8], tx_len: &[u16]) -> &'t [u8] {
         let k = seq.wrapping_sub(self.tx_base) as usize;
-        let slot = (self.tx_head + k) % self.ntx;
+        let slot = ring_add(self.tx_head, k, self.ntx);
         let start = slot * self.slot;
         &tx[start..start + usize::from(tx_len[slot])]
     }
