@@ -338,16 +338,19 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Row>, BenchError> {
 
 /// Devices of the dashboard measurement.
 const DASHBOARD_DEVICES: usize = 200;
+/// Its turns each way (page open, page closed), alternating: the devices and the listener
+/// share the machine's two cores, and one run's rate moved by ±7 % from the next.
+const DASHBOARD_TURNS: usize = 3;
 
 /// [`DASHBOARD_DEVICES`] `tether sim` devices, a reading every millisecond each, stream
 /// `opts.dashboard_readings` readings each into a `tether listen --http`, once with nobody
 /// on the dashboard and once with what its page does open (the event stream watching the
-/// first device, `/api/devices` every second), twice each, alternating. Returns, page
+/// first device, `/api/devices` every second), [`DASHBOARD_TURNS`] times each, alternating. Returns, page
 /// closed then open: the listener's records/s (all records over the devices' run) and
 /// its CPU seconds a record.
 fn dashboard_cost(opts: &BenchOptions) -> Result<[(f64, f64); 2], BenchError> {
     let mut sums = [(0u64, 0.0f64, 0.0f64); 2]; // records, seconds, CPU seconds
-    for turn in 0..4 {
+    for turn in 0..2 * DASHBOARD_TURNS {
         let open = turn % 2 == 1;
         let http = local(&loopback()?)?;
         let csv = opts.dir.join("dashboard.csv");
