@@ -83,10 +83,13 @@ use tracing::{debug, info, warn};
 pub const FIXED_COLUMNS: &str = "host_time,device,seq";
 
 pub mod csv_dir;
+pub(crate) mod json;
+pub mod jsonl;
 pub mod kinds;
 pub mod postgres;
 
 pub use csv_dir::CsvDirSink;
+pub use jsonl::{JsonlOut, JsonlSink};
 pub use postgres::{PgSink, PgUrl};
 
 /// What a sink does: batches of records and marker rows, durable at commit, all or nothing.
@@ -160,13 +163,16 @@ pub enum Destination {
     Mqtt(crate::mqtt::MqttUrl),
     /// A PostgreSQL database (`--sink postgres://USER@HOST:PORT/DB`, see [`postgres`]).
     Postgres(PgUrl),
+    /// JSON lines on standard output (`--sink jsonl:-`) or appended to a file
+    /// (`jsonl:FILE`, see [`jsonl`]).
+    Jsonl(JsonlOut),
 }
 
 impl std::str::FromStr for Destination {
     type Err = String;
 
-    /// `csv:FILE`, `csv-dir:DIR`, `mqtt://HOST:PORT/PREFIX[?OPTIONS]` or
-    /// `postgres://USER@HOST:PORT/DB[?OPTIONS]`.
+    /// `csv:FILE`, `csv-dir:DIR`, `jsonl:-`, `jsonl:FILE`,
+    /// `mqtt://HOST:PORT/PREFIX[?OPTIONS]` or `postgres://USER@HOST:PORT/DB[?OPTIONS]`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if let Some(path) = s.strip_prefix("csv:") {
             if path.is_empty() {
@@ -179,6 +185,13 @@ impl std::str::FromStr for Destination {
                 return Err("csv-dir:DIR names a directory".into());
             }
             return Ok(Destination::CsvDir(PathBuf::from(path)));
+        }
+        if let Some(path) = s.strip_prefix("jsonl:") {
+            return match path {
+                "" => Err("jsonl:FILE names a file (jsonl:- is standard output)".into()),
+                "-" => Ok(Destination::Jsonl(JsonlOut::Stdout)),
+                _ => Ok(Destination::Jsonl(JsonlOut::File(PathBuf::from(path)))),
+            };
         }
         if s.starts_with("postgres://") || s.starts_with("postgresql://") {
             return s
@@ -193,8 +206,8 @@ impl std::str::FromStr for Destination {
                 .map_err(|e: crate::mqtt::UrlError| e.to_string());
         }
         Err(format!(
-            "{s}: a sink is csv:FILE, csv-dir:DIR, mqtt://HOST:PORT/PREFIX or \
-             postgres://USER@HOST:PORT/DB"
+            "{s}: a sink is csv:FILE, csv-dir:DIR, jsonl:- (standard output), jsonl:FILE, \
+             mqtt://HOST:PORT/PREFIX or postgres://USER@HOST:PORT/DB"
         ))
     }
 }
@@ -206,6 +219,8 @@ impl std::fmt::Display for Destination {
             Destination::CsvDir(path) => write!(f, "{}/", path.display()),
             Destination::Mqtt(url) => write!(f, "{url}"),
             Destination::Postgres(url) => write!(f, "{url}"),
+            Destination::Jsonl(JsonlOut::Stdout) => f.write_str("standard output (JSON lines)"),
+            Destination::Jsonl(JsonlOut::File(path)) => write!(f, "{}", path.display()),
         }
     }
 }
@@ -219,6 +234,7 @@ pub fn open(destination: &Destination, fsync: bool) -> Result<Box<dyn Sink>, Sin
         Destination::Mqtt(url) => Ok(Box::new(crate::mqtt::MqttSink::open(url, fsync)?)),
         // A commit is a transaction: durable once it returns, whatever `fsync` says.
         Destination::Postgres(url) => Ok(Box::new(PgSink::open(url)?)),
+        Destination::Jsonl(out) => Ok(Box::new(JsonlSink::open(out, fsync)?)),
     }
 }
 
@@ -346,6 +362,9 @@ pub enum SinkError {
         /// Who holds the lock, as far as the system says.
         holder: Holder,
     },
+    /// The JSON lines sink could not start (a file not Tether's, locked) or write.
+    #[error(transparent)]
+    Jsonl(#[from] jsonl::JsonlError),
     /// The MQTT sink could not start (its credentials, its state file).
     #[error(transparent)]
     Mqtt(#[from] crate::mqtt::MqttError),

@@ -29,7 +29,9 @@ pub(super) struct ListenArgs {
     /// rest and the marker rows.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["csv", "sink"])]
     pub(super) csv_dir: Option<PathBuf>,
-    /// Where records go instead: csv:FILE (as --csv), or an MQTT broker,
+    /// Where records go instead: csv:FILE (as --csv), JSON lines (one object a record,
+    /// named fields) on standard output, jsonl:- (acknowledged once written and flushed),
+    /// or appended to a file, jsonl:FILE (read back at a restart), or an MQTT broker,
     /// mqtt://HOST:PORT/PREFIX (each record one PUBLISH at QoS 1 on PREFIX/DEVICE/record,
     /// acknowledged once the broker acknowledged it; options after ?: state=FILE,
     /// client_id=ID, inflight=N, credentials=FILE; README: "Many sites into one broker"),

@@ -38,7 +38,6 @@
 //!
 //! See [`publish`] for the rules, and the README ("Many sites into one broker").
 
-mod json;
 pub mod publish;
 pub mod state;
 

@@ -34,7 +34,8 @@ use rumqttc::{
 use tracing::{debug, info, warn};
 
 use super::state::{KindsFile, Mark, StateFile};
-use super::{json, Credentials, MqttError, MqttUrl};
+use super::{Credentials, MqttError, MqttUrl};
+use crate::sink::json;
 use crate::deferred::{Deferred, LinkState};
 use crate::session::lock;
 use crate::sink::kinds::{Classified, Kinds, Other, Schema};
@@ -236,13 +237,7 @@ impl Publisher {
         let mut inner = lock(&self.shared.inner);
         let session = inner.dev(device).session;
         let mut p = Vec::with_capacity(64 + text.len());
-        p.extend_from_slice(
-            format!("{{\"device\":\"{device:08x}\",\"session\":{session}").as_bytes(),
-        );
-        json::time_key(&mut p, "host_time", time);
-        p.extend_from_slice(b",\"marker\":");
-        json::string(&mut p, text);
-        p.push(b'}');
+        json::marker(&mut p, time, device, session, text);
         let topic = format!("{}/{device:08x}/marker", self.shared.prefix);
         inner.enqueue(
             &self.shared.client,

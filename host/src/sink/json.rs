@@ -1,4 +1,5 @@
-//! The JSON of a record's PUBLISH (the keys and their order: [`super`]).
+//! The JSON objects of records, declarations and markers, shared by the MQTT sink (its PUBLISH
+//! payloads: the keys and their order in [`crate::mqtt`]) and the JSON lines sink ([`super::jsonl`]).
 
 use std::time::SystemTime;
 
@@ -7,7 +8,7 @@ use tether_core::record::{Field, Fields};
 use crate::sink::kinds::Schema;
 
 /// Appends the payload of record `seq` of `device` (numbering `session`) to `out`.
-pub(super) fn record(
+pub(crate) fn record(
     out: &mut Vec<u8>,
     time: SystemTime,
     device: u32,
@@ -68,7 +69,7 @@ fn head(out: &mut Vec<u8>, time: SystemTime, device: u32, session: u32, seq: u32
 /// declared name (`_` appended to one that is a fixed key's or an earlier field's): numbers
 /// and booleans as JSON values (a NaN or infinite float as `"NaN"`, `"inf"`, `"-inf"`),
 /// strings as they are, bytes in lowercase hex.
-pub(super) fn kind_record(
+pub(crate) fn kind_record(
     out: &mut Vec<u8>,
     time: SystemTime,
     (device, session, seq): (u32, u32, u32),
@@ -90,7 +91,45 @@ pub(super) fn kind_record(
 /// A declaration (published retained on `PREFIX/D/kind/NAME`): the fixed keys, then
 /// `"kind":ID,"name":NAME,"fields":[{"name":…,"type":…,"unit":…}, …]` (`unit` only if
 /// declared).
-pub(super) fn declaration(
+pub(crate) fn declaration(
+    out: &mut Vec<u8>,
+    time: SystemTime,
+    key: (u32, u32, u32),
+    schema: &Schema,
+) {
+    declaration_keys(out, time, key, schema);
+    out.push(b'}');
+}
+
+/// A declaration as a JSON line: [`declaration`]'s keys, then `"declaration":HEX` (the
+/// declaration record's bytes in lowercase hex, which a restarted listener reads back).
+pub(crate) fn declaration_line(
+    out: &mut Vec<u8>,
+    time: SystemTime,
+    key: (u32, u32, u32),
+    schema: &Schema,
+) {
+    declaration_keys(out, time, key, schema);
+    out.extend_from_slice(b",\"declaration\":");
+    string(out, &crate::sink::kinds::hex(&schema.declaration));
+    out.push(b'}');
+}
+
+/// A marker (a discontinuity in `device`'s records, `text` beginning with `<`):
+/// `{"device":…,"session":…,"host_time":…,"marker":TEXT}`.
+pub(crate) fn marker(out: &mut Vec<u8>, time: SystemTime, device: u32, session: u32, text: &str) {
+    out.extend_from_slice(b"{\"device\":\"");
+    out.extend_from_slice(format!("{device:08x}").as_bytes());
+    out.extend_from_slice(b"\",\"session\":");
+    out.extend_from_slice(itoa::Buffer::new().format(session).as_bytes());
+    time_key(out, "host_time", time);
+    out.extend_from_slice(b",\"marker\":");
+    string(out, text);
+    out.push(b'}');
+}
+
+/// [`declaration`]'s keys, without the closing brace.
+fn declaration_keys(
     out: &mut Vec<u8>,
     time: SystemTime,
     (device, session, seq): (u32, u32, u32),
@@ -116,13 +155,13 @@ pub(super) fn declaration(
         }
         out.push(b'}');
     }
-    out.extend_from_slice(b"]}");
+    out.push(b']');
 }
 
 /// A record that cannot be read by a declaration (an undeclared kind, a mismatch, a
 /// malformed declaration): the fixed keys, then its texts as `field_1`, … strings, as the
 /// CSV writes them.
-pub(super) fn texts(
+pub(crate) fn texts(
     out: &mut Vec<u8>,
     time: SystemTime,
     (device, session, seq): (u32, u32, u32),
@@ -165,7 +204,7 @@ fn value(out: &mut Vec<u8>, v: &Field<'_>) {
 }
 
 /// `,"KEY":"TIME"` (RFC 3339, UTC, microseconds).
-pub(super) fn time_key(out: &mut Vec<u8>, key: &str, time: SystemTime) {
+pub(crate) fn time_key(out: &mut Vec<u8>, key: &str, time: SystemTime) {
     out.extend_from_slice(b",\"");
     out.extend_from_slice(key.as_bytes());
     out.extend_from_slice(b"\":\"");
@@ -178,7 +217,7 @@ pub(super) fn time_key(out: &mut Vec<u8>, key: &str, time: SystemTime) {
 }
 
 /// `s` as a JSON string (RFC 8259: `"` and `\` escaped, control characters as `\u00XX`).
-pub(super) fn string(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     for b in s.bytes() {
         match b {

@@ -1,0 +1,287 @@
+//! The JSON lines sink (`--sink jsonl:-`, `--sink jsonl:FILE`) through the real `tether`
+//! binary and `tether sim --kinds` devices: every record once, named fields, standard output
+//! holding nothing but JSON lines, a file recovered after `kill -9` (its torn last line cut,
+//! its kinds read back), a foreign file or a second listener refused.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write as _};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::logged::{Logged, TETHER};
+use common::Process;
+use serde_json::Value;
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tether-jsonl-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `tether sim --kinds` devices against `endpoint` (3 declarations, then `readings` each).
+fn sim(endpoint: &str, devices: usize, readings: u32, seed: u64) -> Process {
+    Process(
+        Command::new(TETHER)
+            .args(["sim", endpoint, "--kinds"])
+            .args(["--devices", &devices.to_string()])
+            .args(["--records", &readings.to_string()])
+            .args(["--seed", &seed.to_string()])
+            .args(["--period-ms", "1"])
+            .args(["--timeout", "120"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tether sim starts"),
+    )
+}
+
+/// Waits for `p` to exit within `limit`; its status.
+fn exited(p: &mut Process, what: &str, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = p.0.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not finish within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn sim_devices(seed: u64, devices: usize) -> Vec<String> {
+    (0..devices)
+        .map(|i| format!("{:08x}", tether_host::sim::device_identity(seed, i).0))
+        .collect()
+}
+
+fn sigterm(p: &mut Process) {
+    let _ = Command::new("kill").arg(p.id().to_string()).status();
+    let status = exited(p, "the listener", Duration::from_secs(15));
+    assert!(status.success(), "the listener: {status}");
+}
+
+/// Checks the lines: every one a JSON object; each record (device, session, seq) once;
+/// every device's records 0..records in session 0; declarations at 0..2, readings named.
+fn check(lines: &[String], devices: &[String], records: u64) {
+    let mut keys: HashMap<(String, u64, u64), usize> = HashMap::new();
+    for (i, line) in lines.iter().enumerate() {
+        let v: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("line {} is not JSON ({e}): {line:?}", i + 1));
+        assert!(v.is_object(), "{line}");
+        if v.get("marker").is_some() {
+            continue;
+        }
+        let device = v["device"].as_str().expect("device").to_owned();
+        let session = v["session"].as_u64().expect("session");
+        let seq = v["seq"].as_u64().expect("seq");
+        assert!(v["host_time"].is_string(), "{line}");
+        match seq {
+            0..=2 => {
+                assert!(v["kind"].is_u64(), "a declaration: {line}");
+                assert!(v["declaration"].is_string(), "{line}");
+                if seq == 0 {
+                    assert_eq!(v["name"], "env", "{line}");
+                    assert_eq!(
+                        v["fields"][2],
+                        serde_json::json!({"name": "temperature", "type": "f32", "unit": "°C"}),
+                        "{line}"
+                    );
+                }
+            }
+            _ => {
+                assert_eq!(v["kind"], "env", "{line}");
+                assert!(v["counter"].is_u64(), "{line}");
+                assert!(v["temperature"].is_number(), "{line}");
+                assert!(v["pressure"].is_u64(), "{line}");
+                assert!(v["output"].is_boolean(), "{line}");
+                assert!(v.get("field_1").is_none(), "{line}");
+            }
+        }
+        let n = keys.entry((device, session, seq)).or_default();
+        *n += 1;
+        assert_eq!(*n, 1, "written twice: {line}");
+    }
+    for d in devices {
+        for seq in 0..records {
+            assert!(
+                keys.contains_key(&(d.clone(), 0, seq)),
+                "device {d} record {seq} is missing"
+            );
+        }
+    }
+    assert_eq!(
+        keys.len(),
+        devices.len() * records as usize,
+        "records other than those sent"
+    );
+}
+
+#[test]
+fn standard_output_has_every_record_once_as_a_json_line_and_nothing_else() {
+    let port = free_port();
+    let endpoint = format!("tcp://127.0.0.1:{port}");
+    let mut listener = Process(
+        Command::new(TETHER)
+            .args(["listen", &endpoint, "--sink", "jsonl:-"])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tether listen starts"),
+    );
+    let stdout = listener.0.stdout.take().expect("stdout");
+    let out = std::thread::spawn(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<String>>()
+    });
+    let stderr = listener.0.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the listener says it listens");
+        if line.contains("listening on tcp://") {
+            assert!(line.contains("standard output (JSON lines)"), "{line}");
+            break;
+        }
+    }
+    let (devices, readings) = (3, 2_000);
+    let mut s = sim(&endpoint, devices, readings, 21);
+    let status = exited(&mut s, "tether sim", Duration::from_secs(90));
+    assert!(status.success(), "tether sim: {status}");
+    sigterm(&mut listener);
+    let lines = out.join().expect("stdout read");
+    check(&lines, &sim_devices(21, devices), u64::from(readings) + 3);
+    let log: Vec<String> = rx.try_iter().collect();
+    assert!(
+        log.iter().any(|l| l.contains("done: ")),
+        "the log went to standard error: {log:?}"
+    );
+}
+
+/// Lines of `path` (whole lines only), read now.
+fn file_lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_file_after_kill_9_has_every_record_once_its_torn_line_cut_and_its_kinds_read_back() {
+    let dir = temp_dir("kill9");
+    let file = dir.join("out.jsonl");
+    let sink = format!("jsonl:{}", file.display());
+    let port = free_port();
+    let endpoint = format!("tcp://127.0.0.1:{port}");
+    let args = [
+        "listen",
+        endpoint.as_str(),
+        "--sink",
+        sink.as_str(),
+        "--fsync",
+    ];
+    let mut l = Logged::start(&args, Stdio::null());
+    l.wait_for("listening on tcp://", Duration::from_secs(20));
+    // A second listener on the same file is refused, naming the first.
+    let other = format!("tcp://127.0.0.1:{}", free_port());
+    let mut second = Logged::start(&["listen", &other, "--sink", &sink], Stdio::null());
+    let status = exited(
+        &mut second.child,
+        "the second listener",
+        Duration::from_secs(20),
+    );
+    assert_eq!(status.code(), Some(2), "{}", second.text());
+    let said = second.text();
+    assert!(
+        said.contains(&format!("being written by process {}", l.child.id())),
+        "{said}"
+    );
+    let (devices, readings) = (3, 3_000);
+    let records = u64::from(readings) + 3;
+    let mut s = sim(&endpoint, devices, readings, 22);
+    // Killed mid-stream, after the declarations went (a device never sends an acknowledged
+    // declaration again: the restarted listener has them from the file only).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while file_lines(&file).len() < 1_500 {
+        assert!(Instant::now() < deadline, "no 1,500 lines written");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let first = l.kill9();
+    assert!(s.0.try_wait().unwrap().is_none(), "the sims still run");
+    let before = file_lines(&file).len();
+    assert!(
+        before < devices * records as usize,
+        "killed mid-stream: {before} lines"
+    );
+    // What a crash in the middle of a line leaves.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&file)
+        .unwrap()
+        .write_all(b"{\"device\":\"0000002a\",\"session\":0,\"se")
+        .unwrap();
+    let mut l = Logged::start(&args, Stdio::null());
+    let torn = l.wait_for("torn", Duration::from_secs(20));
+    assert!(torn.contains("cut 36 bytes"), "{torn}");
+    l.wait_for("declared kinds read back", Duration::from_secs(5));
+    let status = exited(&mut s, "tether sim", Duration::from_secs(90));
+    assert!(status.success(), "tether sim: {status}");
+    sigterm(&mut l.child);
+    let lines = file_lines(&file);
+    assert!(
+        std::fs::read(&file).unwrap().ends_with(b"}\n"),
+        "the file ends with a whole line"
+    );
+    check(&lines, &sim_devices(22, devices), records);
+    assert!(lines.len() > before, "written after the restart: {first}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_file_that_is_not_tether_json_lines_is_refused_at_start_and_left_as_it_is() {
+    let dir = temp_dir("foreign");
+    let file = dir.join("notes.jsonl");
+    let content = b"{\"name\":\"bob\",\"age\":42}\n{\"device\":\"0000002a\",\"session\":0,\"se";
+    std::fs::write(&file, content).unwrap();
+    let sink = format!("jsonl:{}", file.display());
+    let mut l = Logged::start(
+        &["listen", "tcp://127.0.0.1:0", "--sink", &sink],
+        Stdio::null(),
+    );
+    let status = exited(&mut l.child, "the listener", Duration::from_secs(20));
+    assert_eq!(status.code(), Some(2), "{}", l.text());
+    let said = l.text();
+    assert!(
+        said.contains("is not Tether's") && said.contains("line 1"),
+        "{said}"
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), content, "left as it was");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
