@@ -1,7 +1,10 @@
 //! `tether sim`: simulated devices (the firmware-sim device model) streaming a fixed number
 //! of readings each to a listener over TCP, through a seeded fault injector (corrupted
 //! bytes, lost frames, random splits, connection cuts), and the check of the CSV that
-//! listener wrote: every reading exactly once, in order, intact.
+//! listener wrote: every reading exactly once, in order, intact. [`replay`]: a recorded
+//! stream sent again as one or many devices (`tether sim --replay PATH`).
+
+pub mod replay;
 
 use std::collections::HashMap;
 use std::path::Path;

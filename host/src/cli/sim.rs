@@ -16,8 +16,23 @@ pub(super) struct SimArgs {
     #[arg(long, default_value_t = 4)]
     devices: usize,
     /// Readings each device sends.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, conflicts_with = "replay")]
     records: u32,
+    /// Replay a recorded device instead of the simulated sensor: a directory written by
+    /// `tether listen --csv-dir` (its declarations, then its records of those kinds, typed
+    /// as declared) or a single --csv file (each row sent as a text line: no types). Each of
+    /// --devices sends the whole stream under its own identity, at the recorded pace (see
+    /// --speed), through --faults.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["verify", "kinds", "period_ms"])]
+    replay: Option<PathBuf>,
+    /// With --replay: the recorded device to replay (its id, 8 hex digits); by default the
+    /// first in tether-kinds.csv (or the CSV's first row).
+    #[arg(long, value_name = "ID", requires = "replay")]
+    device: Option<String>,
+    /// With --replay: 1 replays at the recorded pace, 10 ten times faster, max as fast as
+    /// the link allows.
+    #[arg(long, default_value = "1", requires = "replay")]
+    speed: tether_host::sim::replay::Speed,
     /// Faults, e.g. corrupt=0.01,loss=0.01,cuts=20 (split is on unless split=off).
     #[arg(long, default_value = "")]
     faults: tether_host::sim::Faults,
@@ -46,6 +61,9 @@ pub(super) struct SimArgs {
 }
 
 pub(super) async fn sim(args: SimArgs) -> Result<ExitCode, CliError> {
+    if let Some(path) = &args.replay {
+        return replay(&args, path).await;
+    }
     let opts = tether_host::sim::SimOptions {
         endpoint: args.endpoint,
         devices: args.devices.max(1),
@@ -103,4 +121,43 @@ pub(super) async fn sim(args: SimArgs) -> Result<ExitCode, CliError> {
         println!("  verdict: FAIL");
         Ok(ExitCode::FAILURE)
     }
+}
+
+async fn replay(args: &SimArgs, path: &std::path::Path) -> Result<ExitCode, CliError> {
+    use tether_host::sim::replay::{ReplayOptions, Stream};
+    let stream =
+        Stream::load(path, args.device.as_deref()).map_err(|e| CliError::Sim(e.to_string()))?;
+    let opts = ReplayOptions {
+        endpoint: args.endpoint.clone(),
+        devices: args.devices.max(1),
+        faults: args.faults,
+        seed: args.seed,
+        speed: args.speed,
+        timeout: Duration::from_secs(args.timeout),
+        max_version: args.max_version,
+    };
+    opts.endpoint
+        .check_dialable()
+        .map_err(|e| CliError::Sim(e.to_string()))?;
+    let records = stream.records.len();
+    let device = stream.device.clone();
+    let s = match tether_host::sim::replay::run(&opts, std::sync::Arc::new(stream)).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tether: sim: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    println!(
+        "tether sim: replayed device {device} ({records} records) as {} devices, {} records acknowledged in {:.1} s ({:.0}/s)",
+        opts.devices,
+        s.acknowledged,
+        s.seconds,
+        s.acknowledged as f64 / s.seconds.max(1e-3)
+    );
+    println!(
+        "  faults: {} corrupted bytes, {} lost frames/reads, {} cuts; {} retransmissions",
+        s.corrupted_bytes, s.lost, s.cuts, s.retransmissions
+    );
+    Ok(ExitCode::SUCCESS)
 }

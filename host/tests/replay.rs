@@ -1,0 +1,337 @@
+//! `tether sim --replay PATH` through the real binary: a device recorded by `tether listen
+//! --csv-dir` replayed as two devices into a second listener, which writes exactly the
+//! recorded readings for each, through faults too; the recorded pace, and faster.
+//!
+//! [`library_replay_into_an_in_process_listener`] is the example to copy: the same from a
+//! user's own `cargo test`, without the binary.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use common::logged::{Logged, TETHER};
+
+fn dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tether-replay-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// A CSV file's rows (without the header).
+fn rows(path: &Path) -> Vec<Vec<String>> {
+    let mut r = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_path(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    r.records()
+        .map(|row| row.unwrap().iter().map(str::to_owned).collect())
+        .collect()
+}
+
+/// `tether ARGS`, which must exit 0 within `limit`; how long it took.
+fn tether(args: &[&str], limit: Duration) -> Duration {
+    let log = std::env::temp_dir().join(format!(
+        "tether-replay-{}-{:?}.log",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let file = std::fs::File::create(&log).unwrap();
+    let started = Instant::now();
+    let mut child = common::Process(
+        Command::new(TETHER)
+            .args(args)
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("tether starts"),
+    );
+    loop {
+        if let Some(status) = child.0.try_wait().expect("wait") {
+            let took = started.elapsed();
+            let out = std::fs::read_to_string(&log).unwrap_or_default();
+            let _ = std::fs::remove_file(&log);
+            assert!(status.success(), "tether {args:?}: {status}\n{out}");
+            return took;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "tether {args:?} still runs after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A listener writing `--csv-dir dir` (or `--csv FILE` with `csv`), until stopped.
+fn listen(out: &Path, csv: bool) -> Logged {
+    let flag = if csv { "--csv" } else { "--csv-dir" };
+    Logged::start(
+        &["listen", "tcp://127.0.0.1:0", flag, out.to_str().unwrap()],
+        Stdio::null(),
+    )
+}
+
+/// Records one `tether sim --kinds` device, 200 readings 5 ms apart (about 1 s), into a
+/// `--csv-dir`; the directory and the recorded device's readings (the value columns of its
+/// rows of env.csv, in seq order).
+fn record(name: &str) -> (PathBuf, String, Vec<Vec<String>>) {
+    let a = dir(name);
+    let mut l = listen(&a, false);
+    let addr = format!("tcp://{}", l.addr());
+    tether(
+        &[
+            "sim",
+            &addr,
+            "--kinds",
+            "--devices",
+            "1",
+            "--records",
+            "200",
+            "--period-ms",
+            "5",
+            "--seed",
+            "41",
+        ],
+        Duration::from_secs(60),
+    );
+    let (code, log) = l.stop();
+    assert_eq!(code, Some(0), "{log}");
+    let env = rows(&a.join("env.csv"));
+    assert_eq!(env.len(), 200);
+    let device = env[0][1].clone();
+    let readings = readings(&env, &device);
+    (a, device, readings)
+}
+
+/// The value columns of `device`'s rows, in seq order.
+fn readings(env: &[Vec<String>], device: &str) -> Vec<Vec<String>> {
+    let mut mine: Vec<&Vec<String>> = env.iter().filter(|r| r[1] == device).collect();
+    mine.sort_by_key(|r| r[3].parse::<u64>().unwrap());
+    mine.iter().map(|r| r[4..].to_vec()).collect()
+}
+
+/// Replays `a` into a fresh `--csv-dir` with `extra` options, 2 devices; checks that each
+/// device's env.csv rows are the recorded readings exactly.
+fn replay_twice_and_check(a: &Path, recorded: &[Vec<String>], name: &str, extra: &[&str]) {
+    let b = dir(name);
+    let mut l = listen(&b, false);
+    let addr = format!("tcp://{}", l.addr());
+    let mut args = vec![
+        "sim",
+        &addr,
+        "--replay",
+        a.to_str().unwrap(),
+        "--devices",
+        "2",
+        "--seed",
+        "3",
+        "--timeout",
+        "120",
+    ];
+    args.extend_from_slice(extra);
+    tether(&args, Duration::from_secs(150));
+    let (code, log) = l.stop();
+    assert_eq!(code, Some(0), "{log}");
+    let env = rows(&b.join("env.csv"));
+    for i in 0..2 {
+        let id = format!("{:08x}", tether_host::sim::device_identity(3, i).0);
+        let got = readings(&env, &id);
+        assert_eq!(got.len(), recorded.len(), "device {id}: {} rows", got.len());
+        assert!(got == recorded, "device {id}: other readings than recorded");
+    }
+    assert_eq!(env.len(), 2 * recorded.len(), "rows of other devices");
+    // The declarations went first: every env row is of a declared kind.
+    let kinds = rows(&b.join("tether-kinds.csv"));
+    assert_eq!(kinds.len(), 2 * 3, "3 declarations each: {kinds:?}");
+    let _ = std::fs::remove_dir_all(&b);
+}
+
+#[test]
+fn a_recorded_device_replayed_as_two_writes_exactly_its_readings_for_each() {
+    let (a, _, recorded) = record("exact");
+    replay_twice_and_check(&a, &recorded, "exact-b", &["--speed", "max"]);
+    let _ = std::fs::remove_dir_all(&a);
+}
+
+#[test]
+fn a_replay_through_faults_is_still_exact() {
+    let (a, _, recorded) = record("faults");
+    replay_twice_and_check(
+        &a,
+        &recorded,
+        "faults-b",
+        &[
+            "--speed",
+            "max",
+            "--faults",
+            "corrupt=0.01,loss=0.01,cuts=3",
+        ],
+    );
+    let _ = std::fs::remove_dir_all(&a);
+}
+
+#[test]
+fn a_replay_keeps_the_recorded_pace_unless_faster() {
+    let (a, device, _) = record("pace");
+    let env = rows(&a.join("env.csv"));
+    let t = |r: &Vec<String>| humantime::parse_rfc3339(&r[0]).unwrap();
+    let span = t(env.last().unwrap())
+        .duration_since(t(&env[0]))
+        .unwrap_or_default();
+    assert!(span >= Duration::from_millis(800), "recorded over {span:?}");
+    let replay = |speed: &str| {
+        let b = dir(&format!("pace-{speed}"));
+        let mut l = listen(&b, false);
+        let addr = format!("tcp://{}", l.addr());
+        let took = tether(
+            &[
+                "sim",
+                &addr,
+                "--replay",
+                a.to_str().unwrap(),
+                "--device",
+                &device,
+                "--devices",
+                "1",
+                "--speed",
+                speed,
+            ],
+            Duration::from_secs(60),
+        );
+        l.stop();
+        let _ = std::fs::remove_dir_all(&b);
+        took
+    };
+    let paced = replay("1");
+    let fast = replay("max");
+    assert!(
+        paced >= span / 2,
+        "recorded over {span:?}, replayed at 1x in {paced:?}"
+    );
+    assert!(fast < paced / 2, "at max {fast:?}, at 1x {paced:?}");
+    let _ = std::fs::remove_dir_all(&a);
+}
+
+#[test]
+fn a_single_csv_is_replayed_as_text_lines_of_the_chosen_device() {
+    let d = dir("single");
+    std::fs::create_dir_all(&d).unwrap();
+    let input = d.join("in.csv");
+    std::fs::write(
+        &input,
+        "host_time,device,seq,field_1,field_2,field_3\n\
+         2026-01-01T00:00:00.000000Z,0000000a,0,21.5,ok,1\n\
+         2026-01-01T00:00:00.010000Z,0000000b,0,other,device,9\n\
+         2026-01-01T00:00:00.020000Z,0000000a,,<marker row>\n\
+         2026-01-01T00:00:00.030000Z,0000000a,1,22.0,<<odd,2\n",
+    )
+    .unwrap();
+    let out = d.join("out.csv");
+    let mut l = listen(&out, true);
+    let addr = format!("tcp://{}", l.addr());
+    tether(
+        &[
+            "sim",
+            &addr,
+            "--replay",
+            input.to_str().unwrap(),
+            "--device",
+            "0000000A",
+            "--devices",
+            "2",
+            "--speed",
+            "max",
+            "--seed",
+            "5",
+        ],
+        Duration::from_secs(60),
+    );
+    let (code, log) = l.stop();
+    assert_eq!(code, Some(0), "{log}");
+    let got = rows(&out);
+    for i in 0..2 {
+        let id = format!("{:08x}", tether_host::sim::device_identity(5, i).0);
+        let fields: Vec<Vec<String>> = got
+            .iter()
+            .filter(|r| r[1] == id && !r[2].is_empty())
+            .map(|r| r[3..].to_vec())
+            .collect();
+        assert_eq!(
+            fields,
+            [["21.5", "ok", "1"], ["22.0", "<<odd", "2"]],
+            "device {id}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// The library way, to copy into your own `cargo test`: replay a recorded stream (here a
+/// small `--csv` file written on the spot; a `--csv-dir` directory the same way) as two
+/// devices into a listener in the test's own process, then check what it wrote.
+#[tokio::test]
+async fn library_replay_into_an_in_process_listener() {
+    use tether_host::listen::{ListenOptions, Listener};
+    use tether_host::sim::replay::{self, ReplayOptions, Speed, Stream};
+    use tether_host::sim::Faults;
+
+    let d = dir("library");
+    std::fs::create_dir_all(&d).unwrap();
+    let recorded = d.join("recorded.csv");
+    let mut text = String::from("host_time,device,seq,field_1,field_2\n");
+    for i in 0..50 {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_000 * 1_000 + i * 2);
+        text += &format!(
+            "{},00000001,{i},{i},{}\n",
+            humantime::format_rfc3339_micros(at),
+            i * 3
+        );
+    }
+    std::fs::write(&recorded, text).unwrap();
+    let stream = Stream::load(&recorded, None).expect("a recorded stream");
+    assert_eq!(stream.records.len(), 50);
+
+    // A listener in this process, on a free loopback port, writing a CSV.
+    let csv = d.join("received.csv");
+    let opts = ListenOptions::new(vec!["tcp://127.0.0.1:0".parse().unwrap()], csv.clone());
+    let listener = Listener::bind(opts).await.expect("binds");
+    let addr = listener.local_addrs()[0];
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(listener.run(async {
+        let _ = stopped.await;
+    }));
+
+    let opts = ReplayOptions {
+        endpoint: format!("tcp://{addr}").parse().unwrap(),
+        devices: 2,
+        faults: "corrupt=0.01,cuts=2".parse::<Faults>().unwrap(),
+        seed: 7,
+        speed: Speed::Times(10.0),
+        timeout: Duration::from_secs(60),
+        max_version: tether_core::link::MAX_PROTOCOL_VERSION,
+    };
+    let summary = replay::run(&opts, Arc::new(stream))
+        .await
+        .expect("replayed");
+    assert_eq!(summary.acknowledged, 2 * 50);
+    // Acknowledged means written: stop the listener and read its CSV.
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(10), serving)
+        .await
+        .expect("the listener stops in time")
+        .expect("listener task")
+        .expect("listener ran");
+    let got = rows(&csv);
+    for i in 0..2 {
+        let id = format!("{:08x}", tether_host::sim::device_identity(7, i).0);
+        let fields: Vec<(u64, u64)> = got
+            .iter()
+            .filter(|r| r[1] == id && !r[2].is_empty())
+            .map(|r| (r[3].parse().unwrap(), r[4].parse().unwrap()))
+            .collect();
+        let want: Vec<(u64, u64)> = (0..50).map(|i| (i, i * 3)).collect();
+        assert_eq!(fields, want, "device {id}");
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
