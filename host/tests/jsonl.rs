@@ -240,12 +240,41 @@ fn a_file_after_kill_9_has_every_record_once_its_torn_line_cut_and_its_kinds_rea
         before < devices * records as usize,
         "killed mid-stream: {before} lines"
     );
-    // What a crash in the middle of a line leaves.
+    // What a crash between a batch's write and its acknowledgement leaves (a window too
+    // narrow to hit with a kill): lines of records their devices have not had acknowledged.
+    // Each device's next 20 readings are appended as if written; the devices send them
+    // again, and the restarted listener must not write them twice.
+    let mut appended = Vec::new();
+    let mut last: HashMap<String, (u64, Value)> = HashMap::new();
+    for line in file_lines(&file) {
+        let v: Value = serde_json::from_str(&line).expect("a JSON line");
+        let (Some(d), Some(seq)) = (v["device"].as_str(), v["seq"].as_u64()) else {
+            continue;
+        };
+        let e = last.entry(d.to_owned()).or_insert((0, Value::Null));
+        if seq >= e.0 {
+            *e = (seq, if seq >= 3 { v.clone() } else { e.1.clone() });
+        }
+    }
+    for (seq, template) in last.values() {
+        if template.is_null() || seq + 20 >= records {
+            continue;
+        }
+        for next in seq + 1..=seq + 20 {
+            let mut v = template.clone();
+            v["seq"] = next.into();
+            appended.extend_from_slice(v.to_string().as_bytes());
+            appended.push(b'\n');
+        }
+    }
+    assert!(!appended.is_empty(), "lines to append");
+    // And what a crash in the middle of a line leaves.
+    appended.extend_from_slice(b"{\"device\":\"0000002a\",\"session\":0,\"se");
     std::fs::OpenOptions::new()
         .append(true)
         .open(&file)
         .unwrap()
-        .write_all(b"{\"device\":\"0000002a\",\"session\":0,\"se")
+        .write_all(&appended)
         .unwrap();
     let mut l = Logged::start(&args, Stdio::null());
     let torn = l.wait_for("torn", Duration::from_secs(20));
