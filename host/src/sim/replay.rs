@@ -29,7 +29,8 @@
 //! sim`'s do, and its own seeded fault injectors; the connection cuts are spread over the
 //! devices and over each device's records. Each drives a [`tether_core::link::Link`] client
 //! directly over TCP (not the firmware-sim device model, whose records come from its
-//! simulated sensor).
+//! simulated sensor). Commands the listener sends them are released unanswered: a recording
+//! holds no replies to replay.
 
 use std::collections::HashMap;
 use std::path::Path;
