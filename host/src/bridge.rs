@@ -48,6 +48,9 @@ pub enum Target {
     Csv(PathBuf),
     /// An MQTT broker the bridge publishes to itself (it is then a listener).
     Mqtt(crate::mqtt::MqttUrl),
+    /// JSON lines written by the bridge itself (`jsonl:FILE`, `jsonl:-`: it is then a
+    /// listener, see [`crate::sink::jsonl`]).
+    Jsonl(crate::sink::JsonlOut),
 }
 
 impl FromStr for Target {
@@ -59,6 +62,13 @@ impl FromStr for Target {
                 .parse()
                 .map(Target::Mqtt)
                 .map_err(|e: crate::mqtt::UrlError| e.to_string());
+        }
+        if s.starts_with("jsonl:") {
+            return match s.parse() {
+                Ok(crate::sink::Destination::Jsonl(out)) => Ok(Target::Jsonl(out)),
+                Ok(_) => Err(format!("{s}: not a JSON lines sink")),
+                Err(e) => Err(e),
+            };
         }
         match s.strip_prefix("csv:") {
             Some(path) if !path.is_empty() => Ok(Target::Csv(PathBuf::from(path))),
@@ -756,6 +766,13 @@ mod tests {
             "csv:readings.csv".parse::<Target>(),
             Ok(Target::Csv("readings.csv".into()))
         );
+        assert_eq!(
+            "jsonl:out.jsonl".parse::<Target>(),
+            Ok(Target::Jsonl(crate::sink::JsonlOut::File(
+                "out.jsonl".into()
+            )))
+        );
+        assert!("jsonl:".parse::<Target>().is_err());
         assert!("csv:".parse::<Target>().is_err());
         assert!("readings.csv".parse::<Target>().is_err());
     }

@@ -314,3 +314,25 @@ fn a_file_that_is_not_tether_json_lines_is_refused_at_start_and_left_as_it_is() 
     assert_eq!(std::fs::read(&file).unwrap(), content, "left as it was");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_bridge_writes_json_lines_itself() {
+    let dir = temp_dir("bridge");
+    let file = dir.join("pi.jsonl");
+    let port = free_port();
+    let endpoint = format!("tcp://127.0.0.1:{port}");
+    let to = format!("jsonl:{}", file.display());
+    let mut b = Logged::start(&["bridge", &endpoint, &to], Stdio::null());
+    b.wait_for("listening on tcp://", Duration::from_secs(20));
+    let (devices, readings) = (2, 300);
+    let mut s = sim(&endpoint, devices, readings, 23);
+    let status = exited(&mut s, "tether sim", Duration::from_secs(60));
+    assert!(status.success(), "tether sim: {status}");
+    sigterm(&mut b.child);
+    check(
+        &file_lines(&file),
+        &sim_devices(23, devices),
+        u64::from(readings) + 3,
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -17,16 +17,18 @@ pub(super) struct BridgeArgs {
     /// Where devices connect, e.g. rfcomm://hci0/1 or rfcomm:///1 (default adapter), or
     /// tcp://ADDRESS:PORT.
     from: Endpoint,
-    /// The listener to forward to (tcp://HOST:PORT), csv:FILE to write a CSV here, or an
-    /// MQTT broker to publish to (mqtt://HOST:PORT/PREFIX, as tether listen --sink).
+    /// The listener to forward to (tcp://HOST:PORT), csv:FILE to write a CSV here,
+    /// jsonl:FILE (or jsonl:-) to write JSON lines here, or an MQTT broker to publish to
+    /// (mqtt://HOST:PORT/PREFIX, as tether listen --sink).
     to: tether_host::bridge::Target,
     #[command(flatten)]
     serve: ServeArgs,
     /// The longest wait, in milliseconds, between attempts to reach the listener.
     #[arg(long, default_value_t = 5_000)]
     max_backoff_ms: u64,
-    /// With csv:FILE: acknowledge records only once they are on disk (fsync per batch), as
-    /// tether listen --fsync. Forwarding to a listener, give that listener --fsync.
+    /// With csv:FILE or jsonl:FILE: acknowledge records only once they are on disk (fsync
+    /// per batch), as tether listen --fsync. Forwarding to a listener, give that listener
+    /// --fsync.
     #[arg(long)]
     fsync: bool,
     /// With csv:FILE: authenticate devices, as tether listen --keys (a file of
@@ -42,11 +44,12 @@ pub(super) async fn bridge(args: BridgeArgs) -> Result<ExitCode, CliError> {
     use tether_host::bridge::{Bridge, BridgeOptions, Target};
     let to = match args.to {
         Target::Upstream(to) => to,
-        Target::Csv(_) | Target::Mqtt(_) => {
+        Target::Csv(_) | Target::Mqtt(_) | Target::Jsonl(_) => {
             // Writing locally (a CSV here, or a broker), the bridge is a listener, with the
             // listener's options.
             let (csv, sink) = match args.to {
                 Target::Mqtt(url) => (None, Some(tether_host::sink::Destination::Mqtt(url))),
+                Target::Jsonl(out) => (None, Some(tether_host::sink::Destination::Jsonl(out))),
                 Target::Csv(csv) => (Some(csv), None),
                 Target::Upstream(_) => (None, None),
             };
