@@ -56,7 +56,7 @@ macro_rules! serving_of {
 pub(crate) use serving_of;
 
 /// Sets a server's options (`ListenOptions`, `BridgeOptions`) from [`Serving`] values: the
-/// other way of [`serving_of`].
+/// other way of `serving_of!`.
 #[macro_export]
 macro_rules! set_serving {
     ($opts:expr, $s:expr) => {{

@@ -35,9 +35,9 @@ use tracing::{debug, info, warn};
 
 use super::state::{KindsFile, Mark, StateFile};
 use super::{Credentials, MqttError, MqttUrl};
-use crate::sink::json;
 use crate::deferred::{Deferred, LinkState};
 use crate::session::lock;
+use crate::sink::json;
 use crate::sink::kinds::{Classified, Kinds, Other, Schema};
 use crate::sink::SinkError;
 

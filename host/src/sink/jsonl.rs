@@ -3,7 +3,7 @@
 //!
 //! # The lines
 //!
-//! The objects are the MQTT sink's payloads ([`super::json`], README "Many sites into one
+//! The objects are the MQTT sink's payloads (`sink::json`, README "Many sites into one
 //! broker", Payload), one a line, each ending in LF:
 //! - a record of a declared kind: `{"device":"0000002a","session":0,"seq":7,"host_time":…,
 //!   "kind":"env","counter":7,"temperature":21.5,…}`;
