@@ -41,7 +41,10 @@ fi
 check() {
   local deb=$1 arch=$2 runner=$3
   local dir; dir=$(mktemp -d)
-  dpkg-deb --info "$deb" | grep -q "Architecture: $arch" || { log "$deb is not $arch"; exit 1; }
+  # Outputs captured first: `grep -q` closing a pipe early would fail the pipeline under
+  # pipefail (dpkg-deb killed by SIGPIPE: this check once failed a good package so).
+  local info; info=$(dpkg-deb --info "$deb")
+  grep -q "Architecture: $arch" <<<"$info" || { log "$deb is not $arch"; exit 1; }
   dpkg-deb -x "$deb" "$dir/root"
   for f in usr/bin/tether lib/systemd/system/tether-listen.service lib/systemd/system/tether-bridge.service etc/default/tether usr/share/doc/tether/README.md; do
     [[ -e $dir/root/$f ]] || { log "$deb lacks $f"; exit 1; }
@@ -53,7 +56,8 @@ check() {
   local verdict; verdict=$(systemd-analyze verify "$units"/*.service 2>&1) || true
   [[ -z $verdict ]] || { log "systemd-analyze verify: $verdict"; exit 1; }
   local bin=$dir/root/usr/bin/tether
-  $runner "$bin" --version | grep -q '^tether ' || { log "$arch tether does not start"; exit 1; }
+  local version; version=$($runner "$bin" --version) || true
+  grep -q '^tether ' <<<"$version" || { log "$arch tether does not start"; exit 1; }
   $runner "$bin" listen tcp://127.0.0.1:0 --csv "$dir/r.csv" </dev/null 2>"$dir/listen.log" &
   local listener=$!
   local addr=""
