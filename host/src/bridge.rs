@@ -46,29 +46,26 @@ pub enum Target {
     Upstream(Endpoint),
     /// A CSV file written by the bridge itself (it is then a listener).
     Csv(PathBuf),
-    /// An MQTT broker the bridge publishes to itself (it is then a listener).
-    Mqtt(crate::mqtt::MqttUrl),
-    /// JSON lines written by the bridge itself (`jsonl:FILE`, `jsonl:-`: it is then a
-    /// listener, see [`crate::sink::jsonl`]).
-    Jsonl(crate::sink::JsonlOut),
+    /// Another sink the bridge writes to itself (it is then a listener): an MQTT broker,
+    /// JSON lines, a PostgreSQL database, a directory of CSV files (see
+    /// [`crate::sink::Destination`]).
+    Sink(crate::sink::Destination),
 }
 
 impl FromStr for Target {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.starts_with("mqtt://") || s.starts_with("mqtts://") {
-            return s
-                .parse()
-                .map(Target::Mqtt)
-                .map_err(|e: crate::mqtt::UrlError| e.to_string());
-        }
-        if s.starts_with("jsonl:") {
-            return match s.parse() {
-                Ok(crate::sink::Destination::Jsonl(out)) => Ok(Target::Jsonl(out)),
-                Ok(_) => Err(format!("{s}: not a JSON lines sink")),
-                Err(e) => Err(e),
-            };
+        let sink = [
+            "mqtt://",
+            "mqtts://",
+            "jsonl:",
+            "postgres://",
+            "postgresql://",
+            "csv-dir:",
+        ];
+        if sink.iter().any(|p| s.starts_with(p)) {
+            return s.parse().map(Target::Sink);
         }
         match s.strip_prefix("csv:") {
             Some(path) if !path.is_empty() => Ok(Target::Csv(PathBuf::from(path))),
@@ -757,7 +754,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn targets_are_a_listener_or_a_csv_file() {
+    fn targets_are_a_listener_a_csv_file_or_another_sink() {
         assert_eq!(
             "tcp://127.0.0.1:5003".parse::<Target>(),
             Ok(Target::Upstream("tcp://127.0.0.1:5003".parse().unwrap()))
@@ -768,10 +765,22 @@ mod tests {
         );
         assert_eq!(
             "jsonl:out.jsonl".parse::<Target>(),
-            Ok(Target::Jsonl(crate::sink::JsonlOut::File(
-                "out.jsonl".into()
+            Ok(Target::Sink(crate::sink::Destination::Jsonl(
+                crate::sink::JsonlOut::File("out.jsonl".into())
             )))
         );
+        assert!(matches!(
+            "postgres://tether@127.0.0.1:5432/telemetry".parse::<Target>(),
+            Ok(Target::Sink(crate::sink::Destination::Postgres(_)))
+        ));
+        assert!(matches!(
+            "csv-dir:readings".parse::<Target>(),
+            Ok(Target::Sink(crate::sink::Destination::CsvDir(_)))
+        ));
+        assert!(matches!(
+            "mqtt://127.0.0.1:1883/farm".parse::<Target>(),
+            Ok(Target::Sink(crate::sink::Destination::Mqtt(_)))
+        ));
         assert!("jsonl:".parse::<Target>().is_err());
         assert!("csv:".parse::<Target>().is_err());
         assert!("readings.csv".parse::<Target>().is_err());

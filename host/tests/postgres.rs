@@ -442,3 +442,55 @@ fn the_password_comes_from_pgpassword_or_a_file_never_the_command_line() {
     assert!(written > 400);
     assert!(!pg.log().contains(PASSWORD), "the server's log");
 }
+
+#[test]
+fn a_bridge_writes_into_the_database_itself() {
+    if !pg::have_postgres() {
+        return;
+    }
+    let pg = Pg::start("bridge");
+    let url = pg.url();
+    let dir = std::env::temp_dir().join(format!("tether-pg-bridge-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let password = dir.join("password");
+    pg::write_secret(&password, &format!("{PASSWORD}\n"));
+    let password = password.display().to_string();
+    // `tether bridge FROM postgres://…`: the bridge is then a listener writing the database,
+    // its password from --password-file.
+    let mut bridge = Tether::start_env(
+        &[
+            "bridge",
+            "tcp://127.0.0.1:0",
+            &url,
+            "--password-file",
+            &password,
+        ],
+        &[],
+        Stdio::null(),
+    );
+    let addr = bridge.addr();
+    let done = Fleet::start(addr, 2, 500, 1).finish(Duration::from_secs(60));
+    check_exactly_once(&pg, &done);
+    let (code, log) = bridge.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(!log.contains(PASSWORD), "{log}");
+    // Forwarding to a listener, a password file is refused, not ignored.
+    let out = std::process::Command::new(common::logged::TETHER)
+        .args([
+            "bridge",
+            "tcp://127.0.0.1:0",
+            "tcp://127.0.0.1:9",
+            "--password-file",
+            &password,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("--password-file is the password of a postgres"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -17,9 +17,9 @@ pub(super) struct BridgeArgs {
     /// Where devices connect, e.g. rfcomm://hci0/1 or rfcomm:///1 (default adapter), or
     /// tcp://ADDRESS:PORT.
     from: Endpoint,
-    /// The listener to forward to (tcp://HOST:PORT), csv:FILE to write a CSV here,
-    /// jsonl:FILE (or jsonl:-) to write JSON lines here, or an MQTT broker to publish to
-    /// (mqtt://HOST:PORT/PREFIX, as tether listen --sink).
+    /// The listener to forward to (tcp://HOST:PORT), or where to write here, as tether
+    /// listen --sink: csv:FILE, csv-dir:DIR, jsonl:FILE (or jsonl:-), an MQTT broker
+    /// (mqtt://HOST:PORT/PREFIX) or a PostgreSQL database (postgres://USER@HOST:PORT/DB).
     to: tether_host::bridge::Target,
     #[command(flatten)]
     serve: ServeArgs,
@@ -35,6 +35,10 @@ pub(super) struct BridgeArgs {
     /// `DEVICE_ID HEX_KEY` lines, mode 600). Not yet when forwarding to a listener.
     #[arg(long, value_name = "FILE")]
     keys: Option<PathBuf>,
+    /// With postgres://…: the database's password, in a file of mode 600, as tether listen
+    /// --password-file.
+    #[arg(long, value_name = "FILE")]
+    password_file: Option<PathBuf>,
     #[command(flatten)]
     http: HttpArgs,
 }
@@ -44,12 +48,11 @@ pub(super) async fn bridge(args: BridgeArgs) -> Result<ExitCode, CliError> {
     use tether_host::bridge::{Bridge, BridgeOptions, Target};
     let to = match args.to {
         Target::Upstream(to) => to,
-        Target::Csv(_) | Target::Mqtt(_) | Target::Jsonl(_) => {
-            // Writing locally (a CSV here, or a broker), the bridge is a listener, with the
-            // listener's options.
+        Target::Csv(_) | Target::Sink(_) => {
+            // Writing locally (a CSV here, a broker, a database), the bridge is a listener,
+            // with the listener's options.
             let (csv, sink) = match args.to {
-                Target::Mqtt(url) => (None, Some(tether_host::sink::Destination::Mqtt(url))),
-                Target::Jsonl(out) => (None, Some(tether_host::sink::Destination::Jsonl(out))),
+                Target::Sink(d) => (None, Some(d)),
                 Target::Csv(csv) => (Some(csv), None),
                 Target::Upstream(_) => (None, None),
             };
@@ -58,7 +61,7 @@ pub(super) async fn bridge(args: BridgeArgs) -> Result<ExitCode, CliError> {
                 csv,
                 csv_dir: None,
                 sink,
-                password_file: None,
+                password_file: args.password_file,
                 fsync: args.fsync,
                 serve: args.serve,
                 raw: false,
@@ -85,6 +88,13 @@ pub(super) async fn bridge(args: BridgeArgs) -> Result<ExitCode, CliError> {
             "--keys",
             "authenticated links through the bridge to a listener are not supported yet",
         ));
+    }
+    if args.password_file.is_some() {
+        return Err(CliError::Bridge(tether_host::bridge::BridgeError::Options(
+            "--password-file is the password of a postgres://… target; forwarding to a \
+             listener, the listener writes"
+                .into(),
+        )));
     }
     let mut opts = BridgeOptions::new(vec![args.from], to);
     tether_host::set_serving!(opts, args.serve.serving());
