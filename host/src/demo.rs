@@ -142,6 +142,18 @@ async fn run_device(
                 break;
             }
         }
+        if stop.load(Ordering::Relaxed) {
+            // The listener has stopped: what it acknowledged last may still be in this
+            // socket, unread. Take it (up to the listener's close, 2 s at most), so that the
+            // records the device counts as acknowledged are all the listener acknowledged.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+            while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+                if n == 0 {
+                    break;
+                }
+                device.handle_input(clock.now(), &buf[..n]);
+            }
+        }
         device.transport_down();
         debug!("device {session:08x} lost its connection");
     }

@@ -113,7 +113,11 @@ impl Tether {
             std::thread::sleep(Duration::from_millis(20));
         };
         let out = self.stdout.take().map(|h| h.join().unwrap_or_default());
-        (status.code(), out.unwrap_or_default())
+        // Its standard output, then its log (what a failed check says is there).
+        (
+            status.code(),
+            format!("{}\n--- log ---\n{}", out.unwrap_or_default(), self.log()),
+        )
     }
 }
 
