@@ -265,7 +265,14 @@ async fn the_listener_restarts_mid_stream_and_nothing_is_lost_or_duplicated() {
     // The same port again: the bridge reconnects by itself and the senders finish.
     let l = listener(&csv, &format!("tcp://{port}")).await;
     all_acknowledged(tasks, n, 90).await;
-    assert!(status.upstream_connections() >= 4, "reconnected");
+    // Each device with records still to send when the listener stopped had its upstream
+    // session connect again: at least one (fewer than all records were written), both
+    // unless one device had finished before the stop (version 2 can be that fast).
+    assert!(
+        status.upstream_connections() > sessions.len() as u64,
+        "reconnected: {} upstream connections",
+        status.upstream_connections()
+    );
     b.stop().await;
     l.stop().await;
     assert_exact(&csv, &sessions, n);
