@@ -253,8 +253,11 @@ async fn stopping_mid_stream_keeps_everything_acknowledged_in_the_csv() {
     let csv = dir.join("out.csv");
     let l = start(&csv, |_| {}).await;
     let addr = l.addr;
+    // A small window keeps the sender mid-stream when the listener stops 400 ms in (with
+    // the default one, protocol version 2 sends 200,000 lines in about a second here).
     let sender = tokio::spawn(send_lines(addr, lines(0, 200_000), |o| {
-        o.give_up_after = Duration::from_secs(2)
+        o.give_up_after = Duration::from_secs(2);
+        o.window = 4;
     }));
     tokio::time::sleep(Duration::from_millis(400)).await;
     let summary = l.stop().await;
