@@ -28,6 +28,9 @@ use tether_core::link::{Config, Link, Phase, Role};
 
 use tether_host::storage::HeapStorage;
 
+pub mod guard;
+pub mod plot;
+
 /// What to measure and how much. [`BenchOptions::new`] has the defaults; `quick` divides
 /// the volumes by ten (a smoke run, not figures to quote).
 #[derive(Debug, Clone)]
@@ -826,8 +829,21 @@ fn start_listener_with(
                 .map_err(|_| BenchError::Failed(format!("cannot read the address in `{line}`")))?;
         }
     };
-    // Keep draining its log so that it never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
+    // Keep draining its log so that it never blocks on a full pipe; its warnings are kept
+    // in the scratch directory's listen.log (scripts/bench.sh --dir DIR keeps them).
+    let log = opts.dir.join("listen.log");
+    std::thread::spawn(move || {
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .ok();
+        for line in lines.map_while(Result::ok) {
+            if let (Some(f), true) = (&mut log, line.contains("WARN") || line.contains("ERROR")) {
+                let _ = writeln!(f, "{line}");
+            }
+        }
+    });
     Ok((kid, addr))
 }
 
@@ -1248,8 +1264,10 @@ fn idle_devices_memory(opts: &BenchOptions) -> Result<(f64, f64, u64), BenchErro
         }
         n
     });
-    // Settle, then measure while every device is connected and idle.
-    std::thread::sleep(Duration::from_millis(500));
+    // Settle, then measure while every device is connected and idle: the listener gives an
+    // idle link's buffers back at its first turn without records (a keepalive, within a
+    // second) and returns freed memory to the system every 2 s.
+    std::thread::sleep(Duration::from_millis(3500));
     let during = rss(pid)?;
     let _ = hold_tx.send(true);
     let mut failures = Vec::new();
@@ -1332,15 +1350,26 @@ async fn idle_device(
             out.extend_from_slice(&tx[..k]);
         }
         if !out.is_empty() {
-            s.write_all(&out)
-                .await
-                .map_err(|e| format!("device {session}: write: {e}"))?;
+            s.write_all(&out).await.map_err(|e| {
+                format!(
+                    "device {session}: write ({:?}, {} records acknowledged of {queued}): {e}",
+                    link.phase(),
+                    queued - link.unacked()
+                )
+            })?;
         }
         while link.poll_event().is_some() {}
         match link.phase() {
             Phase::Closed => return Ok(()),
             Phase::Rejected | Phase::Dead => {
-                return Err(format!("device {session}: link {:?}", link.phase()))
+                let st = link.stats();
+                return Err(format!(
+                    "device {session}: link {:?} ({} frames heard, {} handshakes, {} of {queued} records acknowledged)",
+                    link.phase(),
+                    st.decoder.frames,
+                    st.handshakes,
+                    queued - link.unacked()
+                ));
             }
             _ => {}
         }

@@ -319,7 +319,8 @@ impl Listener {
                 let logger = engine.server();
                 if logger.opts.raw {
                     let idle = logger.opts.idle_timeout;
-                    match crate::raw::serve(stream, &peer, &logger.sink, idle).await {
+                    // Boxed, so that its buffer is not part of every connection's task.
+                    match Box::pin(crate::raw::serve(stream, &peer, &logger.sink, idle)).await {
                         Ok(n) => {
                             logger.records.fetch_add(n, Ordering::Relaxed);
                         }

@@ -566,6 +566,25 @@ impl<S: Storage> Link<S> {
         (self.st.peer.session != 0).then_some(self.st.peer.session)
     }
 
+    /// Whether the storage holds nothing the link still needs: no record queued or
+    /// unacknowledged, none received and not released (nor, in version 2, held out of
+    /// order), no frame half-decoded. A host that keeps many mostly idle links may then give
+    /// the buffers back and lend zeroed ones of the same shape at the next call (see
+    /// [`Link::storage_mut`]); what the link needs is all in its state.
+    pub fn storage_idle(&self) -> bool {
+        #[cfg(feature = "v2")]
+        let ooo = self.st.v2.ooo != 0;
+        #[cfg(not(feature = "v2"))]
+        let ooo = false;
+        self.unacked() == 0 && self.st.held == 0 && !ooo && !self.st.dec.in_frame()
+    }
+
+    /// The storage, for its owner (to give idle buffers back, say: see
+    /// [`Link::storage_idle`]). Its shape must not change.
+    pub fn storage_mut(&mut self) -> &mut S {
+        &mut self.storage
+    }
+
     /// The reason of the last refused handshake.
     pub fn reject(&self) -> Option<&Reject> {
         self.st.reject.as_ref()

@@ -28,7 +28,7 @@ pub(super) struct V2 {
     lazy_frames: u8,
     eager: bool,
     /// Records held out of order: bit i is record `rx_next + 1 + i` (11.7.1).
-    ooo: Bits,
+    pub(super) ooo: Bits,
     // Sending (11.8): since when a frame that is not full waits for more records, and
     // whether that wait is over (the timer fired: the next frame goes as it is).
     pack_since: Option<Instant>,
