@@ -53,6 +53,8 @@ pub struct BenchOptions {
     pub devices: usize,
     /// Run the tutorial's Python server and client if python3 is available.
     pub tutorial: bool,
+    /// Records of the full-rate sweep at each device count, shared among the devices.
+    pub sweep_records: u64,
     /// Readings each of the dashboard measurement's 200 devices sends (0 skips it).
     pub dashboard_readings: u32,
     /// Only these measurements (names in [`SECTIONS`]); all when empty.
@@ -60,9 +62,11 @@ pub struct BenchOptions {
 }
 
 /// The measurements, by name, for [`BenchOptions::only`].
-pub const SECTIONS: [&str; 6] = [
+pub const SECTIONS: [&str; 8] = [
     "bulk",
     "small",
+    "defaults",
+    "devices",
     "stop-and-wait",
     "round-trip",
     "memory",
@@ -80,15 +84,17 @@ impl BenchOptions {
             small_records: 2_000_000,
             stop_and_wait_records: 20_000,
             round_trips: 5_000,
-            devices: 1_000,
+            devices: 10_000,
+            sweep_records: 1_000_000,
             tutorial: true,
             dashboard_readings: 4_000,
             only: Vec::new(),
         }
     }
 
-    /// A tenth of everything (the devices stay at 1,000: that is the target).
+    /// A tenth of everything (the devices stay at 10,000: that is the target).
     pub fn quick(mut self) -> Self {
+        self.sweep_records /= 10;
         self.bulk_bytes /= 10;
         self.small_records /= 10;
         self.stop_and_wait_records /= 10;
@@ -214,7 +220,7 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Row>, BenchError> {
             unit: "GiB/s",
             baseline: Some(("raw TCP".into(), raw / gib)),
             ratio: Some(bulk / raw),
-            target: Some(("≥ 50 % of raw TCP".into(), bulk / raw >= 0.5)),
+            target: Some(("≥ 0.9 × raw TCP".into(), bulk / raw >= 0.9)),
             note: "Link pair over loopback TCP, window 64, CRC and acks".into(),
         });
     }
@@ -225,7 +231,7 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Row>, BenchError> {
             "bench: {} small records into CSV (tether send → tether listen)",
             opts.small_records
         );
-        let rate = small_records_into_csv(opts, opts.small_records, SMALL_WINDOW, "small")?;
+        let rate = small_records_into_csv(opts, opts.small_records, Some(SMALL_WINDOW), "small")?;
         small = Some(rate);
         rows.push(Row {
             name: "16-byte records into CSV".into(),
@@ -233,10 +239,31 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Row>, BenchError> {
             unit: "records/s",
             baseline: None,
             ratio: None,
-            target: Some(("≥ 2,000,000 records/s".into(), rate >= 2_000_000.0)),
+            target: Some(("≥ 5,000,000 records/s".into(), rate >= 5_000_000.0)),
             note: format!(
                 "{} records, window {SMALL_WINDOW}, every record checked in the CSV",
                 opts.small_records
+            ),
+        });
+    }
+
+    if want("defaults") {
+        eprintln!(
+            "bench: {} small records at the defaults (tether send FILE → tether listen, no options)",
+            opts.small_records
+        );
+        let rate = small_records_into_csv(opts, opts.small_records, None, "defaults")?;
+        rows.push(Row {
+            name: "16-byte records into CSV at the defaults".into(),
+            value: rate,
+            unit: "records/s",
+            baseline: small.map(|s| (format!("window {SMALL_WINDOW}"), s)),
+            ratio: small.map(|s| rate / s),
+            target: Some(("≥ 2,000,000 records/s".into(), rate >= 2_000_000.0)),
+            note: format!(
+                "{} records, `tether send FILE` into `tether listen` with no option (window {}), every record checked in the CSV",
+                opts.small_records,
+                tether_host::options::Serving::DEFAULT.window
             ),
         });
     }
@@ -246,7 +273,7 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Row>, BenchError> {
             "bench: stop-and-wait, {} records (tether send --window 1; the tutorial)",
             opts.stop_and_wait_records
         );
-        let saw = small_records_into_csv(opts, opts.stop_and_wait_records, 1, "window1")?;
+        let saw = small_records_into_csv(opts, opts.stop_and_wait_records, Some(1), "window1")?;
         let tutorial = if opts.tutorial {
             tutorial_rate(opts)?
         } else {
@@ -290,13 +317,45 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Row>, BenchError> {
             unit: "µs",
             baseline: Some(("raw TCP ping-pong".into(), raw_rtt * 1e6)),
             ratio: Some(rtt / raw_rtt),
-            target: Some(("≤ 1.5 × raw".into(), rtt / raw_rtt <= 1.5)),
+            target: Some(("≤ 1.25 × raw".into(), rtt / raw_rtt <= 1.25)),
             note: format!(
             "send → acknowledged (written to CSV by tether listen); p99 {:.1} µs vs raw {:.1} µs",
             p99 * 1e6,
             raw_p99 * 1e6
         ),
         });
+    }
+
+    if want("devices") {
+        let mut curve = Vec::new();
+        for &n in &SWEEP {
+            let each = (opts.sweep_records / n as u64).max(1) as u32;
+            eprintln!("bench: {n} devices at full rate, {each} records each");
+            let (rate, cpu) = devices_at_full_rate(opts, n, each)?;
+            curve.push((n, rate, cpu));
+            let thousand = n == 1000;
+            rows.push(Row {
+                name: format!("{n} devices at full rate into CSV"),
+                value: rate,
+                unit: "records/s",
+                baseline: None,
+                ratio: None,
+                target: thousand.then(|| ("≥ 2,000,000 records/s".into(), rate >= 2_000_000.0)),
+                note: format!(
+                    "{each} records of 16 bytes each, every one checked in the CSV; the listener's CPU: {:.0} ns a record",
+                    cpu * 1e9
+                ),
+            });
+            rows.push(Row {
+                name: format!("listener CPU a record, {n} devices at full rate"),
+                value: cpu * 1e9,
+                unit: "ns/record",
+                baseline: None,
+                ratio: None,
+                target: None,
+                note: "user + system time of tether listen over the records it wrote".into(),
+            });
+        }
     }
 
     if opts.devices > 0 && want("memory") {
@@ -311,7 +370,7 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Row>, BenchError> {
             unit: "KiB/connection",
             baseline: None,
             ratio: None,
-            target: Some(("≤ 64 KiB per idle connection".into(), per_conn <= 65536.0)),
+            target: Some(("≤ 2 KiB per idle device".into(), per_conn <= 2048.0)),
             note: format!(
                 "RSS grew {:.1} MiB; {records} records, none lost or duplicated",
                 total / 1_048_576.0
@@ -337,6 +396,136 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Row>, BenchError> {
         });
     }
     Ok(rows)
+}
+
+/// Device counts of the full-rate sweep: the listener's cost curve.
+pub const SWEEP: [usize; 4] = [1, 10, 100, 1000];
+
+/// `devices` in-process devices (a `Link` each, window [`DEVICE_WINDOW`]) stream `each`
+/// 16-byte records at once into one `tether listen` at its defaults (limits raised for the
+/// devices); every record is checked in the CSV. Returns the records/s (from the first
+/// connection until the last record acknowledged, i.e. written) and the listener's CPU
+/// seconds a record.
+fn devices_at_full_rate(
+    opts: &BenchOptions,
+    devices: usize,
+    each: u32,
+) -> Result<(f64, f64), BenchError> {
+    let csv = opts.dir.join(format!("sweep{devices}.csv"));
+    let max = (devices * 2).max(16).to_string();
+    let (listener, addr) = start_listener(
+        opts,
+        &csv,
+        &["--max-connections", &max, "--max-devices", &max],
+    )?;
+    let pid = listener.0.id();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(io("starting a runtime"))?;
+    std::thread::sleep(Duration::from_millis(200));
+    let cpu_before = cpu_seconds(pid)?;
+    let start = StdInstant::now();
+    let (done, failures) = stream_devices(&rt, addr, devices, each, DEVICE_WINDOW, Duration::ZERO)?;
+    let secs = start.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pid)? - cpu_before;
+    if done < devices || !failures.is_empty() {
+        return Err(BenchError::Failed(format!(
+            "{done} of {devices} devices streamed; {} failed, first: {}",
+            failures.len(),
+            failures.first().cloned().unwrap_or_default()
+        )));
+    }
+    drop(listener);
+    let total = check_device_rows(&csv, devices, each)?;
+    let _ = std::fs::remove_file(&csv);
+    Ok((total as f64 / secs, cpu / total as f64))
+}
+
+/// The transmit window of the benchmark's in-process devices at full rate: the listener's
+/// default window, so that neither side is the one waiting.
+const DEVICE_WINDOW: usize = 512;
+
+/// Runs `devices` devices ([`idle_device`]) on `rt`, each streaming `each` records with a
+/// window of `window`; once all are acknowledged (or 120 s passed), waits `settle`, then
+/// calls `measure` — here nothing — and lets them close. Returns how many went idle and the
+/// failures.
+fn stream_devices(
+    rt: &tokio::runtime::Runtime,
+    addr: SocketAddr,
+    devices: usize,
+    each: u32,
+    window: usize,
+    settle: Duration,
+) -> Result<(usize, Vec<String>), BenchError> {
+    stream_devices_then(rt, addr, devices, each, window, settle, || Ok(())).map(|(n, f, ())| (n, f))
+}
+
+/// [`stream_devices`], calling `measure` while every device is connected and idle.
+fn stream_devices_then<T>(
+    rt: &tokio::runtime::Runtime,
+    addr: SocketAddr,
+    devices: usize,
+    each: u32,
+    window: usize,
+    settle: Duration,
+    measure: impl FnOnce() -> Result<T, BenchError>,
+) -> Result<(usize, Vec<String>, T), BenchError> {
+    let (hold_tx, hold_rx) = tokio::sync::watch::channel(false);
+    let (idle_tx, mut idle_rx) = tokio::sync::mpsc::channel::<()>(devices);
+    let tasks: Vec<_> = (0..devices)
+        .map(|i| {
+            let hold = hold_rx.clone();
+            let idle = idle_tx.clone();
+            rt.spawn(idle_device(addr, i as u32 + 1, each, window, idle, hold))
+        })
+        .collect();
+    drop(idle_tx);
+    let all_idle = rt.block_on(async {
+        let mut n = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        while n < devices {
+            match tokio::time::timeout_at(deadline, idle_rx.recv()).await {
+                Ok(Some(())) => n += 1,
+                _ => break,
+            }
+        }
+        n
+    });
+    std::thread::sleep(settle);
+    let measured = measure();
+    let _ = hold_tx.send(true);
+    let mut failures = Vec::new();
+    for t in tasks {
+        match rt.block_on(t) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failures.push(e),
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    Ok((all_idle, failures, measured?))
+}
+
+/// Every record of every device exactly once in the CSV of a device run; their count.
+fn check_device_rows(csv: &Path, devices: usize, each: u32) -> Result<u64, BenchError> {
+    let f = std::fs::File::open(csv).map_err(io("reading the CSV"))?;
+    let mut seen = std::collections::HashSet::new();
+    for line in BufReader::with_capacity(1 << 20, f).lines().skip(1) {
+        let line = line.map_err(io("reading the CSV"))?;
+        // time,device,seq,data: the data is "DDDDDDDD,RRRRRRR" (device, record).
+        let key: String = line.split(',').skip(3).collect::<Vec<_>>().join(",");
+        if !seen.insert(key) {
+            return Err(BenchError::Failed(format!("duplicated row `{line}`")));
+        }
+    }
+    let expected = devices as u64 * u64::from(each);
+    if seen.len() as u64 != expected {
+        return Err(BenchError::Failed(format!(
+            "{} of {expected} records in the CSV",
+            seen.len()
+        )));
+    }
+    Ok(expected)
 }
 
 /// Devices of the dashboard measurement.
@@ -559,6 +748,61 @@ Targets met in this run: {met} of {targets}."
     s
 }
 
+/// Whether a smaller figure of `unit` is the better one (times, memory, CPU a record).
+fn lower_is_better(unit: &str) -> bool {
+    matches!(unit, "µs" | "KiB/connection" | "ns/record")
+}
+
+/// The cost curves of the full-rate sweep as SVG charts: records/s against devices, and the
+/// listener's CPU a record against devices. Empty if the sweep did not run.
+pub fn plots(rows: &[Row]) -> Vec<(&'static str, String)> {
+    let point = |prefix: &str, suffix: &str| -> Vec<(f64, f64)> {
+        rows.iter()
+            .filter_map(|r| {
+                let n = r.name.strip_prefix(prefix)?.strip_suffix(suffix)?;
+                Some((n.parse::<f64>().ok()?, r.value))
+            })
+            .collect()
+    };
+    let rate = point("", " devices at full rate into CSV");
+    let cpu = point("listener CPU a record, ", " devices at full rate");
+    if rate.is_empty() {
+        return Vec::new();
+    }
+    let chart = |title: &str, y: &str, name: &str, points: Vec<(f64, f64)>| {
+        plot::svg(&plot::Chart {
+            title: title.into(),
+            x_label: "devices streaming at once".into(),
+            y_label: y.into(),
+            log_x: true,
+            series: vec![plot::Series {
+                name: name.into(),
+                points,
+            }],
+        })
+    };
+    vec![
+        (
+            "bench-devices-rate.svg",
+            chart(
+                "16-byte records into CSV against devices",
+                "records/s",
+                "tether listen",
+                rate,
+            ),
+        ),
+        (
+            "bench-devices-cpu.svg",
+            chart(
+                "The listener's CPU a record against devices",
+                "ns/record",
+                "tether listen",
+                cpu,
+            ),
+        ),
+    ]
+}
+
 /// The results as JSON.
 pub fn json(rows: &[Row], machine: &str) -> String {
     let rows: Vec<serde_json::Value> = rows
@@ -570,6 +814,7 @@ pub fn json(rows: &[Row], machine: &str) -> String {
                 "unit": r.unit,
                 "baseline": r.baseline.as_ref().map(|(n, v)| serde_json::json!({"name": n, "value": v})),
                 "ratio": r.ratio,
+                "better": if lower_is_better(r.unit) { "lower" } else { "higher" },
                 "target": r.target.as_ref().map(|(t, m)| serde_json::json!({"target": t, "met": m})),
                 "note": r.note,
             })
@@ -853,7 +1098,7 @@ fn start_listener_with(
 fn small_records_into_csv(
     opts: &BenchOptions,
     n: u64,
-    window: u16,
+    window: Option<u16>,
     name: &str,
 ) -> Result<f64, BenchError> {
     let input = opts.dir.join(format!("{name}.txt"));
@@ -868,15 +1113,19 @@ fn small_records_into_csv(
         w.flush().map_err(io("writing the input"))?;
     }
     let csv = opts.dir.join(format!("{name}.csv"));
-    let window_arg = window.to_string();
-    let (_listener, addr) =
-        start_listener(opts, &csv, &["--window", &window_arg, "--max-record", "66"])?;
+    // No window: both programs at their defaults, no option at all.
+    let window_arg = window.map(|w| w.to_string());
+    let args: Vec<&str> = match &window_arg {
+        Some(w) => vec!["--window", w, "--max-record", "66"],
+        None => Vec::new(),
+    };
+    let (_listener, addr) = start_listener(opts, &csv, &args)?;
     let start = StdInstant::now();
     let status = Command::new(&opts.exe)
         .arg("send")
         .arg(format!("tcp://{addr}"))
         .arg(&input)
-        .args(["--window", &window_arg, "--max-record", "66"])
+        .args(&args)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -1243,41 +1492,18 @@ fn idle_devices_memory(opts: &BenchOptions) -> Result<(f64, f64, u64), BenchErro
     // Let the listener settle, then take its baseline.
     std::thread::sleep(Duration::from_millis(300));
     let before = rss(pid)?;
-    let (hold_tx, hold_rx) = tokio::sync::watch::channel(false);
-    let (idle_tx, mut idle_rx) = tokio::sync::mpsc::channel::<()>(opts.devices);
-    let tasks: Vec<_> = (0..opts.devices)
-        .map(|i| {
-            let hold = hold_rx.clone();
-            let idle = idle_tx.clone();
-            rt.spawn(idle_device(addr, i as u32 + 1, RECORDS, idle, hold))
-        })
-        .collect();
-    drop(idle_tx);
-    let all_idle = rt.block_on(async {
-        let mut n = 0;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-        while n < opts.devices {
-            match tokio::time::timeout_at(deadline, idle_rx.recv()).await {
-                Ok(Some(())) => n += 1,
-                _ => break,
-            }
-        }
-        n
-    });
     // Settle, then measure while every device is connected and idle: the listener gives an
     // idle link's buffers back at its first turn without records (a keepalive, within a
     // second) and returns freed memory to the system every 2 s.
-    std::thread::sleep(Duration::from_millis(3500));
-    let during = rss(pid)?;
-    let _ = hold_tx.send(true);
-    let mut failures = Vec::new();
-    for t in tasks {
-        match rt.block_on(t) {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => failures.push(e),
-            Err(e) => failures.push(e.to_string()),
-        }
-    }
+    let (all_idle, failures, during) = stream_devices_then(
+        &rt,
+        addr,
+        opts.devices,
+        RECORDS,
+        16,
+        Duration::from_millis(3500),
+        || rss(pid),
+    )?;
     if all_idle < opts.devices || !failures.is_empty() {
         return Err(BenchError::Failed(format!(
             "{all_idle} of {} devices streamed and went idle; {} failed, first: {}",
@@ -1287,27 +1513,7 @@ fn idle_devices_memory(opts: &BenchOptions) -> Result<(f64, f64, u64), BenchErro
         )));
     }
     drop(listener);
-    // Every record of every device exactly once.
-    let f = std::fs::File::open(&csv).map_err(io("reading the CSV"))?;
-    let mut seen = std::collections::HashSet::new();
-    for line in BufReader::new(f).lines().skip(1) {
-        let line = line.map_err(io("reading the CSV"))?;
-        let mut cols = line.split(',').skip(1);
-        let key = (
-            cols.next().unwrap_or_default().to_owned(),
-            cols.next().unwrap_or_default().to_owned(),
-        );
-        if !seen.insert(key) {
-            return Err(BenchError::Failed(format!("duplicated row `{line}`")));
-        }
-    }
-    let expected = opts.devices as u64 * u64::from(RECORDS);
-    if seen.len() as u64 != expected {
-        return Err(BenchError::Failed(format!(
-            "{} of {expected} records in the CSV",
-            seen.len()
-        )));
-    }
+    let expected = check_device_rows(&csv, opts.devices, RECORDS)?;
     let _ = std::fs::remove_file(&csv);
     let grown = during.saturating_sub(before) as f64;
     Ok((grown / opts.devices as f64, grown, expected))
@@ -1319,6 +1525,7 @@ async fn idle_device(
     addr: SocketAddr,
     session: u32,
     records: u32,
+    window: usize,
     idle: tokio::sync::mpsc::Sender<()>,
     mut hold: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), String> {
@@ -1327,9 +1534,11 @@ async fn idle_device(
     let mut s = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| format!("device {session}: connect: {e}"))?;
+    let mut config = Config::new(Role::Client, session);
+    config.window = window as u16;
     let mut link = Link::new(
-        Config::new(Role::Client, session),
-        HeapStorage::new(16, 4, tether_core::link::MIN_FRAME),
+        config,
+        HeapStorage::new(window, 4, tether_core::link::MIN_FRAME),
     )
     .map_err(|e| format!("{e:?}"))?;
     link.connect(clock.now());
@@ -1340,7 +1549,8 @@ async fn idle_device(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
     loop {
         while queued < records && link.can_send() {
-            let r = format!("{session},{queued}");
+            // 16 bytes: "00000042,0000017" (device, record), as the sweep checks them.
+            let r = format!("{session:08},{queued:07}");
             link.send(r.as_bytes())
                 .map_err(|e| format!("device {session}: {e:?}"))?;
             queued += 1;

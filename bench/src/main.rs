@@ -32,15 +32,23 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Concurrent devices for the memory measurement (0 skips it).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 10_000)]
     devices: usize,
     /// Skip the tutorial's Python server even if python3 is there.
     #[arg(long)]
     no_tutorial: bool,
-    /// Only these measurements: bulk, small, stop-and-wait, round-trip, memory
-    /// (comma-separated).
+    /// Only these measurements: bulk, small, defaults, devices, stop-and-wait, round-trip,
+    /// memory, dashboard (comma-separated).
     #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(bench::SECTIONS))]
     only: Vec<String>,
+    /// The last committed results (JSON) to compare with: a figure worse by more than 25 %
+    /// is flagged in the report (the regression guard). scripts/bench.sh gives
+    /// docs/bench.json.
+    #[arg(long)]
+    previous: Option<PathBuf>,
+    /// Write the cost curves (SVG) into this directory, beside the report.
+    #[arg(long)]
+    plots: Option<PathBuf>,
     /// Payload of a bulk record, bytes.
     #[arg(long, default_value_t = 16 * 1024)]
     bulk_payload: usize,
@@ -49,6 +57,9 @@ struct Args {
     #[arg(long)]
     dir: Option<PathBuf>,
 }
+
+/// A figure worse than the previous run's by more than this factor is flagged.
+const GUARD_TOLERANCE: f64 = 1.25;
 
 fn main() -> ExitCode {
     match run(Args::parse()) {
@@ -81,7 +92,7 @@ fn run(args: Args) -> Result<(), String> {
     if !args.only.is_empty() {
         command.push_str(&format!(" --only {}", args.only.join(",")));
     }
-    if args.devices != 1000 {
+    if args.devices != 10_000 {
         command.push_str(&format!(" --devices {}", args.devices));
     }
     if args.no_tutorial {
@@ -102,6 +113,14 @@ fn run(args: Args) -> Result<(), String> {
     opts.tutorial = !args.no_tutorial;
     opts.only = args.only;
     opts.bulk_payload = args.bulk_payload.clamp(1, tether_core::frame::MAX_PAYLOAD);
+    // Read before this run may overwrite it (--json docs/bench.json).
+    let previous = match &args.previous {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .map_err(|e| format!("cannot read the previous results {}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
     let machine = bench::machine();
     eprintln!("bench: {machine}");
     let result = bench::run(&opts);
@@ -114,12 +133,31 @@ fn run(args: Args) -> Result<(), String> {
     let write = |path: &PathBuf, text: String| {
         std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
     };
+    let now_json = bench::json(&rows, &machine);
+    let mut extra = String::new();
+    if let Some(dir) = &args.plots {
+        for (name, svg) in bench::plots(&rows) {
+            write(&dir.join(name), svg)?;
+            extra.push_str(&format!("\n![{name}]({name})\n"));
+        }
+    }
+    if let (Some(before), Some(path)) = (&previous, &args.previous) {
+        let checks = bench::guard::compare(before, &now_json, GUARD_TOLERANCE)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let section = bench::guard::markdown(&checks, GUARD_TOLERANCE, &path.display().to_string());
+        eprint!("\n{section}");
+        extra.push('\n');
+        extra.push_str(&section);
+    }
     if let Some(path) = &args.json {
-        write(path, bench::json(&rows, &machine))?;
+        write(path, now_json)?;
     }
     if let Some(path) = &args.report {
         let when = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-        write(path, bench::report(&rows, &machine, &command, &when))?;
+        write(
+            path,
+            bench::report(&rows, &machine, &command, &when) + &extra,
+        )?;
     }
     Ok(())
 }

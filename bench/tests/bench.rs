@@ -14,6 +14,7 @@ fn every_measurement_runs_and_checks_its_results() {
     opts.stop_and_wait_records = 300;
     opts.round_trips = 200;
     opts.devices = 50;
+    opts.sweep_records = 20_000;
     opts.dashboard_readings = 100;
     opts.tutorial = false;
     let rows = bench::run(&opts).expect("every measurement completes and checks out");
@@ -22,6 +23,8 @@ fn every_measurement_runs_and_checks_its_results() {
     for want in [
         "bulk",
         "16-byte records into CSV",
+        "at the defaults",
+        "1000 devices at full rate",
         "stop-and-wait",
         "round trip",
         "memory",
