@@ -351,7 +351,12 @@ impl Relay {
             self.opts.max_record.max(self.opts.max_command) + tether_core::frame::OVERHEAD,
         );
         // Options were checked in `bind`; what is left (a session of 0) the caller refuses.
-        Link::new(cfg, storage)
+        // Link::new took the buffers to check their shape; they are taken again when the
+        // device's first bytes arrive.
+        Link::new(cfg, storage).map(|mut link| {
+            link.storage_mut().park();
+            link
+        })
     }
 
     /// The device side's link: each its own identity, so that a device whose session was

@@ -384,7 +384,12 @@ impl Logger {
         );
         // Options were checked in `bind`, so this fails only if that check missed a case:
         // the connection is then refused with the reason, and the listener carries on.
-        Link::new(cfg, storage)
+        // Link::new took the buffers to check their shape; they are taken again when the
+        // device's first bytes arrive.
+        Link::new(cfg, storage).map(|mut link| {
+            link.storage_mut().park();
+            link
+        })
     }
 
     /// Writes what the link of `s` received as one batch, and releases it once the batch is

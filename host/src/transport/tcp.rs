@@ -4,7 +4,7 @@
 use std::io;
 use std::net::SocketAddr;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use super::Stream;
 
@@ -15,12 +15,27 @@ use super::Stream;
 /// so the listener's write time-out drops it.
 pub const ACCEPTED_SEND_BUFFER: usize = 32 * 1024;
 
+/// Connections the kernel completes before the listener accepts them (capped by
+/// `net.core.somaxconn`, 4,096 on current kernels). At tokio's default of 1,024, 10,000
+/// devices connecting at once overflowed it: the kernel dropped their handshakes' last
+/// packets and some waited for its retries longer than a device's 5 s to hear a WELCOME
+/// (tether-bench's 10,000-device run).
+const ACCEPT_BACKLOG: u32 = 4096;
+
 /// A bound TCP socket.
 pub(super) struct Listener(TcpListener);
 
 impl Listener {
     pub(super) async fn bind(addr: SocketAddr) -> io::Result<(Listener, SocketAddr)> {
-        let s = TcpListener::bind(addr).await?;
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        // As TcpListener::bind does, but with room for a fleet that connects at once.
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        let s = socket.listen(ACCEPT_BACKLOG)?;
         let local = s.local_addr()?;
         Ok((Listener(s), local))
     }
