@@ -238,9 +238,10 @@ impl<S: Server> Engine<S> {
         // What is to be written; frames are encoded in the worker thread's scratch buffer
         // and only their bytes kept here, so an idle connection holds a few bytes.
         let mut out = Vec::new();
-        // Records received by the end of the last turn: a turn that brought none, with the
-        // link's storage idle, gives the storage back (see `HeapStorage::park`).
-        let mut records_seen = u32::MAX;
+        // Records received by the end of the last turn, and when they last changed: a turn
+        // PARK_AFTER_MS after the last record, with the link's storage idle, gives the
+        // storage back (see `HeapStorage::park`).
+        let (mut records_seen, mut records_at) = (u32::MAX, self.clock.now());
         let mut timer = Timer::new();
         loop {
             let (deadline, finished) = {
@@ -264,10 +265,13 @@ impl<S: Server> Engine<S> {
                     }
                 });
                 let records = link.stats().records_in;
-                if records == records_seen && link.storage_idle() {
+                if records != records_seen {
+                    (records_seen, records_at) = (records, now);
+                } else if link.storage_idle()
+                    && now.millis().saturating_sub(records_at.millis()) >= PARK_AFTER_MS
+                {
                     link.storage_mut().park();
                 }
-                records_seen = records;
                 let ended = matches!(link.phase(), Phase::Closed | Phase::Rejected | Phase::Dead);
                 (link.poll_timeout(), ended || drained)
             };
@@ -475,6 +479,12 @@ impl<S: Server> Engine<S> {
         }
     }
 }
+
+/// How long after its last record a link's buffers are given back (at its next turn with
+/// its storage idle: a keepalive, within a second more). Sooner, a device sending a record
+/// every millisecond had its buffers given back and taken again between records: the
+/// dashboard's 200 devices at 1 kHz cost the listener 15.8 µs a record instead of 9.1.
+const PARK_AFTER_MS: u64 = 1000;
 
 /// How long a connection whose session closed waits for its device to hang up.
 const LINGER: Duration = Duration::from_secs(2);
