@@ -412,18 +412,8 @@ fn devices_at_full_rate(
     each: u32,
 ) -> Result<(f64, f64), BenchError> {
     let csv = opts.dir.join(format!("sweep{devices}.csv"));
-    let max = (devices * 2).max(16).to_string();
-    let (listener, addr) = start_listener(
-        opts,
-        &csv,
-        &["--max-connections", &max, "--max-devices", &max],
-    )?;
+    let (listener, addr, rt) = listener_for_devices(opts, &csv, devices, &[])?;
     let pid = listener.0.id();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(io("starting a runtime"))?;
-    std::thread::sleep(Duration::from_millis(200));
     let cpu_before = cpu_seconds(pid)?;
     let start = StdInstant::now();
     let (done, failures) = stream_devices(&rt, addr, devices, each, DEVICE_WINDOW, Duration::ZERO)?;
@@ -440,6 +430,26 @@ fn devices_at_full_rate(
     let total = check_device_rows(&csv, devices, each)?;
     let _ = std::fs::remove_file(&csv);
     Ok((total as f64 / secs, cpu / total as f64))
+}
+
+/// A `tether listen` into `csv` with its limits raised for `devices` (and `extra` options),
+/// settled (its baseline can be taken), and a runtime for the in-process devices.
+fn listener_for_devices(
+    opts: &BenchOptions,
+    csv: &Path,
+    devices: usize,
+    extra: &[&str],
+) -> Result<(Kid, SocketAddr, tokio::runtime::Runtime), BenchError> {
+    let max = (devices * 2).max(16).to_string();
+    let mut args = vec!["--max-connections", &max, "--max-devices", &max];
+    args.extend_from_slice(extra);
+    let (listener, addr) = start_listener(opts, csv, &args)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(io("starting a runtime"))?;
+    std::thread::sleep(Duration::from_millis(300));
+    Ok((listener, addr, rt))
 }
 
 /// The transmit window of the benchmark's in-process devices at full rate: the listener's
@@ -1471,30 +1481,13 @@ fn rss(pid: u32) -> Result<u64, BenchError> {
 fn idle_devices_memory(opts: &BenchOptions) -> Result<(f64, f64, u64), BenchError> {
     const RECORDS: u32 = 100;
     let csv = opts.dir.join("devices.csv");
-    let max = (opts.devices * 2).to_string();
-    let (listener, addr) = start_listener(
-        opts,
-        &csv,
-        &[
-            "--max-connections",
-            &max,
-            "--max-devices",
-            &max,
-            "--idle-timeout-ms",
-            "60000",
-        ],
-    )?;
+    let (listener, addr, rt) =
+        listener_for_devices(opts, &csv, opts.devices, &["--idle-timeout-ms", "60000"])?;
     let pid = listener.0.id();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(io("starting a runtime"))?;
-    // Let the listener settle, then take its baseline.
-    std::thread::sleep(Duration::from_millis(300));
     let before = rss(pid)?;
     // Settle, then measure while every device is connected and idle: the listener gives an
-    // idle link's buffers back at its first turn without records (a keepalive, within a
-    // second) and returns freed memory to the system every 2 s.
+    // idle link's buffers back at its first idle turn 1 s after its last record (a
+    // keepalive, within a second more) and returns freed memory to the system every 2 s.
     let (all_idle, failures, during) = stream_devices_then(
         &rt,
         addr,
