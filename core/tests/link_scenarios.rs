@@ -933,3 +933,65 @@ fn the_nack_rule_moves_its_trigger_only_when_a_nack_becomes_due() {
     assert_eq!(nacks(&drain(&mut h, at(5))), 1);
     assert_eq!(h.received().count(), 0, "nothing beyond the gap is held");
 }
+
+/// PROTOCOL.md 9.2 and 9.9: an acknowledgement is ordered counted from `tx_base`. Here
+/// `rel ≤ rcv ≤ snd_max` holds pair by pair (each step under 2^31) while `rcv` is 2^31 and
+/// more beyond anything sent: it is spurious, and nothing is forgotten. (Taken pair by
+/// pair it freed 2^30 of 8 slots: found by the `link` fuzz target.)
+#[test]
+fn an_acknowledgement_that_goes_round_the_sequence_space_is_spurious() {
+    let (mut d, mut h) = (device_with(|c| c.first_seq = 0), host());
+    connected_pair(&mut d, &mut h);
+    d.send(b"a").unwrap();
+    d.send(b"b").unwrap();
+    drain(&mut d, at(1));
+    let mut wire = vec![0u8; 64];
+    let forged = Header {
+        kind: Kind::Ack,
+        flags: frame::Flags::ACK,
+        seq: 0xE000_0000,
+        ack: 0x7000_0000,
+        credit: 8,
+        ..Header::default()
+    };
+    let n = frame::encode(&forged, &[], &mut wire).unwrap();
+    d.handle_input(at(1), &wire[..n]);
+    assert_eq!(d.stats().spurious_acks, 1);
+    assert_eq!(d.unacked(), 2, "both records are kept");
+    // The link still works: the host takes both records.
+    d.handle_timeout(at(1000));
+    let mut got = Vec::new();
+    for now in 1000..1010 {
+        shuttle(&mut d, &mut h, at(now));
+        got.extend(take_all(&mut h).into_iter().map(|(_, p)| p));
+    }
+    assert_eq!(got, [b"a".to_vec(), b"b".to_vec()]);
+}
+
+/// The same in a HELLO (9.5): a device naming the host whose `rx_released` and `rx_next`
+/// go round the space from the host's `tx_base` is treated as one that starts again from
+/// it, not as one that has records the host never sent.
+#[test]
+fn a_hello_whose_positions_go_round_the_sequence_space_is_not_resumed_from() {
+    let (mut d, mut h) = (device_with(|_| {}), host());
+    connected_pair(&mut d, &mut h);
+    events(&mut h);
+    h.send(b"kept").unwrap();
+    drain(&mut h, at(1));
+    d.connect(at(2));
+    let mut hello = handshake_payload(&drain(&mut d, at(2)), Kind::Hello);
+    // The host's tx_base is 0 (its first_seq); pair by pair 0 <= 0x7F00_0000 <= 0xFE00_0000
+    // <= snd_max = 1.
+    hello[6..10].copy_from_slice(&0x51u32.to_le_bytes());
+    hello[14..18].copy_from_slice(&0xFE00_0000u32.to_le_bytes());
+    hello[18..22].copy_from_slice(&0x7F00_0000u32.to_le_bytes());
+    let mut wire = vec![0u8; 128];
+    let header = Header {
+        kind: Kind::Hello,
+        ..Header::default()
+    };
+    let n = frame::encode(&header, &hello, &mut wire).unwrap();
+    h.handle_input(at(2), &wire[..n]);
+    assert_eq!(h.phase(), Phase::Established);
+    assert_eq!(h.unacked(), 1, "the record the device never had is kept");
+}

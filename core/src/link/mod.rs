@@ -47,7 +47,7 @@ pub use self::auth::Key;
 
 pub use self::handshake::{Reject, RejectCode, PROTOCOL_VERSION, REJECT_TEXT_MAX};
 use self::seq::ring_add;
-pub use self::seq::{seq_diff, seq_lt, seq_lte};
+pub use self::seq::{seq_diff, seq_lt, seq_lte, seq_lte_from};
 pub use self::storage::{LinkStorage, Parts, Storage};
 
 /// The highest protocol version this build of the core speaks: 2 with the `v2` feature
@@ -1132,10 +1132,10 @@ impl State {
         // tx_base and everything unacknowledged goes again.
         let mut rcv = self.tx_base;
         let mut rel = self.tx_base;
+        // tx_base <= rx_released <= rx_next <= snd_max, counted from tx_base.
         if knows_us
-            && seq_lte(self.tx_base, peer.rx_released)
-            && seq_lte(peer.rx_released, peer.rx_next)
-            && seq_lte(peer.rx_next, self.snd_max)
+            && seq_lte_from(self.tx_base, peer.rx_released, peer.rx_next)
+            && seq_lte_from(self.tx_base, peer.rx_next, self.snd_max)
         {
             rel = peer.rx_released;
             rcv = peer.rx_next;
@@ -1538,7 +1538,7 @@ impl State {
         } else {
             rel
         };
-        if !seq_lte(rel, rcv) || !seq_lte(rcv, self.snd_max) {
+        if !seq_lte_from(self.tx_base, rel, rcv) || !seq_lte_from(self.tx_base, rcv, self.snd_max) {
             self.stats.spurious_acks = self.stats.spurious_acks.wrapping_add(1);
             return;
         }

@@ -21,6 +21,16 @@ pub const fn seq_lte(a: u32, b: u32) -> bool {
     seq_diff(a, b) <= 0
 }
 
+/// Whether `a` comes at or before `b` counted from `base`: their distances from `base`
+/// compared as unsigned numbers. A chain `base <= x <= y <= top` checked with this is sound
+/// for any values; checked pairwise with [`seq_lte`] it is not, since three steps of less
+/// than 2^31 each can go round the whole space (a peer's acknowledgement of 2^31 records
+/// beyond what was sent passed so, and freed that many slots).
+#[inline]
+pub const fn seq_lte_from(base: u32, a: u32, b: u32) -> bool {
+    a.wrapping_sub(base) <= b.wrapping_sub(base)
+}
+
 /// Slot `k` after `head` in a ring of `n` slots: `(head + k) % n` for `head < n` and `k <= n`,
 /// which is what the link's rings ever ask, without a division (a Cortex-M0 has no divide
 /// instruction, and the software one costs about 450 bytes of flash).
@@ -47,6 +57,19 @@ mod tests {
         assert!(seq_lte(7, 7) && !seq_lt(7, 7));
         assert_eq!(seq_diff(2, u32::MAX), 3);
         assert_eq!(seq_diff(u32::MAX, 2), -3);
+    }
+
+    #[test]
+    fn a_chain_from_a_base_is_ordered_where_pairwise_steps_wrap() {
+        // 0 <= 0x7000_0000 <= 0xE000_0000 <= 2 pairwise, each step under 2^31: the chain
+        // goes round the space, and from 0 it is not ordered.
+        let (base, rel, rcv, top) = (0u32, 0x7000_0000, 0xE000_0000, 2);
+        assert!(seq_lte(base, rel) && seq_lte(rel, rcv) && seq_lte(rcv, top));
+        assert!(seq_lte_from(base, rel, rcv) && !seq_lte_from(base, rcv, top));
+        // Across the wrap, an ordered chain stays ordered.
+        let base = u32::MAX - 1;
+        assert!(seq_lte_from(base, base, u32::MAX) && seq_lte_from(base, u32::MAX, 1));
+        assert!(!seq_lte_from(base, 1, u32::MAX));
     }
 
     #[test]

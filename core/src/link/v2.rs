@@ -5,7 +5,7 @@
 //! credit and release are shared, and what differs by version is how frames are read and
 //! built, in this module.
 
-use super::{ring_add, seq_lt, seq_lte, Instant, Phase, State};
+use super::{ring_add, seq_lt, seq_lte, seq_lte_from, Instant, Phase, State};
 use crate::frame::v2::{self as wire, Ack, Data, Frame, Short};
 use crate::frame::{Header, Kind};
 
@@ -296,7 +296,9 @@ impl State {
         // 1. Valid: rel <= rcv <= snd_max (rel >= tx_base by its expansion), and every record
         // sacked was sent: the highest is rcv + its bit's position.
         let top = rcv.wrapping_add(reported_top);
-        if !seq_lte(rcv, self.snd_max) || (!a.sack.is_empty() && !seq_lt(top, self.snd_max)) {
+        if !seq_lte_from(self.tx_base, rcv, self.snd_max)
+            || (!a.sack.is_empty() && !seq_lt(top, self.snd_max))
+        {
             self.stats.spurious_acks = self.stats.spurious_acks.wrapping_add(1);
             return;
         }
