@@ -952,7 +952,6 @@ fn an_acknowledgement_that_goes_round_the_sequence_space_is_spurious() {
         seq: 0xE000_0000,
         ack: 0x7000_0000,
         credit: 8,
-        ..Header::default()
     };
     let n = frame::encode(&forged, &[], &mut wire).unwrap();
     d.handle_input(at(1), &wire[..n]);
