@@ -10,7 +10,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -120,6 +120,9 @@ pub struct ListenSummary {
     pub retransmissions: u64,
     /// Connections dropped for garbage, protocol violations or time-outs.
     pub dropped_connections: u64,
+    /// The listener stopped because its output went away (`jsonl:-` into a pipe whose
+    /// reader exited): what it had not written stays with the devices.
+    pub output_gone: bool,
 }
 
 /// A way to send commands to connected devices while the listener runs.
@@ -216,6 +219,10 @@ pub struct Logger {
     records: AtomicU64,
     /// How long each batch's commit took (`/metrics`): two clock reads a batch.
     commit_latency: Histogram,
+    /// Set when the sink's output can never be written again (standard output whose reader
+    /// went away, [`SinkError::output_gone`]); `gone` then wakes [`Listener::run`] to stop.
+    output_gone: AtomicBool,
+    gone: tokio::sync::Notify,
 }
 
 impl Listener {
@@ -260,6 +267,8 @@ impl Listener {
                 deferred,
                 records: AtomicU64::new(0),
                 commit_latency: Histogram::default(),
+                output_gone: AtomicBool::new(false),
+                gone: tokio::sync::Notify::new(),
             },
             limits,
         );
@@ -311,6 +320,13 @@ impl Listener {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<ListenSummary, ListenError> {
         let engine = self.engine;
+        // A signal, or the sink's output gone for good.
+        let shutdown = async {
+            tokio::select! {
+                () = shutdown => {}
+                () = engine.server().gone.notified() => {}
+            }
+        };
         if let Some(d) = engine.server().deferred.clone() {
             engine.spawn(publish_link_state(engine.clone(), d));
         }
@@ -332,8 +348,12 @@ impl Listener {
             })
             .await;
         let logger = engine.server();
-        // Marker rows a failed batch left pending get a last chance.
-        Batch::new(&mut **lock(&logger.sink)).commit()?;
+        let output_gone = logger.output_gone.load(Ordering::Relaxed);
+        // Marker rows a failed batch left pending get a last chance (none where the output
+        // is gone).
+        if !output_gone {
+            Batch::new(&mut **lock(&logger.sink)).commit()?;
+        }
         if let Some(d) = &logger.deferred {
             d.close();
         }
@@ -349,6 +369,7 @@ impl Listener {
             sessions: engine.sessions().len(),
             retransmissions,
             dropped_connections: engine.dropped(),
+            output_gone,
         })
     }
 }
@@ -509,8 +530,19 @@ impl Server for Logger {
         // A failed batch (a full disk) leaves nothing in the CSV and nothing released: its
         // records are sent again and written once. The link carries on below either way.
         if let Err(e) = self.write_received(device, s) {
-            // The sink logs a failing CSV once, not once a round.
-            debug!("device {device:08x}: {e}; its records stay unacknowledged");
+            if e.output_gone() {
+                if !self.output_gone.swap(true, Ordering::Relaxed) {
+                    warn!(
+                        "{e}: its reader went away, so the listener stops; records not \
+                         written stay with their devices, which send them to the next listener"
+                    );
+                    // A permit if `run` is not waiting yet.
+                    self.gone.notify_one();
+                }
+            } else {
+                // The sink logs a failing CSV once, not once a round.
+                debug!("device {device:08x}: {e}; its records stay unacknowledged");
+            }
         }
         while let Some(cmd) = s.commands.front() {
             match s.link.send(cmd) {
@@ -528,7 +560,9 @@ impl Server for Logger {
                 }
             }
         }
-        stopping && s.link.received().next().is_none()
+        // Stopping, a session waits for its records to be written; with the output gone
+        // they never will be, and stay with the device.
+        stopping && (s.link.received().next().is_none() || self.output_gone.load(Ordering::Relaxed))
     }
 
     fn restarted(&self, device: u32, s: &mut Device, in_doubt: u32) {

@@ -384,6 +384,17 @@ pub enum SinkError {
     },
 }
 
+impl SinkError {
+    /// Whether the sink can never be written again in this process: standard output whose
+    /// reader went away (a closed pipe, as `tether listen --sink jsonl:- | head` leaves).
+    /// Every other failure (a full disk, a database down) may pass, and the listener holds
+    /// the records back until it does.
+    pub fn output_gone(&self) -> bool {
+        matches!(self, SinkError::Jsonl(jsonl::JsonlError::Stdout(e))
+            if e.kind() == io::ErrorKind::BrokenPipe)
+    }
+}
+
 /// The process holding a CSV file's lock, from `/proc/locks`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Holder {

@@ -184,6 +184,98 @@ fn standard_output_has_every_record_once_as_a_json_line_and_nothing_else() {
     );
 }
 
+/// `tether listen --sink jsonl:- | head -n 5`: when `head` has its lines and exits, the
+/// listener stops at its next write, with the status a shell gives a program SIGPIPE ended
+/// (141) and one line that says why; what it had not written stays with the devices, which
+/// send it to the next listener (none of it twice: nothing `head` printed comes again).
+#[test]
+fn a_listener_on_standard_output_stops_when_the_pipe_reader_exits() {
+    let port = free_port();
+    let endpoint = format!("tcp://127.0.0.1:{port}");
+    let mut listener = Process(
+        Command::new(TETHER)
+            .args(["listen", &endpoint, "--sink", "jsonl:-"])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tether listen starts"),
+    );
+    let stdout = listener.0.stdout.take().expect("stdout");
+    let head = Command::new("head")
+        .args(["-n", "5"])
+        .stdin(Stdio::from(stdout))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("head starts");
+    let stderr = listener.0.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !rx
+        .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        .expect("the listener says it listens")
+        .contains("listening on tcp://")
+    {}
+    let (devices, readings) = (2, 3_000);
+    let mut s = sim(&endpoint, devices, readings, 23);
+    let printed = head.wait_with_output().expect("head runs");
+    let printed = String::from_utf8(printed.stdout).expect("UTF-8");
+    assert_eq!(printed.lines().count(), 5, "{printed}");
+    let status = exited(&mut listener, "the listener", Duration::from_secs(10));
+    let log: Vec<String> = rx.try_iter().collect();
+    assert_eq!(status.code(), Some(141), "{status}: {log:?}");
+    assert!(
+        log.iter()
+            .any(|l| l.contains("standard output") && l.contains("reader went away")),
+        "it says why: {log:?}"
+    );
+    // The next listener gets the rest from the devices.
+    let dir = temp_dir("pipe");
+    let file = dir.join("rest.jsonl");
+    let mut next = Process(
+        Command::new(TETHER)
+            .args(["listen", &endpoint, "--sink"])
+            .arg(format!("jsonl:{}", file.display()))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tether listen starts"),
+    );
+    let status = exited(&mut s, "tether sim", Duration::from_secs(90));
+    assert!(status.success(), "tether sim: {status}");
+    sigterm(&mut next);
+    let key = |line: &str| {
+        let v: Value = serde_json::from_str(line).expect("JSON");
+        (
+            v["device"].to_string(),
+            v["session"].to_string(),
+            v["seq"].to_string(),
+        )
+    };
+    let rest: Vec<_> = file_lines(&file).iter().map(|l| key(l)).collect();
+    // Lines the listener wrote into the pipe that `head` never printed are gone with the
+    // pipe, as with any producer; the devices' acknowledged rest is in the file, once.
+    let unique: std::collections::HashSet<_> = rest.iter().collect();
+    assert_eq!(unique.len(), rest.len(), "a record written twice");
+    assert!(
+        rest.len() >= devices * readings as usize / 2,
+        "{}",
+        rest.len()
+    );
+    for line in printed.lines() {
+        assert!(!rest.contains(&key(line)), "written twice: {line}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Lines of `path` (whole lines only), read now.
 fn file_lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)

@@ -161,8 +161,15 @@ pub(super) async fn listen(args: ListenArgs) -> Result<ExitCode, CliError> {
         summary.dropped_connections,
         plural(summary.retransmissions, "retransmission")
     );
+    if summary.output_gone {
+        // As a shell reports a program that SIGPIPE ended (128 + 13): the pipe's reader left.
+        return Ok(ExitCode::from(OUTPUT_GONE));
+    }
     Ok(ExitCode::SUCCESS)
 }
+
+/// The exit status when standard output's reader went away (`--sink jsonl:- | head`).
+const OUTPUT_GONE: u8 = 141;
 
 /// One command line typed at a listener: `DEVICE COMMAND` or `* COMMAND`.
 fn command_line(commands: &tether_host::listen::Commands, line: &str) {

@@ -410,7 +410,16 @@ impl JsonlSink {
         self.cut_off();
         let text = e.to_string();
         let what = self.describe();
+        let pipe_closed = self.file.is_none() && e.kind() == io::ErrorKind::BrokenPipe;
         match &mut self.failing {
+            // The reader of standard output is gone: the listener says so, and stops.
+            None if pipe_closed => {
+                self.failing = Some(Failing {
+                    since: Instant::now(),
+                    batches: 1,
+                    error: text,
+                });
+            }
             None => {
                 warn!(
                     "{}: {e}. Writing stopped: records are not acknowledged until it works \
