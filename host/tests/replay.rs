@@ -1,6 +1,8 @@
 //! `tether sim --replay PATH` through the real binary: a device recorded by `tether listen
 //! --csv-dir` replayed as two devices into a second listener, which writes exactly the
-//! recorded readings for each, through faults too; the recorded pace, and faster.
+//! recorded readings for each, through faults too; the recorded pace, and faster. A
+//! recording by `--sink jsonl:FILE` the same (the same named values), and the text records
+//! of a `--csv-dir` (lines of `tether send`), each once, in order.
 //!
 //! [`library_replay_into_an_in_process_listener`] is the example to copy: the same from a
 //! user's own `cargo test`, without the binary.
@@ -265,6 +267,223 @@ fn a_single_csv_is_replayed_as_text_lines_of_the_chosen_device() {
         );
     }
     let _ = std::fs::remove_dir_all(&d);
+}
+
+/// A listener writing `--sink jsonl:FILE`, until stopped.
+fn listen_jsonl(file: &Path) -> Logged {
+    let sink = format!("jsonl:{}", file.display());
+    Logged::start(
+        &["listen", "tcp://127.0.0.1:0", "--sink", &sink],
+        Stdio::null(),
+    )
+}
+
+/// A CSV cell is what the JSON lines sink wrote as `v`: a JSON string the cell's text (the
+/// CSV doubling a leading `<`), anything else the same JSON value as the cell.
+fn same_value(cell: &str, v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::String(s) if s.starts_with('<') => cell == format!("<{s}"),
+        serde_json::Value::String(s) => cell == s,
+        v => {
+            serde_json::from_str::<serde_json::Value>(cell)
+                .ok()
+                .as_ref()
+                == Some(v)
+        }
+    }
+}
+
+#[test]
+fn a_json_lines_recording_is_replayed_with_the_same_named_values() {
+    let d = dir("jsonl");
+    std::fs::create_dir_all(&d).unwrap();
+    let recorded = d.join("recorded.jsonl");
+    let mut l = listen_jsonl(&recorded);
+    let addr = format!("tcp://{}", l.addr());
+    tether(
+        &[
+            "sim",
+            &addr,
+            "--kinds",
+            "--devices",
+            "1",
+            "--records",
+            "150",
+            "--period-ms",
+            "2",
+            "--seed",
+            "43",
+        ],
+        Duration::from_secs(60),
+    );
+    let (code, log) = l.stop();
+    assert_eq!(code, Some(0), "{log}");
+    // Per kind: its fields' keys (from its declaration) and its records' values, in seq order.
+    let text = std::fs::read_to_string(&recorded).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let mut fields: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let mut values: std::collections::BTreeMap<String, Vec<(u64, Vec<serde_json::Value>)>> =
+        Default::default();
+    for l in lines.iter().filter(|l| l["seq"].is_u64()) {
+        if l["kind"].is_u64() {
+            let names = l["fields"].as_array().unwrap();
+            let names = names.iter().map(|f| f["name"].as_str().unwrap().to_owned());
+            fields.insert(l["name"].as_str().unwrap().to_owned(), names.collect());
+        }
+    }
+    for l in lines.iter().filter(|l| l["kind"].is_string()) {
+        let kind = l["kind"].as_str().unwrap().to_owned();
+        let vals = fields[&kind].iter().map(|f| l[f].clone()).collect();
+        values
+            .entry(kind)
+            .or_default()
+            .push((l["seq"].as_u64().unwrap(), vals));
+    }
+    for v in values.values_mut() {
+        v.sort_by_key(|(seq, _)| *seq);
+    }
+    assert_eq!(
+        values["env"].len(),
+        150,
+        "kinds recorded: {:?}",
+        fields.keys()
+    );
+
+    let b = dir("jsonl-b");
+    let mut l = listen(&b, false);
+    let addr = format!("tcp://{}", l.addr());
+    tether(
+        &[
+            "sim",
+            &addr,
+            "--replay",
+            recorded.to_str().unwrap(),
+            "--devices",
+            "2",
+            "--seed",
+            "9",
+            "--speed",
+            "max",
+            "--faults",
+            "corrupt=0.01,cuts=2",
+            "--timeout",
+            "120",
+        ],
+        Duration::from_secs(150),
+    );
+    let (code, log) = l.stop();
+    assert_eq!(code, Some(0), "{log}");
+    for (kind, want) in &values {
+        let got = rows(&b.join(format!("{kind}.csv")));
+        assert_eq!(
+            got.len(),
+            2 * want.len(),
+            "{kind}.csv: rows of other devices"
+        );
+        for i in 0..2 {
+            let id = format!("{:08x}", tether_host::sim::device_identity(9, i).0);
+            let mine: Vec<&Vec<String>> = got.iter().filter(|r| r[1] == id).collect();
+            assert_eq!(mine.len(), want.len(), "device {id}, {kind}.csv");
+            for (row, (seq, vals)) in mine.iter().zip(want) {
+                let cells = &row[4..];
+                let same = cells.len() == vals.len()
+                    && cells.iter().zip(vals).all(|(c, v)| same_value(c, v));
+                assert!(
+                    same,
+                    "device {id}: recorded seq {seq}: {vals:?}, replayed {row:?}"
+                );
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&d);
+    let _ = std::fs::remove_dir_all(&b);
+}
+
+#[test]
+fn the_text_records_of_a_csv_dir_are_replayed_once_in_order() {
+    let a = dir("texts");
+    std::fs::create_dir_all(&a).unwrap();
+    let input = a.join("lines.txt");
+    let mut lines: Vec<String> = (0..40).map(|i| format!("{i},reading {i},ok")).collect();
+    lines[10] = "\"quoted, with a comma\",x".into();
+    lines[20] = "<angle,1".into();
+    lines[30] = "one field".into();
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let recorded = a.join("recorded");
+    let mut l = listen(&recorded, false);
+    let addr = format!("tcp://{}", l.addr());
+    tether(
+        &["send", &addr, input.to_str().unwrap()],
+        Duration::from_secs(60),
+    );
+    let (code, log) = l.stop();
+    assert_eq!(code, Some(0), "{log}");
+    // The lines' fields, as the CSV writes them.
+    let want: Vec<Vec<String>> = lines
+        .iter()
+        .map(|line| {
+            let mut r = csv::ReaderBuilder::new()
+                .has_headers(false)
+                .from_reader(line.as_bytes());
+            let row = r.records().next().unwrap().unwrap();
+            row.iter()
+                .map(|f| {
+                    if f.starts_with('<') {
+                        format!("<{f}")
+                    } else {
+                        f.to_owned()
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let texts = |path: &Path, device: Option<&str>| -> Vec<Vec<String>> {
+        rows(&path.join("tether-records.csv"))
+            .into_iter()
+            .filter(|r| !r[3].is_empty() && device.is_none_or(|d| r[1] == d))
+            .map(|r| r[4..].to_vec())
+            .collect()
+    };
+    assert_eq!(texts(&recorded, None), want, "the recording");
+
+    let b = dir("texts-b");
+    let mut l = listen(&b, false);
+    let addr = format!("tcp://{}", l.addr());
+    tether(
+        &[
+            "sim",
+            &addr,
+            "--replay",
+            recorded.to_str().unwrap(),
+            "--devices",
+            "2",
+            "--seed",
+            "11",
+            "--speed",
+            "max",
+            "--faults",
+            "loss=0.01,cuts=3",
+            "--timeout",
+            "120",
+        ],
+        Duration::from_secs(150),
+    );
+    let (code, log) = l.stop();
+    assert_eq!(code, Some(0), "{log}");
+    for i in 0..2 {
+        let id = format!("{:08x}", tether_host::sim::device_identity(11, i).0);
+        assert_eq!(texts(&b, Some(&id)), want, "device {id}");
+    }
+    assert_eq!(
+        texts(&b, None).len(),
+        2 * want.len(),
+        "rows of other devices"
+    );
+    let _ = std::fs::remove_dir_all(&a);
+    let _ = std::fs::remove_dir_all(&b);
 }
 
 /// The library way, to copy into your own `cargo test`: replay a recorded stream (here a

@@ -92,8 +92,9 @@ enum Command {
     /// --verify) the CSV is exact.
     ///
     /// With --replay PATH the devices send a recorded device's stream instead (a
-    /// `tether listen --csv-dir` directory, or a --csv file as text lines), each under its own
-    /// identity, at the recorded pace divided by --speed (max: no waiting).
+    /// `tether listen --csv-dir` directory, a --sink jsonl:FILE file, or a --csv file as text
+    /// lines), each under its own identity, at the recorded pace divided by --speed (max: no
+    /// waiting).
     ///
     /// Example: tether sim tcp://127.0.0.1:5003 --devices 4 --records 10000
     ///          --faults corrupt=0.01,loss=0.01,cuts=20 --seed 7 --verify readings.csv

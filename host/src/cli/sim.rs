@@ -20,13 +20,14 @@ pub(super) struct SimArgs {
     records: u32,
     /// Replay a recorded device instead of the simulated sensor: a directory written by
     /// `tether listen --csv-dir` (its declarations, then its records of those kinds, typed
-    /// as declared) or a single --csv file (each row sent as a text line: no types). Each of
-    /// --devices sends the whole stream under its own identity, at the recorded pace (see
-    /// --speed), through --faults.
+    /// as declared, and its text records), a JSON lines file written by --sink jsonl:FILE
+    /// (the same; a file whose first character is `{`), or a single --csv file (each row
+    /// sent as a text line: no types). Each of --devices sends the whole stream under its
+    /// own identity, at the recorded pace (see --speed), through --faults.
     #[arg(long, value_name = "PATH", conflicts_with_all = ["verify", "kinds", "period_ms"])]
     replay: Option<PathBuf>,
     /// With --replay: the recorded device to replay (its id, 8 hex digits); by default the
-    /// first in tether-kinds.csv (or the CSV's first row).
+    /// first in tether-kinds.csv (else in tether-records.csv), or the first line's or row's.
     #[arg(long, value_name = "ID", requires = "replay")]
     device: Option<String>,
     /// With --replay: 1 replays at the recorded pace, 10 ten times faster, max as fast as

@@ -3,19 +3,38 @@
 //!
 //! # What is replayed
 //!
+//! [`Stream::load`] reads a directory as `--csv-dir`'s, a file whose first byte that is not
+//! white space is `{` as JSON lines, and any other file as a single Tether CSV (which begins
+//! with its header, `host_time,…`): the content decides, not the file's name.
+//!
 //! * A directory written by `tether listen --csv-dir DIR` ([`Stream::from_csv_dir`]): one
 //!   device's declarations (`tether-kinds.csv`, the `declaration` column's bytes) first, in
-//!   their seq order, then its records of those kinds (the kinds' files, `NAME.csv`), merged
-//!   across the files in seq order, each encoded again as a record of its declared kind with
-//!   the values read by their declared types: the listener on the other side writes the same
-//!   values under the same columns. The device is the first in `tether-kinds.csv` unless
-//!   named; of a device with several numberings (its `session` column), the lowest. What
-//!   `tether-records.csv` holds (text records, fields without a declaration, marker rows) is
-//!   not replayed.
+//!   their seq order, then its other records merged in seq order: its records of those kinds
+//!   (the kinds' files, `NAME.csv`), each encoded again as a record of its declared kind
+//!   with the values read by their declared types, and its rows of `tether-records.csv`,
+//!   each as a text record (see below); the listener on the other side writes the same
+//!   values under the same columns. Marker rows are skipped. The device is the first in
+//!   `tether-kinds.csv` (if it has none, in `tether-records.csv`) unless named; of a device
+//!   with several numberings (its `session` column), the lowest.
+//! * A JSON lines file written by `tether listen --sink jsonl:FILE` ([`Stream::from_jsonl`]):
+//!   one device's records (the first line's device unless named; of several numberings, the
+//!   lowest `session`), declarations first (their `declaration` key's bytes) in seq order,
+//!   then the others in seq order: a record of a declared kind (`"kind":NAME`) encoded again
+//!   as a record of the kind the device last declared under that name, its values (the
+//!   declared fields' keys) by their declared types; any other record (`field_1`, …) as a
+//!   text record of those fields. Markers (no `seq`) and a torn last line are skipped.
 //! * A single Tether CSV file (`tether listen --csv FILE`, [`Stream::from_csv`]): one device's
-//!   rows (the first row's device unless named; marker rows skipped), each sent as a text
-//!   record of its fields joined by commas, as `tether send` sends a line. A single CSV has
-//!   no types: a typed field comes back as text.
+//!   rows (the first row's device unless named; marker rows skipped), each a text record of
+//!   its fields. A single CSV has no types: a typed field comes back as text.
+//!
+//! A text record is made of a row's `field_1`, … as `tether send` sends a line: the fields
+//! joined by commas, a field quoted (RFC 4180) if it holds a comma, a quote or a line end,
+//! the CSV's extra `<` in front of a text beginning with `<` taken off; so the listener
+//! writes the same fields. Fields without a declaration (typed, undeclared) come back as
+//! text. A record the CSV shows by its bytes in hex (`<binary …>`, `<record of undeclared
+//! kind …: …>`, `<malformed declaration …: …>`) is sent as those bytes; a row with another
+//! `<…>` field (a malformed field, a record not matching its declaration) is skipped, with a
+//! warning. A device with nothing but declarations to replay is an error.
 //!
 //! # Timing
 //!
@@ -43,12 +62,12 @@ use tether_core::record::kind::{FieldDef, Kind, KindWriter, Type};
 use tether_core::record::Field;
 use tether_firmware_sim::fault::{FaultConfig, FaultInjector};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::{device_identity, Faults, SimSummary};
 use crate::clock::Clock;
 use crate::endpoint::Endpoint;
-use crate::sink::csv_dir::KINDS_FILE;
+use crate::sink::csv_dir::{KINDS_FILE, RECORDS_FILE};
 use crate::sink::kinds::Schema;
 
 /// A replayed device's link: 16 records in flight, records up to about 1 KiB (the
@@ -116,36 +135,61 @@ pub struct Stream {
 }
 
 impl Stream {
-    /// A directory written by `--csv-dir` or a single `--csv` file, whichever `path` is.
+    /// A directory written by `--csv-dir`, a JSON lines file (`--sink jsonl:FILE`) or a
+    /// single `--csv` file, whichever `path` is: a directory is read as `--csv-dir`'s, a
+    /// file whose first byte that is not white space is `{` as JSON lines, any other file as
+    /// a Tether CSV (which begins with its header, `host_time,…`).
     pub fn load(path: &Path, device: Option<&str>) -> Result<Stream, ReplayError> {
         if path.is_dir() {
             Stream::from_csv_dir(path, device)
+        } else if is_json_lines(path)? {
+            Stream::from_jsonl(path, device)
         } else {
             Stream::from_csv(path, device)
         }
     }
 
-    /// Declarations and records of kinds of `device` (or the first device) in a
-    /// `--csv-dir` directory: see the [module documentation](self).
+    /// Declarations, records of kinds and text records of `device` (or the first device) in
+    /// a `--csv-dir` directory: see the [module documentation](self).
     pub fn from_csv_dir(dir: &Path, device: Option<&str>) -> Result<Stream, ReplayError> {
         let kinds_path = dir.join(KINDS_FILE);
-        let rows = read_rows(&kinds_path)?;
+        let records_path = dir.join(RECORDS_FILE);
+        if !kinds_path.exists() && !records_path.exists() {
+            return Err(err(format!(
+                "{}: not a --csv-dir directory: it has neither {KINDS_FILE} nor {RECORDS_FILE}",
+                dir.display()
+            )));
+        }
+        let optional = |path: &Path| {
+            if path.exists() {
+                read_rows(path)
+            } else {
+                Ok(Vec::new())
+            }
+        };
+        let rows = optional(&kinds_path)?;
+        // Rows of tether-records.csv with a device and a seq (not a marker row, not a raw
+        // peer's chunk).
+        let texts: Vec<Vec<String>> = optional(&records_path)?
+            .into_iter()
+            .filter(|r| r.len() >= 4 && !r[3].is_empty() && is_device(&r[1]))
+            .collect();
         let pick = |row: &[String]| device.is_none_or(|d| row[1].eq_ignore_ascii_case(d));
         let chosen = rows
             .iter()
             .filter(|r| r.len() >= 9)
+            .chain(texts.iter())
             .find(|r| pick(r))
             .map(|r| r[1].clone())
             .ok_or_else(|| match device {
-                Some(d) => err(format!(
-                    "{}: no declaration of device {d}",
-                    kinds_path.display()
-                )),
-                None => err(format!("{}: no declarations", kinds_path.display())),
+                Some(d) => err(format!("{}: no records of device {d}", dir.display())),
+                None => err(format!("{}: no records", dir.display())),
             })?;
         let session = rows
             .iter()
-            .filter(|r| r.len() >= 9 && r[1] == chosen)
+            .filter(|r| r.len() >= 9)
+            .chain(texts.iter())
+            .filter(|r| r[1] == chosen)
             .filter_map(|r| r[2].parse::<u32>().ok())
             .min()
             .unwrap_or(0)
@@ -207,6 +251,37 @@ impl Stream {
                 ));
             }
         }
+        let mut skipped = 0usize;
+        for r in &texts {
+            if r[1] != chosen || r[2] != session {
+                continue;
+            }
+            let seq = parse_seq(&r[3], &records_path)?;
+            let Some(payload) = text_record(&r[4..]) else {
+                skipped += 1;
+                continue;
+            };
+            records.push((
+                seq,
+                Recorded {
+                    at: Some(parse_time(&r[0], &records_path, seq)?),
+                    payload,
+                },
+            ));
+        }
+        if skipped > 0 {
+            warn!(
+                "{}: {skipped} rows of device {chosen} not replayed: records that could not be \
+                 read whole (a malformed field, a record not matching its declaration)",
+                records_path.display()
+            );
+        }
+        if records.len() == declarations {
+            return Err(err(format!(
+                "{}: device {chosen} has no records to replay",
+                dir.display()
+            )));
+        }
         // Declarations first (a record may only follow its kind's), each part in seq order.
         records[..declarations].sort_by_key(|(seq, _)| *seq);
         records[declarations..].sort_by_key(|(seq, _)| *seq);
@@ -217,7 +292,7 @@ impl Stream {
     }
 
     /// The rows of `device` (or the first row's) in a single `--csv` file, each as a text
-    /// record of its fields joined by commas.
+    /// record of its fields (see the [module documentation](self)).
     pub fn from_csv(path: &Path, device: Option<&str>) -> Result<Stream, ReplayError> {
         let rows = read_rows(path)?;
         let mut chosen: Option<String> = device.map(str::to_owned);
@@ -231,17 +306,16 @@ impl Stream {
                 continue;
             }
             let seq = parse_seq(&r[2], path)?;
-            let fields: Vec<&str> = r[3..]
-                .iter()
-                .map(|f| {
-                    f.strip_prefix('<')
-                        .filter(|f| f.starts_with('<'))
-                        .unwrap_or(f)
-                })
-                .collect();
+            let Some(payload) = text_record(&r[3..]) else {
+                debug!(
+                    "{}: seq {seq}: not replayed (a record not read whole)",
+                    path.display()
+                );
+                continue;
+            };
             records.push(Recorded {
                 at: Some(parse_time(&r[0], path, seq)?),
-                payload: fields.join(",").into_bytes(),
+                payload,
             });
         }
         let device = chosen.ok_or_else(|| err(format!("{}: no records", path.display())))?;
@@ -252,6 +326,186 @@ impl Stream {
             )));
         }
         Ok(Stream { device, records })
+    }
+
+    /// The records of `device` (or the first line's device) in a JSON lines file written by
+    /// `--sink jsonl:FILE`: see the [module documentation](self).
+    pub fn from_jsonl(path: &Path, device: Option<&str>) -> Result<Stream, ReplayError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
+        let at = |n: usize| format!("{}: line {}", path.display(), n + 1);
+        // (line number, device, session, seq, host_time, the object) of each record.
+        type Line<'a> = (usize, String, u32, u64, SystemTime, Object<'a>);
+        let mut lines: Vec<Line<'_>> = Vec::new();
+        let pieces: Vec<&str> = text.split('\n').collect();
+        for (n, line) in pieces.iter().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let obj: Object<'_> = match serde_json::from_str(line) {
+                Ok(o) => o,
+                // A torn last line (the listener stopped while writing it): its record was
+                // not acknowledged, so it is not part of the recording.
+                Err(_) if n + 1 == pieces.len() => {
+                    debug!("{}: torn last line, not replayed", at(n));
+                    continue;
+                }
+                Err(e) => {
+                    return Err(err(format!(
+                        "{}: not a JSON object of a Tether listener: {e}",
+                        at(n)
+                    )))
+                }
+            };
+            let string = |key: &str| -> Result<Option<String>, ReplayError> {
+                obj.get(key)
+                    .map(|v| {
+                        serde_json::from_str::<String>(v.get())
+                            .map_err(|_| err(format!("{}: \"{key}\" is not a string", at(n))))
+                    })
+                    .transpose()
+            };
+            let number = |key: &str| -> Result<Option<u64>, ReplayError> {
+                obj.get(key)
+                    .map(|v| {
+                        v.get()
+                            .parse::<u64>()
+                            .map_err(|_| err(format!("{}: \"{key}\" is not a number", at(n))))
+                    })
+                    .transpose()
+            };
+            let Some(seq) = number("seq")? else {
+                continue; // a marker
+            };
+            let dev = string("device")?
+                .filter(|d| is_device(d))
+                .ok_or_else(|| err(format!("{}: no \"device\" (eight hex digits)", at(n))))?;
+            let session = number("session")?
+                .and_then(|s| u32::try_from(s).ok())
+                .ok_or_else(|| err(format!("{}: no \"session\"", at(n))))?;
+            let time =
+                string("host_time")?.ok_or_else(|| err(format!("{}: no \"host_time\"", at(n))))?;
+            let time = humantime::parse_rfc3339(&time).map_err(|e| {
+                err(format!(
+                    "{}: host_time `{time}` is not an RFC 3339 time: {e}",
+                    at(n)
+                ))
+            })?;
+            lines.push((n, dev, session, seq, time, obj));
+        }
+        let chosen = lines
+            .iter()
+            .find(|l| device.is_none_or(|d| l.1.eq_ignore_ascii_case(d)))
+            .map(|l| l.1.clone())
+            .ok_or_else(|| match device {
+                Some(d) => err(format!("{}: no records of device {d}", path.display())),
+                None => err(format!("{}: no records", path.display())),
+            })?;
+        let session = lines
+            .iter()
+            .filter(|l| l.1 == chosen)
+            .map(|l| l.2)
+            .min()
+            .unwrap_or(0);
+        let mut declared: Vec<Schema> = Vec::new();
+        let mut decls: Vec<(u64, Recorded)> = Vec::new();
+        let mut records: Vec<(u64, Recorded)> = Vec::new();
+        let mut skipped = 0usize;
+        for (n, _, _, seq, time, obj) in lines.iter().filter(|l| l.1 == chosen && l.2 == session) {
+            let kind = obj.get("kind").map(|v| v.get());
+            if let Some(hex) = obj
+                .get("declaration")
+                .filter(|_| kind.is_some_and(is_number))
+            {
+                let bytes = serde_json::from_str::<String>(hex.get())
+                    .ok()
+                    .and_then(|h| unhex(&h))
+                    .ok_or_else(|| err(format!("{}: declaration not in hex", at(*n))))?;
+                let schema = Schema::parse(&bytes)
+                    .map_err(|e| err(format!("{}: malformed declaration: {e}", at(*n))))?;
+                declared.retain(|s| s.id != schema.id);
+                declared.push(schema);
+                decls.push((
+                    *seq,
+                    Recorded {
+                        at: None,
+                        payload: bytes,
+                    },
+                ));
+                continue;
+            }
+            let payload = if let Some(kind) = kind {
+                let name = serde_json::from_str::<String>(kind).map_err(|_| {
+                    err(format!("{}: \"kind\" is neither a name nor an id", at(*n)))
+                })?;
+                // The latest declaration of that name whose fields the object has.
+                let schema = declared
+                    .iter()
+                    .rev()
+                    .find(|s| {
+                        s.name == name && s.columns.iter().all(|c| obj.contains_key(&c.column))
+                    })
+                    .ok_or_else(|| {
+                        err(format!(
+                            "{}: a record of kind {name}, which no earlier line of device \
+                             {chosen} declares (with these fields)",
+                            at(*n)
+                        ))
+                    })?;
+                let values = schema
+                    .columns
+                    .iter()
+                    .map(|c| json_value(c.ty, obj[&c.column].get()))
+                    .collect::<Option<Vec<String>>>()
+                    .ok_or_else(|| err(format!("{}: a value not of its declared type", at(*n))))?;
+                encode(schema, &values).map_err(|e| err(format!("{}: {e}", at(*n))))?
+            } else {
+                let mut fields: Vec<(usize, String)> = Vec::new();
+                for (key, v) in obj {
+                    let Some(i) = key.strip_prefix("field_").and_then(|i| i.parse().ok()) else {
+                        continue;
+                    };
+                    let v = v.get();
+                    let text = serde_json::from_str::<String>(v).unwrap_or_else(|_| v.to_owned());
+                    fields.push((i, text));
+                }
+                fields.sort();
+                let fields: Vec<String> = fields.into_iter().map(|(_, t)| t).collect();
+                match text_record(&fields) {
+                    Some(p) => p,
+                    None => {
+                        skipped += 1;
+                        continue;
+                    }
+                }
+            };
+            records.push((
+                *seq,
+                Recorded {
+                    at: Some(*time),
+                    payload,
+                },
+            ));
+        }
+        if skipped > 0 {
+            warn!(
+                "{}: {skipped} records of device {chosen} not replayed: records that could not \
+                 be read whole (a malformed field, a record not matching its declaration)",
+                path.display()
+            );
+        }
+        if records.is_empty() {
+            return Err(err(format!(
+                "{}: device {chosen} has no records to replay",
+                path.display()
+            )));
+        }
+        decls.sort_by_key(|(seq, _)| *seq);
+        records.sort_by_key(|(seq, _)| *seq);
+        Ok(Stream {
+            device: chosen,
+            records: decls.into_iter().chain(records).map(|(_, r)| r).collect(),
+        })
     }
 
     /// When each record is due, from the first: the recorded spacing divided by `speed`,
@@ -283,6 +537,97 @@ fn read_rows(path: &Path) -> Result<Vec<Vec<String>>, ReplayError> {
         rows.push(row.iter().map(str::to_owned).collect());
     }
     Ok(rows)
+}
+
+/// A JSON lines object: each key's value as its own text.
+type Object<'a> = HashMap<String, &'a serde_json::value::RawValue>;
+
+fn is_number(v: &str) -> bool {
+    v.parse::<u64>().is_ok()
+}
+
+/// Eight hex digits: a device's id as the sinks write it.
+fn is_device(s: &str) -> bool {
+    s.len() == 8 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Whether `path` holds JSON lines: its first byte that is not white space is `{`.
+fn is_json_lines(path: &Path) -> Result<bool, ReplayError> {
+    use std::io::Read as _;
+    let mut f = std::fs::File::open(path)
+        .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
+    let mut buf = [0u8; 256];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
+        if n == 0 {
+            return Ok(false);
+        }
+        if let Some(b) = buf[..n].iter().find(|b| !b.is_ascii_whitespace()) {
+            return Ok(*b == b'{');
+        }
+    }
+}
+
+/// A JSON value of a declared field (its text in the line) as the CSV writes it, for
+/// [`encode`]; `None` if it is not of that type.
+fn json_value(ty: Type, raw: &str) -> Option<String> {
+    let string = || serde_json::from_str::<String>(raw).ok();
+    match ty {
+        Type::Bool => matches!(raw, "true" | "false").then(|| raw.to_owned()),
+        // A NaN or infinite float is a string: "NaN", "inf", "-inf".
+        Type::F32 | Type::F64 if raw.starts_with('"') => string(),
+        Type::Str => string().map(|s| {
+            if s.starts_with('<') {
+                format!("<{s}")
+            } else {
+                s
+            }
+        }),
+        Type::Bytes => string(),
+        // A number: its own text, parsed by its declared type in `encode`.
+        _ => (!raw.starts_with('"')).then(|| raw.to_owned()),
+    }
+}
+
+/// The record a row of `field_1`, … texts (as the CSV writes them) was: a text record, its
+/// fields as one CSV line (quoted where they must be, the CSV's extra `<` taken off); or the
+/// bytes of a record the CSV shows in hex (`<binary …>`, `<record of undeclared kind …: …>`,
+/// `<malformed declaration …: …>`). `None`: a row with another `<…>` (a malformed field, a
+/// record not matching its declaration), whose record cannot be made again.
+fn text_record(fields: &[String]) -> Option<Vec<u8>> {
+    let shown = |f: &String| f.starts_with('<') && !f.starts_with("<<");
+    if let [only] = fields {
+        let hexed = [
+            "<binary ",
+            "<record of undeclared kind ",
+            "<malformed declaration ",
+        ];
+        if hexed.iter().any(|p| only.starts_with(p)) {
+            let inner = only.strip_suffix('>')?;
+            let hex = &inner[inner.rfind(' ')? + 1..];
+            return unhex(hex);
+        }
+    }
+    if fields.iter().any(shown) {
+        return None;
+    }
+    let mut line = String::new();
+    for (i, f) in fields.iter().enumerate() {
+        if i > 0 {
+            line.push(',');
+        }
+        let f = f.strip_prefix('<').unwrap_or(f);
+        if f.contains([',', '"', '\r', '\n']) {
+            line.push('"');
+            line.push_str(&f.replace('"', "\"\""));
+            line.push('"');
+        } else {
+            line.push_str(f);
+        }
+    }
+    Some(line.into_bytes())
 }
 
 fn parse_seq(s: &str, path: &Path) -> Result<u64, ReplayError> {
@@ -611,6 +956,79 @@ mod tests {
         assert_eq!(ms(s.schedule(Speed::Times(1.0))), [0, 0, 400, 400, 2000]);
         assert_eq!(ms(s.schedule(Speed::Times(10.0))), [0, 0, 40, 40, 200]);
         assert_eq!(ms(s.schedule(Speed::Max)), [0, 0, 0, 0, 0]);
+    }
+
+    /// The same records written by a `--csv-dir` sink and a JSON lines sink are loaded back
+    /// as the same stream: declarations first, then the records of kinds and the text
+    /// records merged in seq order, each record as the device sent it (marker skipped).
+    #[test]
+    fn csv_dir_and_json_lines_give_back_the_records_in_seq_order() {
+        use crate::sink::{Batch, CsvDirSink, JsonlOut, JsonlSink, Sink};
+        use tether_core::record::RecordWriter;
+        const K: Kind = Kind {
+            id: 0,
+            name: "env",
+            fields: &[
+                FieldDef::new("t", Type::F32).unit("°C"),
+                FieldDef::new("label", Type::Str),
+            ],
+        };
+        let decl: [u8; K.declaration_len()] = K.declaration();
+        let env = |t: f32, label: &str| {
+            let mut buf = [0u8; 64];
+            let mut w = KindWriter::new(&K, &mut buf);
+            w.f32(t).unwrap().str(label).unwrap();
+            w.finish().unwrap().to_vec()
+        };
+        let mut plain = [0u8; 16];
+        let mut w = RecordWriter::new(&mut plain);
+        w.u8(7).unwrap();
+        let plain = w.finish().to_vec();
+        let sent: Vec<(u32, Vec<u8>)> = vec![
+            (0, decl.to_vec()),
+            (1, env(21.5, "a,b")),
+            (2, b"text,line".to_vec()),
+            (3, b"\"x,y\",<z".to_vec()),
+            (4, env(-1.25, "<q")),
+            (5, vec![0x1E, 0x85]),
+            (6, vec![0xFF, 0xFE]),
+            (7, plain),
+            (8, b"last".to_vec()),
+        ];
+        let d = std::env::temp_dir().join(format!("tether-replay-unit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let jsonl = d.join("r.jsonl");
+        std::fs::create_dir_all(&d).unwrap();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut dir_sink = CsvDirSink::open(&d.join("dir"), false).unwrap();
+        let mut json_sink = JsonlSink::open(&JsonlOut::File(jsonl.clone()), false).unwrap();
+        for sink in [&mut dir_sink as &mut dyn Sink, &mut json_sink] {
+            let mut b = Batch::new(sink);
+            for (i, (seq, p)) in sent.iter().enumerate() {
+                let at = t0 + Duration::from_millis(10 * i as u64);
+                b.write(at, 0xA, *seq, p).unwrap();
+                if i == 3 {
+                    b.write_note(at, 0xA, "<a marker>").unwrap();
+                }
+            }
+            // Another device's records are not replayed.
+            b.write(t0, 0xB, 0, b"other").unwrap();
+            b.commit().unwrap();
+        }
+        drop((dir_sink, json_sink));
+        let mut want: Vec<&[u8]> = sent.iter().map(|(_, p)| &p[..]).collect();
+        // The typed field without a declaration comes back as text.
+        want[7] = b"7";
+        for (path, name) in [(d.join("dir"), "csv-dir"), (jsonl, "JSON lines")] {
+            let s = Stream::load(&path, None).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(s.device, "0000000a", "{name}");
+            let got: Vec<&[u8]> = s.records.iter().map(|r| &r.payload[..]).collect();
+            assert_eq!(got, want, "{name}");
+            assert!(s.records[0].at.is_none() && s.records[1..].iter().all(|r| r.at.is_some()));
+            let other = Stream::load(&path, Some("0000000B")).unwrap();
+            assert_eq!(other.records.len(), 1, "{name}");
+        }
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
