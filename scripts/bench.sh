@@ -4,9 +4,10 @@
 # mode, and runs `tether-bench`: raw TCP vs bulk records, 16-byte records into CSV (window
 # 4,096 and at the defaults), 1 to 1,000 devices at full rate (the listener's cost curve),
 # stop-and-wait vs the tutorial's own Python server, a record's round trip vs a raw TCP
-# ping-pong, the listener's memory with 10,000 idle devices and the dashboard's cost, all on
-# loopback. Prints a table; writes it as JSON to bench.json in the current directory (unless
-# --json PATH is given) and, for a full run, the report docs/performance.md that the README
+# ping-pong, the listener's memory with 100, 1,000 and 10,000 idle devices, the dashboard's
+# cost, all on loopback, and the instructions a record under callgrind (valgrind). Prints a
+# table; writes it as JSON to bench.json in the current directory (unless --json PATH is
+# given) and, for a full run, the report docs/performance.md that the README
 # links, docs/bench.json and the SVG curves beside it (unless --report PATH is given). A few
 # minutes once built; run it on an otherwise idle machine.
 set -euo pipefail

@@ -81,8 +81,11 @@ command -v nats-server >/dev/null || [[ -x /usr/sbin/nats-server ]] || apt_need+
 # The tests make a cluster of their own in a temporary directory on a free loopback port, run
 # as the package's postgres user; the package's own cluster (port 5432) is not used.
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || apt_need+=(postgresql)
+# valgrind counts the benchmark's instructions a record (tether-bench's `instructions`
+# section, scripts/bench.sh; the section says "not measured" without it).
+command -v valgrind >/dev/null || apt_need+=(valgrind)
 if ((${#apt_need[@]})); then
-  log "installing ${apt_need[*]} (Bluetooth build, BlueZ VM, serial, MQTT and PostgreSQL tests)"
+  log "installing ${apt_need[*]} (Bluetooth build, BlueZ VM, serial, MQTT and PostgreSQL tests, benchmark)"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_need[@]}" >/dev/null
 fi
 

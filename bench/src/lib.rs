@@ -10,8 +10,9 @@
 //!   tutorial's own server with a client in its style → ratio;
 //! - one record's round trip (send → acknowledged, i.e. written) against a raw TCP
 //!   ping-pong of the same 16 bytes → ratio;
-//! - the resident memory of a `tether listen` serving 1,000 concurrent devices, idle after
-//!   streaming, per connection, and that none of their records was lost.
+//! - the resident memory of a `tether listen` serving 100, 1,000 and 10,000 concurrent
+//!   devices, idle after streaming, per connection, and that none of their records was lost;
+//! - the instructions a 16-byte record costs, counted by callgrind ([`instr`]).
 //!
 //! The programs measured are the real ones: the listener and sender run as child processes
 //! of the `tether` binary given in [`BenchOptions::exe`].
@@ -29,6 +30,7 @@ use tether_core::link::{Config, Link, Phase, Role};
 use tether_host::storage::HeapStorage;
 
 pub mod guard;
+pub mod instr;
 pub mod plot;
 
 /// What to measure and how much. [`BenchOptions::new`] has the defaults; `quick` divides
@@ -59,10 +61,16 @@ pub struct BenchOptions {
     pub dashboard_readings: u32,
     /// Only these measurements (names in [`SECTIONS`]); all when empty.
     pub only: Vec<String>,
+    /// The `tether-bench` binary whose `--instr-probe` mode callgrind counts (see
+    /// [`instr`]); `None` skips the instruction count.
+    pub probe: Option<PathBuf>,
+    /// The two record counts of the instruction count: its figure is the difference of
+    /// their instructions over the difference of the records.
+    pub instr_records: (u64, u64),
 }
 
 /// The measurements, by name, for [`BenchOptions::only`].
-pub const SECTIONS: [&str; 8] = [
+pub const SECTIONS: [&str; 9] = [
     "bulk",
     "small",
     "defaults",
@@ -71,6 +79,7 @@ pub const SECTIONS: [&str; 8] = [
     "round-trip",
     "memory",
     "dashboard",
+    "instructions",
 ];
 
 impl BenchOptions {
@@ -89,6 +98,8 @@ impl BenchOptions {
             tutorial: true,
             dashboard_readings: 4_000,
             only: Vec::new(),
+            probe: None,
+            instr_records: (20_000, 120_000),
         }
     }
 
@@ -100,6 +111,7 @@ impl BenchOptions {
         self.stop_and_wait_records /= 10;
         self.round_trips /= 10;
         self.dashboard_readings /= 10;
+        self.instr_records = (self.instr_records.0 / 4, self.instr_records.1 / 4);
         self
     }
 }
@@ -359,23 +371,23 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Row>, BenchError> {
     }
 
     if opts.devices > 0 && want("memory") {
-        eprintln!(
-            "bench: {} concurrent devices against one listener",
-            opts.devices
-        );
-        let (per_conn, total, records) = idle_devices_memory(opts)?;
-        rows.push(Row {
-            name: format!("listener memory, {} idle devices", opts.devices),
-            value: per_conn / 1024.0,
-            unit: "KiB/connection",
-            baseline: None,
-            ratio: None,
-            target: Some(("≤ 2 KiB per idle device".into(), per_conn <= 2048.0)),
-            note: format!(
-                "RSS grew {:.1} MiB; {records} records, none lost or duplicated",
-                total / 1_048_576.0
-            ),
-        });
+        for n in memory_stages(opts.devices) {
+            eprintln!("bench: {n} concurrent devices against one listener");
+            let (per_conn, total, records) = idle_devices_memory(opts, n)?;
+            let last = n == opts.devices;
+            rows.push(Row {
+                name: format!("listener memory, {n} idle devices"),
+                value: per_conn / 1024.0,
+                unit: "KiB/connection",
+                baseline: None,
+                ratio: None,
+                target: last.then(|| ("≤ 2 KiB per idle device".into(), per_conn <= 2048.0)),
+                note: format!(
+                    "RSS grew {:.1} MiB; {records} records, none lost or duplicated",
+                    total / 1_048_576.0
+                ),
+            });
+        }
     }
     if opts.dashboard_readings > 0 && want("dashboard") {
         eprintln!("bench: {DASHBOARD_DEVICES} devices at 1 kHz, the dashboard's page open or not");
@@ -395,7 +407,77 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<Row>, BenchError> {
             ),
         });
     }
+    if want("instructions") {
+        instructions(opts, &mut rows)?;
+    }
     Ok(rows)
+}
+
+/// The instruction count ([`instr`]) of protocol versions 1 and 2: two rows each (the
+/// listener's share, the whole turn), or one row saying why it was not measured.
+fn instructions(opts: &BenchOptions, rows: &mut Vec<Row>) -> Result<(), BenchError> {
+    let (small, large) = opts.instr_records;
+    let skipped = |why: String| Row {
+        name: "listener instructions a 16-byte record into CSV, protocol v1".into(),
+        value: f64::NAN,
+        unit: "instructions/record",
+        baseline: None,
+        ratio: None,
+        target: None,
+        note: format!("not measured: {why}"),
+    };
+    let Some(probe) = &opts.probe else {
+        rows.push(skipped("no tether-bench binary to probe was given".into()));
+        return Ok(());
+    };
+    let Some(valgrind) = instr::valgrind() else {
+        eprintln!("bench: valgrind not found: the instruction count is skipped (apt-get install valgrind)");
+        rows.push(skipped(
+            "valgrind not found (apt-get install valgrind; scripts/setup.sh installs it)".into(),
+        ));
+        return Ok(());
+    };
+    if large <= small {
+        return Err(BenchError::Failed(format!(
+            "instruction count: {large} records must exceed {small}"
+        )));
+    }
+    for version in [1u8, 2] {
+        eprintln!(
+            "bench: instructions a record under callgrind, protocol v{version}, {small} and {large} records"
+        );
+        let c = instr::count(&valgrind, probe, &opts.dir, version, (small, large))?;
+        rows.push(Row {
+            name: format!("listener instructions a 16-byte record into CSV, protocol v{version}"),
+            value: c.listener,
+            unit: "instructions/record",
+            baseline: None,
+            ratio: None,
+            target: None,
+            note: format!(
+                "callgrind's count, (I({large}) − I({small})) / {} records: the listener's link \
+                 (decoding, acknowledging, releasing) and its CSV sink, in memory (no socket, \
+                 no system call counted), as `tether listen` configures them at the defaults; \
+                 the figure that carries over to a Raspberry Pi (an instruction count, not a \
+                 time: the same code runs there)",
+                large - small
+            ),
+        });
+        rows.push(Row {
+            name: format!("device and listener instructions a 16-byte record, protocol v{version}"),
+            value: c.total,
+            unit: "instructions/record",
+            baseline: None,
+            ratio: None,
+            target: None,
+            note: format!(
+                "the same runs counted whole: the device's link (queueing, framing, CRC) as well; \
+                 the listener's share is {:.0} %",
+                100.0 * c.listener / c.total
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Device counts of the full-rate sweep: the listener's cost curve.
@@ -458,7 +540,7 @@ const DEVICE_WINDOW: usize = 512;
 
 /// Runs `devices` devices ([`idle_device`]) on `rt`, each streaming `each` records with a
 /// window of `window`; once all are acknowledged (or 120 s passed), waits `settle`, then
-/// calls `measure` — here nothing — and lets them close. Returns how many went idle and the
+/// lets them close. Returns how many went idle and the
 /// failures.
 fn stream_devices(
     rt: &tokio::runtime::Runtime,
@@ -468,42 +550,67 @@ fn stream_devices(
     window: usize,
     settle: Duration,
 ) -> Result<(usize, Vec<String>), BenchError> {
-    stream_devices_then(rt, addr, devices, each, window, settle, || Ok(())).map(|(n, f, ())| (n, f))
+    stream_devices_staged(rt, addr, &[devices], each, window, settle, |_| Ok(()))
+        .map(|(n, f, _)| (n, f))
 }
 
-/// [`stream_devices`], calling `measure` while every device is connected and idle.
-fn stream_devices_then<T>(
+/// [`stream_devices`] in stages: devices connect until `stages[0]` are connected and idle,
+/// `settle` passes and `measure(stages[0])` is called, then more connect (the first ones
+/// staying connected and idle) until `stages[1]`, and so on (`stages` ascending; the last is
+/// the number of devices). Returns how many went idle, the failures and what each stage
+/// measured; a stage whose devices did not all go idle within 120 s ends the run there.
+fn stream_devices_staged<T>(
     rt: &tokio::runtime::Runtime,
     addr: SocketAddr,
-    devices: usize,
+    stages: &[usize],
     each: u32,
     window: usize,
     settle: Duration,
-    measure: impl FnOnce() -> Result<T, BenchError>,
-) -> Result<(usize, Vec<String>, T), BenchError> {
+    mut measure: impl FnMut(usize) -> Result<T, BenchError>,
+) -> Result<(usize, Vec<String>, Vec<T>), BenchError> {
+    let devices = stages.last().copied().unwrap_or(0);
     let (hold_tx, hold_rx) = tokio::sync::watch::channel(false);
-    let (idle_tx, mut idle_rx) = tokio::sync::mpsc::channel::<()>(devices);
-    let tasks: Vec<_> = (0..devices)
-        .map(|i| {
-            let hold = hold_rx.clone();
-            let idle = idle_tx.clone();
-            rt.spawn(idle_device(addr, i as u32 + 1, each, window, idle, hold))
-        })
-        .collect();
-    drop(idle_tx);
-    let all_idle = rt.block_on(async {
-        let mut n = 0;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-        while n < devices {
-            match tokio::time::timeout_at(deadline, idle_rx.recv()).await {
-                Ok(Some(())) => n += 1,
-                _ => break,
+    let (idle_tx, mut idle_rx) = tokio::sync::mpsc::channel::<()>(devices.max(1));
+    let mut tasks = Vec::with_capacity(devices);
+    let mut measured = Vec::new();
+    let mut all_idle = 0;
+    let mut error = None;
+    for &stage in stages {
+        while tasks.len() < stage {
+            let i = tasks.len();
+            tasks.push(rt.spawn(idle_device(
+                addr,
+                i as u32 + 1,
+                each,
+                window,
+                idle_tx.clone(),
+                hold_rx.clone(),
+            )));
+        }
+        all_idle = rt.block_on(async {
+            let mut n = all_idle;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+            while n < stage {
+                match tokio::time::timeout_at(deadline, idle_rx.recv()).await {
+                    Ok(Some(())) => n += 1,
+                    _ => break,
+                }
+            }
+            n
+        });
+        if all_idle < stage {
+            break;
+        }
+        std::thread::sleep(settle);
+        match measure(stage) {
+            Ok(m) => measured.push(m),
+            Err(e) => {
+                error = Some(e);
+                break;
             }
         }
-        n
-    });
-    std::thread::sleep(settle);
-    let measured = measure();
+    }
+    drop(idle_tx);
     let _ = hold_tx.send(true);
     let mut failures = Vec::new();
     for t in tasks {
@@ -513,7 +620,10 @@ fn stream_devices_then<T>(
             Err(e) => failures.push(e.to_string()),
         }
     }
-    Ok((all_idle, failures, measured?))
+    match error {
+        Some(e) => Err(e),
+        None => Ok((all_idle, failures, measured)),
+    }
 }
 
 /// Every record of every device exactly once in the CSV of a device run; their count.
@@ -706,10 +816,13 @@ pub fn table(rows: &[Row]) -> String {
         };
         let _ = writeln!(
             s,
-            "| {} | {} {} | {base} | {ratio} | {target} | {met} |",
+            "| {} | {} | {base} | {ratio} | {target} | {met} |",
             r.name,
-            num(r.value),
-            r.unit
+            if r.value.is_finite() {
+                format!("{} {}", num(r.value), r.unit)
+            } else {
+                num(r.value)
+            }
         );
     }
     s
@@ -760,11 +873,16 @@ Targets met in this run: {met} of {targets}."
 
 /// Whether a smaller figure of `unit` is the better one (times, memory, CPU a record).
 fn lower_is_better(unit: &str) -> bool {
-    matches!(unit, "µs" | "KiB/connection" | "ns/record")
+    matches!(
+        unit,
+        "µs" | "KiB/connection" | "ns/record" | "instructions/record"
+    )
 }
 
-/// The cost curves of the full-rate sweep as SVG charts: records/s against devices, and the
-/// listener's CPU a record against devices. Empty if the sweep did not run.
+/// The cost curves as SVG charts: of the full-rate sweep, records/s against devices and the
+/// listener's CPU a record against devices; of the memory measurement, the listener's RSS
+/// per idle device against devices connected. A chart is left out when its measurement did
+/// not run.
 pub fn plots(rows: &[Row]) -> Vec<(&'static str, String)> {
     let point = |prefix: &str, suffix: &str| -> Vec<(f64, f64)> {
         rows.iter()
@@ -774,43 +892,47 @@ pub fn plots(rows: &[Row]) -> Vec<(&'static str, String)> {
             })
             .collect()
     };
-    let rate = point("", " devices at full rate into CSV");
-    let cpu = point("listener CPU a record, ", " devices at full rate");
-    if rate.is_empty() {
-        return Vec::new();
-    }
-    let chart = |title: &str, y: &str, name: &str, points: Vec<(f64, f64)>| {
+    let chart = |title: &str, x: &str, y: &str, points: Vec<(f64, f64)>| {
         plot::svg(&plot::Chart {
             title: title.into(),
-            x_label: "devices streaming at once".into(),
+            x_label: x.into(),
             y_label: y.into(),
             log_x: true,
             series: vec![plot::Series {
-                name: name.into(),
+                name: "tether listen".into(),
                 points,
             }],
         })
     };
-    vec![
+    let streaming = "devices streaming at once";
+    let curves = [
         (
             "bench-devices-rate.svg",
-            chart(
-                "16-byte records into CSV against devices",
-                "records/s",
-                "tether listen",
-                rate,
-            ),
+            "16-byte records into CSV against devices",
+            streaming,
+            "records/s",
+            point("", " devices at full rate into CSV"),
         ),
         (
             "bench-devices-cpu.svg",
-            chart(
-                "The listener's CPU a record against devices",
-                "ns/record",
-                "tether listen",
-                cpu,
-            ),
+            "The listener's CPU a record against devices",
+            streaming,
+            "ns/record",
+            point("listener CPU a record, ", " devices at full rate"),
         ),
-    ]
+        (
+            "bench-devices-rss.svg",
+            "The listener's RSS per idle device against devices",
+            "idle devices connected",
+            "KiB/connection",
+            point("listener memory, ", " idle devices"),
+        ),
+    ];
+    curves
+        .into_iter()
+        .filter(|c| !c.4.is_empty())
+        .map(|(file, title, x, y, points)| (file, chart(title, x, y, points)))
+        .collect()
 }
 
 /// The results as JSON.
@@ -835,7 +957,9 @@ pub fn json(rows: &[Row], machine: &str) -> String {
 }
 
 fn num(v: f64) -> String {
-    if v >= 1000.0 {
+    if !v.is_finite() {
+        "not measured".into()
+    } else if v >= 1000.0 {
         let n = v.round() as u64;
         let s = n.to_string();
         let mut out = String::new();
@@ -1473,43 +1597,59 @@ fn rss(pid: u32) -> Result<u64, BenchError> {
         .ok_or_else(|| BenchError::Failed("no VmRSS".into()))
 }
 
-/// `opts.devices` devices connect to one `tether listen`, send 100 records each (more than
+/// The device counts of the memory curve: 100, 1,000, 10,000… below `devices`, and
+/// `devices`.
+pub fn memory_stages(devices: usize) -> Vec<usize> {
+    let mut stages: Vec<usize> = std::iter::successors(Some(100usize), |n| n.checked_mul(10))
+        .take_while(|&n| n < devices)
+        .collect();
+    if devices > 0 {
+        stages.push(devices);
+    }
+    stages
+}
+
+/// `devices` devices connect to a new `tether listen`, send 100 records each (more than
 /// the listener's window of 64, so that every receive slot of every session has been
 /// used), wait for their acknowledgements and stay connected, idle (answering keepalives).
 /// Returns the listener's RSS growth per connection, the growth, and the records checked in
-/// the CSV.
-fn idle_devices_memory(opts: &BenchOptions) -> Result<(f64, f64, u64), BenchError> {
+/// the CSV. A listener of its own for each device count: measured on the way to 10,000 in
+/// one listener, the 10,000 figure came out 5-10 % higher (53.7-54.4 MiB against
+/// 49.1-51.1 MiB), the earlier devices' allocations spreading the later ones.
+fn idle_devices_memory(opts: &BenchOptions, devices: usize) -> Result<(f64, f64, u64), BenchError> {
     const RECORDS: u32 = 100;
     let csv = opts.dir.join("devices.csv");
     let (listener, addr, rt) =
-        listener_for_devices(opts, &csv, opts.devices, &["--idle-timeout-ms", "60000"])?;
+        listener_for_devices(opts, &csv, devices, &["--idle-timeout-ms", "60000"])?;
     let pid = listener.0.id();
     let before = rss(pid)?;
     // Settle, then measure while every device is connected and idle: the listener gives an
     // idle link's buffers back at its first idle turn 1 s after its last record (a
     // keepalive, within a second more) and returns freed memory to the system every 2 s.
-    let (all_idle, failures, during) = stream_devices_then(
+    let (all_idle, failures, mut during) = stream_devices_staged(
         &rt,
         addr,
-        opts.devices,
+        &[devices],
         RECORDS,
         16,
         Duration::from_millis(3500),
-        || rss(pid),
+        |_| rss(pid),
     )?;
-    if all_idle < opts.devices || !failures.is_empty() {
+    if all_idle < devices || !failures.is_empty() {
         return Err(BenchError::Failed(format!(
-            "{all_idle} of {} devices streamed and went idle; {} failed, first: {}",
-            opts.devices,
+            "{all_idle} of {devices} devices streamed and went idle; {} failed, first: {}",
             failures.len(),
             failures.first().cloned().unwrap_or_default()
         )));
     }
     drop(listener);
-    let expected = check_device_rows(&csv, opts.devices, RECORDS)?;
+    let expected = check_device_rows(&csv, devices, RECORDS)?;
     let _ = std::fs::remove_file(&csv);
+    let during = during
+        .pop()
+        .ok_or_else(|| BenchError::Failed("the memory was not measured".into()))?;
     let grown = during.saturating_sub(before) as f64;
-    Ok((grown / opts.devices as f64, grown, expected))
+    Ok((grown / devices as f64, grown, expected))
 }
 
 /// One device: connect, stream `records`, wait for their acknowledgement, report idle, stay

@@ -11,7 +11,8 @@ use tether_bench::{self as bench, BenchOptions};
 ///
 /// Raw TCP vs bulk records; 16-byte records into CSV (tether send → tether listen, every
 /// record checked); stop-and-wait (window 1) vs the tutorial's own Python server; one record's
-/// round trip vs a raw TCP ping-pong; the listener's memory with 1,000 idle devices. Prints a
+/// round trip vs a raw TCP ping-pong; the listener's memory with 100 to 10,000 idle devices;
+/// the instructions a record under callgrind (valgrind). Prints a
 /// table; --json and --report write it to files too. Build both binaries with --release
 /// first (scripts/bench.sh does).
 ///
@@ -38,7 +39,7 @@ struct Args {
     #[arg(long)]
     no_tutorial: bool,
     /// Only these measurements: bulk, small, defaults, devices, stop-and-wait, round-trip,
-    /// memory, dashboard (comma-separated).
+    /// memory, dashboard, instructions (comma-separated).
     #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(bench::SECTIONS))]
     only: Vec<String>,
     /// The last committed results (JSON) to compare with: a figure worse by more than 25 %
@@ -56,6 +57,13 @@ struct Args {
     /// temporary directory, removed afterwards).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Internal: push this many records through the in-memory instruction probe and exit
+    /// (the instructions section runs it under callgrind).
+    #[arg(long, hide = true)]
+    instr_probe: Option<u64>,
+    /// Internal: the protocol version of --instr-probe.
+    #[arg(long, hide = true, default_value_t = 1)]
+    instr_version: u8,
 }
 
 /// A figure worse than the previous run's by more than this factor is flagged.
@@ -72,6 +80,11 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), String> {
+    if let Some(records) = args.instr_probe {
+        let dir = args.dir.unwrap_or_else(std::env::temp_dir);
+        bench::instr::probe(records, args.instr_version, &dir).map_err(|e| e.to_string())?;
+        return Ok(());
+    }
     let exe = match args.tether {
         Some(p) => p,
         None => std::env::current_exe()
@@ -112,6 +125,7 @@ fn run(args: Args) -> Result<(), String> {
     opts.devices = args.devices;
     opts.tutorial = !args.no_tutorial;
     opts.only = args.only;
+    opts.probe = std::env::current_exe().ok();
     opts.bulk_payload = args.bulk_payload.clamp(1, tether_core::frame::MAX_PAYLOAD);
     // Read before this run may overwrite it (--json docs/bench.json).
     let previous = match &args.previous {
