@@ -4,7 +4,9 @@
 # Bluetooth included (libdbus for arm64 through Debian's multiarch). Each package is checked:
 # its files, its architecture, its systemd units (systemd-analyze verify), and that its tether
 # starts and serves: the arm64 binary under qemu-aarch64 user mode, a listener that a native
-# `tether send` streams to, every line in its CSV once.
+# `tether send` streams to, every line in its CSV once; then a short benchmark of the
+# package's tether on both sides (the arm64 one under qemu-aarch64: a smoke test, whose rate
+# is logged beside amd64's), every record once.
 #
 # Installs what it needs, idempotently: cargo-deb, the aarch64 target and cross gcc, libdbus
 # for arm64, qemu-user.
@@ -72,7 +74,36 @@ check() {
   local rows; rows=$(($(wc -l <"$dir/r.csv") - 1))
   [[ $rows -eq 2000 ]] || { log "$arch listener wrote $rows rows of 2000"; exit 1; }
   log "$deb: $arch, $(stat -c %s "$deb") bytes; units verified; its tether${runner:+ (under $runner)} took 2000 lines from a native sender, each once"
+  smoke_bench "$bin" "$arch" "$runner" "$dir"
   rm -rf "$dir"
+}
+
+# A short benchmark of the package's tether on both sides (under `runner`: arm64 under
+# qemu-aarch64 user mode, whose rate is emulation's, not a Pi's: the instruction count a
+# record, tether-bench's `instructions`, is the figure that carries over): SMOKE_RECORDS
+# 16-byte lines (default 100,000) from `tether send FILE` to `tether listen --csv`, each
+# written once (the check that can fail), the rate logged beside the other architecture's.
+smoke_bench() {
+  local bin=$1 arch=$2 runner=$3 dir=$4 n=${SMOKE_RECORDS:-100000}
+  rm -f "$dir/bench.csv"
+  python3 -c "import sys; sys.stdout.write(''.join('%08d,%07d\n' % (i, i % 10000000) for i in range($n)))" >"$dir/lines"
+  $runner "$bin" listen tcp://127.0.0.1:0 --csv "$dir/bench.csv" </dev/null 2>"$dir/bench-listen.log" &
+  local listener=$! addr=""
+  for _ in $(seq 200); do
+    addr=$(grep -o 'listening on tcp://[0-9.:]*' "$dir/bench-listen.log" | head -n1 | sed 's|listening on ||') || true
+    [[ -n $addr ]] && break
+    sleep 0.1
+  done
+  [[ -n $addr ]] || { log "$arch benchmark listener did not start: $(cat "$dir/bench-listen.log")"; kill "$listener"; exit 1; }
+  local start end
+  start=$(date +%s.%N)
+  $runner "$bin" send "$addr" "$dir/lines" 2>"$dir/bench-send.log" || { log "$arch benchmark sender failed: $(tail -n3 "$dir/bench-send.log")"; kill "$listener"; exit 1; }
+  end=$(date +%s.%N)
+  kill -INT "$listener"; wait "$listener"
+  local rows; rows=$(($(wc -l <"$dir/bench.csv") - 1))
+  [[ $rows -eq $n ]] || { log "$arch benchmark: the listener wrote $rows rows of $n"; exit 1; }
+  local rate; rate=$(python3 -c "print(f'{$n / ($end - $start):,.0f}')")
+  log "smoke benchmark, $arch${runner:+ under $runner}: $n 16-byte records from its tether send to its tether listen in $(python3 -c "print(f'{$end - $start:.2f}')") s, $rate records/s, each once"
 }
 
 # The native sender of the checks: the debug build (the test suite has it already).
