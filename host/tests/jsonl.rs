@@ -132,13 +132,18 @@ fn check(lines: &[String], devices: &[String], records: u64) {
     );
 }
 
-#[test]
-fn standard_output_has_every_record_once_as_a_json_line_and_nothing_else() {
-    let port = free_port();
-    let endpoint = format!("tcp://127.0.0.1:{port}");
+/// `tether listen ENDPOINT --sink jsonl:-`, its standard output piped, once it says it
+/// listens: the process, its standard output, and its log lines from then on.
+fn listen_on_stdout(
+    endpoint: &str,
+) -> (
+    Process,
+    std::process::ChildStdout,
+    std::sync::mpsc::Receiver<String>,
+) {
     let mut listener = Process(
         Command::new(TETHER)
-            .args(["listen", &endpoint, "--sink", "jsonl:-"])
+            .args(["listen", endpoint, "--sink", "jsonl:-"])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -147,12 +152,6 @@ fn standard_output_has_every_record_once_as_a_json_line_and_nothing_else() {
             .expect("tether listen starts"),
     );
     let stdout = listener.0.stdout.take().expect("stdout");
-    let out = std::thread::spawn(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .collect::<Vec<String>>()
-    });
     let stderr = listener.0.stderr.take().expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -167,9 +166,22 @@ fn standard_output_has_every_record_once_as_a_json_line_and_nothing_else() {
             .expect("the listener says it listens");
         if line.contains("listening on tcp://") {
             assert!(line.contains("standard output (JSON lines)"), "{line}");
-            break;
+            return (listener, stdout, rx);
         }
     }
+}
+
+#[test]
+fn standard_output_has_every_record_once_as_a_json_line_and_nothing_else() {
+    let port = free_port();
+    let endpoint = format!("tcp://127.0.0.1:{port}");
+    let (mut listener, stdout, rx) = listen_on_stdout(&endpoint);
+    let out = std::thread::spawn(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<String>>()
+    });
     let (devices, readings) = (3, 2_000);
     let mut s = sim(&endpoint, devices, readings, 21);
     let status = exited(&mut s, "tether sim", Duration::from_secs(90));
@@ -192,36 +204,13 @@ fn standard_output_has_every_record_once_as_a_json_line_and_nothing_else() {
 fn a_listener_on_standard_output_stops_when_the_pipe_reader_exits() {
     let port = free_port();
     let endpoint = format!("tcp://127.0.0.1:{port}");
-    let mut listener = Process(
-        Command::new(TETHER)
-            .args(["listen", &endpoint, "--sink", "jsonl:-"])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("tether listen starts"),
-    );
-    let stdout = listener.0.stdout.take().expect("stdout");
+    let (mut listener, stdout, rx) = listen_on_stdout(&endpoint);
     let head = Command::new("head")
         .args(["-n", "5"])
         .stdin(Stdio::from(stdout))
         .stdout(Stdio::piped())
         .spawn()
         .expect("head starts");
-    let stderr = listener.0.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !rx
-        .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-        .expect("the listener says it listens")
-        .contains("listening on tcp://")
-    {}
     let (devices, readings) = (2, 3_000);
     let mut s = sim(&endpoint, devices, readings, 23);
     let printed = head.wait_with_output().expect("head runs");

@@ -75,6 +75,19 @@ fn listen(out: &Path, csv: bool) -> Logged {
     )
 }
 
+/// `tether sim --replay FROM ARGS…` into a fresh listener writing `out` (`--csv` if `csv`,
+/// else `--csv-dir`); checks that both exit 0. How long the replay took.
+fn replay_into(from: &Path, out: &Path, csv: bool, args: &[&str]) -> Duration {
+    let mut l = listen(out, csv);
+    let addr = format!("tcp://{}", l.addr());
+    let mut all = vec!["sim", &addr, "--replay", from.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let took = tether(&all, Duration::from_secs(150));
+    let (code, log) = l.stop();
+    assert_eq!(code, Some(0), "{log}");
+    took
+}
+
 /// Records one `tether sim --kinds` device, 200 readings 5 ms apart (about 1 s), into a
 /// `--csv-dir`; the directory and the recorded device's readings (the value columns of its
 /// rows of env.csv, in seq order).
@@ -118,24 +131,9 @@ fn readings(env: &[Vec<String>], device: &str) -> Vec<Vec<String>> {
 /// device's env.csv rows are the recorded readings exactly.
 fn replay_twice_and_check(a: &Path, recorded: &[Vec<String>], name: &str, extra: &[&str]) {
     let b = dir(name);
-    let mut l = listen(&b, false);
-    let addr = format!("tcp://{}", l.addr());
-    let mut args = vec![
-        "sim",
-        &addr,
-        "--replay",
-        a.to_str().unwrap(),
-        "--devices",
-        "2",
-        "--seed",
-        "3",
-        "--timeout",
-        "120",
-    ];
+    let mut args = vec!["--devices", "2", "--seed", "3", "--timeout", "120"];
     args.extend_from_slice(extra);
-    tether(&args, Duration::from_secs(150));
-    let (code, log) = l.stop();
-    assert_eq!(code, Some(0), "{log}");
+    replay_into(a, &b, false, &args);
     let env = rows(&b.join("env.csv"));
     for i in 0..2 {
         let id = format!("{:08x}", tether_host::sim::device_identity(3, i).0);
@@ -185,24 +183,12 @@ fn a_replay_keeps_the_recorded_pace_unless_faster() {
     assert!(span >= Duration::from_millis(800), "recorded over {span:?}");
     let replay = |speed: &str| {
         let b = dir(&format!("pace-{speed}"));
-        let mut l = listen(&b, false);
-        let addr = format!("tcp://{}", l.addr());
-        let took = tether(
-            &[
-                "sim",
-                &addr,
-                "--replay",
-                a.to_str().unwrap(),
-                "--device",
-                &device,
-                "--devices",
-                "1",
-                "--speed",
-                speed,
-            ],
-            Duration::from_secs(60),
+        let took = replay_into(
+            &a,
+            &b,
+            false,
+            &["--device", &device, "--devices", "1", "--speed", speed],
         );
-        l.stop();
         let _ = std::fs::remove_dir_all(&b);
         took
     };
@@ -231,14 +217,11 @@ fn a_single_csv_is_replayed_as_text_lines_of_the_chosen_device() {
     )
     .unwrap();
     let out = d.join("out.csv");
-    let mut l = listen(&out, true);
-    let addr = format!("tcp://{}", l.addr());
-    tether(
+    replay_into(
+        &input,
+        &out,
+        true,
         &[
-            "sim",
-            &addr,
-            "--replay",
-            input.to_str().unwrap(),
             "--device",
             "0000000A",
             "--devices",
@@ -248,10 +231,7 @@ fn a_single_csv_is_replayed_as_text_lines_of_the_chosen_device() {
             "--seed",
             "5",
         ],
-        Duration::from_secs(60),
     );
-    let (code, log) = l.stop();
-    assert_eq!(code, Some(0), "{log}");
     let got = rows(&out);
     for i in 0..2 {
         let id = format!("{:08x}", tether_host::sim::device_identity(5, i).0);
@@ -353,14 +333,11 @@ fn a_json_lines_recording_is_replayed_with_the_same_named_values() {
     );
 
     let b = dir("jsonl-b");
-    let mut l = listen(&b, false);
-    let addr = format!("tcp://{}", l.addr());
-    tether(
+    replay_into(
+        &recorded,
+        &b,
+        false,
         &[
-            "sim",
-            &addr,
-            "--replay",
-            recorded.to_str().unwrap(),
             "--devices",
             "2",
             "--seed",
@@ -372,10 +349,7 @@ fn a_json_lines_recording_is_replayed_with_the_same_named_values() {
             "--timeout",
             "120",
         ],
-        Duration::from_secs(150),
     );
-    let (code, log) = l.stop();
-    assert_eq!(code, Some(0), "{log}");
     for (kind, want) in &values {
         let got = rows(&b.join(format!("{kind}.csv")));
         assert_eq!(
@@ -450,14 +424,11 @@ fn the_text_records_of_a_csv_dir_are_replayed_once_in_order() {
     assert_eq!(texts(&recorded, None), want, "the recording");
 
     let b = dir("texts-b");
-    let mut l = listen(&b, false);
-    let addr = format!("tcp://{}", l.addr());
-    tether(
+    replay_into(
+        &recorded,
+        &b,
+        false,
         &[
-            "sim",
-            &addr,
-            "--replay",
-            recorded.to_str().unwrap(),
             "--devices",
             "2",
             "--seed",
@@ -469,10 +440,7 @@ fn the_text_records_of_a_csv_dir_are_replayed_once_in_order() {
             "--timeout",
             "120",
         ],
-        Duration::from_secs(150),
     );
-    let (code, log) = l.stop();
-    assert_eq!(code, Some(0), "{log}");
     for i in 0..2 {
         let id = format!("{:08x}", tether_host::sim::device_identity(11, i).0);
         assert_eq!(texts(&b, Some(&id)), want, "device {id}");
