@@ -451,11 +451,67 @@ pub struct CsvSink {
     device: Option<(u32, [u8; 8])>,
 }
 
+/// Since when a sink's writing fails: every sink logs an episode of failures in the same
+/// words, once when it starts (a warning), again when its reason changes, and once when
+/// writing works again.
 #[derive(Debug)]
-struct Failing {
+pub(crate) struct Failing {
     since: Instant,
     batches: u64,
     error: String,
+}
+
+impl Failing {
+    /// A batch of `what` (a sink's [`Sink::describe`]) failed with `e`. `then` ends the
+    /// first warning's sentence (what the sink does meanwhile); `quiet`, the start of an
+    /// episode is not logged (another part says it).
+    pub(crate) fn record(
+        state: &mut Option<Failing>,
+        what: &str,
+        e: &dyn std::fmt::Display,
+        then: &str,
+        quiet: bool,
+    ) {
+        let text = e.to_string();
+        match state {
+            None => {
+                if !quiet {
+                    warn!(
+                        "{what}: {text}. Writing stopped: records are not acknowledged until \
+                         it works again, and their devices keep them and send them again{then} \
+                         (logged once, and again when writing works)"
+                    );
+                }
+                *state = Some(Failing {
+                    since: Instant::now(),
+                    batches: 1,
+                    error: text,
+                });
+            }
+            Some(f) => {
+                f.batches += 1;
+                if f.error == text {
+                    debug!("{what}: {text} (still)");
+                } else {
+                    warn!("{what}: now {text}");
+                    f.error = text;
+                }
+            }
+        }
+    }
+
+    /// Writing works again: the episode ends, and the log says after how many failed
+    /// `batches` (the sink's word for them) in how long.
+    pub(crate) fn over(state: &mut Option<Failing>, what: &str, batches: &str) {
+        if let Some(f) = state.take() {
+            info!(
+                "{what}: writing works again, after {} failed {batches} in {:.1} s; the \
+                 records their devices kept are written now",
+                f.batches,
+                f.since.elapsed().as_secs_f64()
+            );
+        }
+    }
 }
 
 /// Bytes buffered before they are handed to the file (a batch larger than this reaches the
@@ -628,14 +684,9 @@ impl CsvSink {
         self.kinds.commit();
         self.open = false;
         // An empty batch proves nothing about the disk.
-        if let Some(f) = self.failing.take_if(|_| wrote) {
-            info!(
-                "CSV file {}: writing works again, after {} failed batches in {:.1} s; the \
-                 records their devices kept are written now",
-                self.path.display(),
-                f.batches,
-                f.since.elapsed().as_secs_f64()
-            );
+        if wrote {
+            let what = format!("CSV file {}", self.path.display());
+            Failing::over(&mut self.failing, &what, "batches");
         }
         Ok(())
     }
@@ -664,31 +715,8 @@ impl CsvSink {
     /// (later ones at debug level, or when the reason changes).
     fn fail(&mut self, e: io::Error) -> SinkError {
         self.cut_off();
-        let text = e.to_string();
-        match &mut self.failing {
-            None => {
-                warn!(
-                    "CSV file {}: {e}. Writing stopped: records are not acknowledged until it \
-                     works again, and their devices keep them and send them again (logged \
-                     once, and again when writing works)",
-                    self.path.display()
-                );
-                self.failing = Some(Failing {
-                    since: Instant::now(),
-                    batches: 1,
-                    error: text,
-                });
-            }
-            Some(f) => {
-                f.batches += 1;
-                if f.error == text {
-                    debug!("CSV file {}: {e} (still)", self.path.display());
-                } else {
-                    warn!("CSV file {}: now {e}", self.path.display());
-                    f.error = text;
-                }
-            }
-        }
+        let what = format!("CSV file {}", self.path.display());
+        Failing::record(&mut self.failing, &what, &e, "", false);
         self.io(e)
     }
 

@@ -37,14 +37,14 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use nix::fcntl::{Flock, FlockArg};
 use tether_core::record::Field;
 use tracing::{debug, info, warn};
 
 use super::kinds::{Classified, Kinds, Schema, FIXED};
-use super::{Sink, SinkError};
+use super::{Failing, Sink, SinkError};
 use crate::recover::{RecoverError, Recovered};
 
 /// The declarations' file.
@@ -188,14 +188,6 @@ impl CsvFile {
             }
         }
     }
-}
-
-/// Since when writing fails, for one log line an episode.
-#[derive(Debug)]
-struct Failing {
-    since: Instant,
-    batches: u64,
-    error: String,
 }
 
 /// The `--csv-dir` sink. See the [module documentation](self).
@@ -395,29 +387,8 @@ impl CsvDirSink {
     /// A batch failed with `e`: cut off, logged once an episode.
     fn fail(&mut self, e: io::Error) -> SinkError {
         self.cut_off();
-        let text = e.to_string();
-        match &mut self.failing {
-            None => {
-                warn!(
-                    "CSV directory {}: {e}. Writing stopped: records are not acknowledged until it \
-                     works again, and their devices keep them and send them again (logged \
-                     once, and again when writing works)",
-                    self.dir.display()
-                );
-                self.failing = Some(Failing {
-                    since: Instant::now(),
-                    batches: 1,
-                    error: text,
-                });
-            }
-            Some(f) => {
-                f.batches += 1;
-                if f.error != text {
-                    warn!("CSV directory {}: now {e}", self.dir.display());
-                    f.error = text;
-                }
-            }
-        }
+        let what = format!("CSV directory {}", self.dir.display());
+        Failing::record(&mut self.failing, &what, &e, "", false);
         SinkError::Io {
             path: self.dir.clone(),
             source: e,
@@ -591,14 +562,9 @@ impl Sink for CsvDirSink {
                 self.kinds.commit();
                 self.undo.clear();
                 self.rows += rows;
-                if let Some(f) = self.failing.take_if(|_| wrote > 0) {
-                    info!(
-                        "CSV directory {}: writing works again, after {} failed batches in \
-                         {:.1} s; the records their devices kept are written now",
-                        self.dir.display(),
-                        f.batches,
-                        f.since.elapsed().as_secs_f64()
-                    );
+                if wrote > 0 {
+                    let what = format!("CSV directory {}", self.dir.display());
+                    Failing::over(&mut self.failing, &what, "batches");
                 }
                 Ok(())
             }

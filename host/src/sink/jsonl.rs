@@ -45,13 +45,13 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write as _};
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use nix::fcntl::{Flock, FlockArg};
 use tracing::{info, warn};
 
 use super::kinds::{Classified, Kinds, Other, Schema};
-use super::{json, Holder, Sink, SinkError};
+use super::{json, Failing, Holder, Sink, SinkError};
 use crate::recover::{RecoverError, Recovered};
 
 /// Bytes of a batch buffered before they are handed to the file.
@@ -138,14 +138,6 @@ struct Appended {
     batch_bytes: u64,
     /// A failed batch could not be cut off: cut it before the next.
     dirty: bool,
-}
-
-/// Since when writing fails, for one log line an episode.
-#[derive(Debug)]
-struct Failing {
-    since: Instant,
-    batches: u64,
-    error: String,
 }
 
 /// The JSON lines sink. See the [module documentation](self).
@@ -408,39 +400,10 @@ impl JsonlSink {
     /// A batch failed with `e`: cut off, logged once an episode.
     fn fail(&mut self, e: io::Error) -> SinkError {
         self.cut_off();
-        let text = e.to_string();
-        let what = self.describe();
+        // The reader of standard output gone: the listener says so, and stops.
         let pipe_closed = self.file.is_none() && e.kind() == io::ErrorKind::BrokenPipe;
-        match &mut self.failing {
-            // The reader of standard output is gone: the listener says so, and stops.
-            None if pipe_closed => {
-                self.failing = Some(Failing {
-                    since: Instant::now(),
-                    batches: 1,
-                    error: text,
-                });
-            }
-            None => {
-                warn!(
-                    "{}: {e}. Writing stopped: records are not acknowledged until it works \
-                     again, and their devices keep them and send them again (logged once, and \
-                     again when writing works)",
-                    what
-                );
-                self.failing = Some(Failing {
-                    since: Instant::now(),
-                    batches: 1,
-                    error: text,
-                });
-            }
-            Some(f) => {
-                f.batches += 1;
-                if f.error != text {
-                    warn!("{what}: now {e}");
-                    f.error = text;
-                }
-            }
-        }
+        let what = self.describe();
+        Failing::record(&mut self.failing, &what, &e, "", pipe_closed);
         SinkError::Jsonl(match &self.file {
             Some(f) => JsonlError::Io {
                 path: f.path.clone(),
@@ -538,14 +501,9 @@ impl Sink for JsonlSink {
                 self.notes.clear();
                 self.kinds.commit();
                 self.undo.clear();
-                if let Some(f) = self.failing.take() {
-                    info!(
-                        "{}: writing works again, after {} failed batches in {:.1} s; the \
-                         records their devices kept are written now",
-                        self.describe(),
-                        f.batches,
-                        f.since.elapsed().as_secs_f64()
-                    );
+                if self.failing.is_some() {
+                    let what = self.describe();
+                    Failing::over(&mut self.failing, &what, "batches");
                 }
                 Ok(())
             }

@@ -65,7 +65,7 @@ use tokio_postgres::{Client, NoTls};
 use tracing::{debug, info, warn};
 
 use super::kinds::{Classified, Kinds, Schema};
-use super::{Sink, SinkError};
+use super::{Failing, Sink, SinkError};
 use crate::deferred::{Deferred, LinkState};
 use crate::recover::{RecoverError, Recovered};
 
@@ -902,7 +902,8 @@ fn worker(
     let mut carried = Job::default();
     let mut retry: Option<Instant> = None;
     let mut wait = BACKOFF_MIN;
-    let mut failing: Option<(Instant, u64, String)> = None;
+    let mut failing: Option<Failing> = None;
+    let what = format!("PostgreSQL {}", db.name);
     loop {
         let req = match retry {
             None => match requests.recv() {
@@ -938,38 +939,11 @@ fn worker(
                     committer.committed(&std::mem::take(&mut carried));
                     retry = None;
                     wait = BACKOFF_MIN;
-                    if let Some((since, batches, _)) = failing.take() {
-                        info!(
-                            "PostgreSQL {}: writing works again, after {batches} failed \
-                             transactions in {:.1} s; the records their devices kept are \
-                             written now",
-                            db.name,
-                            since.elapsed().as_secs_f64()
-                        );
-                    }
+                    Failing::over(&mut failing, &what, "transactions");
                 }
                 Err(e) => {
-                    match &mut failing {
-                        None => {
-                            warn!(
-                                "PostgreSQL {}: {e}. Writing stopped: records are not \
-                                 acknowledged until it works again, and their devices keep \
-                                 them (and stop once their window is full); trying again with \
-                                 backoff (logged once, and again when writing works)",
-                                db.name
-                            );
-                            failing = Some((Instant::now(), 1, e));
-                        }
-                        Some((_, n, last)) => {
-                            *n += 1;
-                            if *last != e {
-                                warn!("PostgreSQL {}: now {e}", db.name);
-                                *last = e;
-                            } else {
-                                debug!("PostgreSQL {}: {e} (still)", db.name);
-                            }
-                        }
-                    }
+                    let then = " (and stop once their window is full); trying again with backoff";
+                    Failing::record(&mut failing, &what, &e, then, false);
                     retry = Some(Instant::now() + wait);
                     wait = (wait * 2).min(BACKOFF_MAX);
                 }
