@@ -561,9 +561,9 @@ impl Server for Logger {
             }
         }
         // Stopping, a session waits for its records to be written; with the output gone
-        // they never will be, and stay with the device. It is told so now: no more credit,
-        // in an acknowledgement (of the records written, which a delayed one would leave
-        // to be sent again to the next listener).
+        // they never will be, and stay with the device. It is told so now, in an
+        // acknowledgement with no more credit: of the records written, which a delayed one
+        // would leave to be sent again to the next listener.
         let gone = self.output_gone.load(Ordering::Relaxed);
         if gone {
             s.link.set_credit_limit(Some(0));

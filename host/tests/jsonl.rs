@@ -265,6 +265,62 @@ fn a_listener_on_standard_output_stops_when_the_pipe_reader_exits() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A listener on standard output stopped with SIGTERM mid-stream and a new one started:
+/// between their outputs every record once (the first acknowledges what it wrote before it
+/// closes, so the devices send the second only the rest).
+#[test]
+fn a_listener_on_standard_output_stopped_and_started_again_writes_every_record_once() {
+    let port = free_port();
+    let endpoint = format!("tcp://127.0.0.1:{port}");
+    let collect = |stdout: std::process::ChildStdout| {
+        std::thread::spawn(move || {
+            BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .collect::<Vec<String>>()
+        })
+    };
+    let (mut first, stdout, _log) = listen_on_stdout(&endpoint);
+    let first_out = collect(stdout);
+    let (devices, readings) = (2, 3_000);
+    let mut s = sim(&endpoint, devices, readings, 29);
+    std::thread::sleep(Duration::from_millis(1_200));
+    sigterm(&mut first);
+    let mut lines = first_out.join().expect("stdout read");
+    assert!(!lines.is_empty(), "the first listener wrote nothing");
+    let (mut second, stdout, _log) = listen_on_stdout(&endpoint);
+    let second_out = collect(stdout);
+    let status = exited(&mut s, "tether sim", Duration::from_secs(90));
+    assert!(status.success(), "tether sim: {status}");
+    sigterm(&mut second);
+    let more = second_out.join().expect("stdout read");
+    assert!(!more.is_empty(), "the second listener wrote nothing");
+    lines.extend(more);
+    // Keys only: the second listener never saw the devices' declarations (standard output
+    // has no recovery), so their later records are of undeclared kinds to it.
+    let mut keys = std::collections::HashSet::new();
+    for line in &lines {
+        let v: Value = serde_json::from_str(line).expect("JSON");
+        if v.get("marker").is_some() {
+            continue;
+        }
+        let key = (
+            v["device"].as_str().expect("device").to_owned(),
+            v["session"].as_u64().expect("session"),
+            v["seq"].as_u64().expect("seq"),
+        );
+        assert!(keys.insert(key), "written twice: {line}");
+    }
+    for d in sim_devices(29, devices) {
+        for seq in 0..u64::from(readings) + 3 {
+            assert!(
+                keys.contains(&(d.clone(), 0, seq)),
+                "{d} record {seq} missing"
+            );
+        }
+    }
+}
+
 /// Lines of `path` (whole lines only), read now.
 fn file_lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
