@@ -87,6 +87,23 @@ fn figures(doc: &str, which: &'static str) -> Result<Vec<Figure>, GuardError> {
 /// The direction (`better`) is the current run's. A figure that appears twice under the same
 /// name and unit is compared with the first of the previous run's.
 pub fn compare(before: &str, now: &str, tolerance: f64) -> Result<Vec<Check>, GuardError> {
+    compare_with(before, now, tolerance, COUNT_TOLERANCE)
+}
+
+/// The unit of a count that does not depend on the machine (an instruction count).
+pub const COUNT_UNIT: &str = "instructions/record";
+
+/// The tolerance of a [`COUNT_UNIT`] figure: the same code gives the same count to within a
+/// few instructions, so a rise of more than 2 % is a change in the code, not in the machine.
+pub const COUNT_TOLERANCE: f64 = 1.02;
+
+/// [`compare`] with `count_tolerance` for figures in [`COUNT_UNIT`].
+pub fn compare_with(
+    before: &str,
+    now: &str,
+    tolerance: f64,
+    count_tolerance: f64,
+) -> Result<Vec<Check>, GuardError> {
     let before = figures(before, "previous")?;
     let now = figures(now, "current")?;
     let mut previous: HashMap<(&str, &str), f64> = HashMap::new();
@@ -95,12 +112,16 @@ pub fn compare(before: &str, now: &str, tolerance: f64) -> Result<Vec<Check>, Gu
             .entry((f.name.as_str(), f.unit.as_str()))
             .or_insert(f.value);
     }
-    let threshold = 1.0 / tolerance;
     Ok(now
         .iter()
         .filter_map(|f| {
             let &b = previous.get(&(f.name.as_str(), f.unit.as_str()))?;
             let comparable = |v: f64| v.is_finite() && v > 0.0;
+            let limit = if f.unit == COUNT_UNIT {
+                count_tolerance
+            } else {
+                tolerance
+            };
             let change = if comparable(b) && comparable(f.value) {
                 if f.lower_is_better {
                     b / f.value
@@ -117,7 +138,7 @@ pub fn compare(before: &str, now: &str, tolerance: f64) -> Result<Vec<Check>, Gu
                 now: f.value,
                 change,
                 // NaN < anything is false: not comparable is never flagged.
-                regressed: change.is_finite() && change < threshold,
+                regressed: change.is_finite() && change < 1.0 / limit,
             })
         })
         .collect())
@@ -126,7 +147,11 @@ pub fn compare(before: &str, now: &str, tolerance: f64) -> Result<Vec<Check>, Gu
 /// A Markdown section for the report: heading "## Against the last committed run", one table row per check (name, before, now, change as "0.83×", "REGRESSED" or "ok"), a line saying how many regressed beyond the tolerance (stated, e.g. "worse by more than 25 %"), and a sentence that machines differ so a flag asks for a second run, not a verdict. If `checks` is empty: say no figure could be compared.
 pub fn markdown(checks: &[Check], tolerance: f64, before_label: &str) -> String {
     let mut out = String::from("## Against the last committed run\n\n");
-    let worse = format!("worse by more than {} %", percent(tolerance));
+    let worse = format!(
+        "worse by more than {} %, instruction counts by more than {} %",
+        percent(tolerance),
+        percent(COUNT_TOLERANCE)
+    );
     if checks.is_empty() {
         let _ = writeln!(
             out,
@@ -317,6 +342,24 @@ mod tests {
     }
 
     #[test]
+    fn an_instruction_count_has_its_own_tighter_tolerance() {
+        let before = doc(&[
+            ("instr", 1000.0, COUNT_UNIT, Some("lower")),
+            ("instr flat", 1000.0, COUNT_UNIT, Some("lower")),
+            ("csv", 1000.0, "records/s", Some("higher")),
+        ]);
+        let now = doc(&[
+            ("instr", 1050.0, COUNT_UNIT, Some("lower")),
+            ("instr flat", 1010.0, COUNT_UNIT, Some("lower")),
+            ("csv", 950.0, "records/s", Some("higher")),
+        ]);
+        let checks = compare(&before, &now, 1.25).unwrap();
+        let flagged: Vec<bool> = checks.iter().map(|c| c.regressed).collect();
+        // 5 % more instructions: flagged; 1 % more: not; 5 % fewer records/s: not.
+        assert_eq!(flagged, [true, false, false]);
+    }
+
+    #[test]
     fn missing_figures_are_skipped() {
         let before = doc(&[
             ("gone", 1.0, "x", None),
@@ -425,14 +468,15 @@ mod tests {
             md.contains("| a \\| b | 0.25 | 0.25 | 1.00× | ok |"),
             "{md}"
         );
-        assert!(md.contains("**1 of 3 figures regressed beyond the tolerance** (worse by more than 25 %): 16-byte records into CSV."), "{md}");
+        assert!(md.contains("**1 of 3 figures regressed beyond the tolerance** (worse by more than 25 %, instruction counts by more than 2 %): 16-byte records into CSV."), "{md}");
         assert!(md.contains("a second run, not a verdict"), "{md}");
         assert!(md.contains("`docs/bench.json at 39a7b1f`"));
 
         let ok = markdown(&checks[1..], 1.1, "x");
         assert!(
             ok.contains(
-                "None of the 2 figures regressed beyond the tolerance (worse by more than 10 %)."
+                "None of the 2 figures regressed beyond the tolerance (worse by more than 10 %, \
+                 instruction counts by more than 2 %)."
             ),
             "{ok}"
         );
